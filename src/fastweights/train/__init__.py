@@ -1,0 +1,1 @@
+"""Training tooling (the benchmark training loops arrive with the task issues)."""
