@@ -1,0 +1,233 @@
+"""Token-in, logits-out sequence models: a stack of residual blocks around one layer type (spec B.2), the
+algorithmic PyTorch-Transformer baseline and the algorithmic LSTM model (spec A.9)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from fastweights.layers.lstm import LSTMState, run_lstm
+from fastweights.layers.registry import build_layer
+
+from .blocks import PostLNBlock, ResidualBlock
+from .config import ModelConfig
+
+
+class ModelState(NamedTuple):
+    """Carried state of a model: ``position [B]`` (long; steps since the start of each row's episode, used
+    by the positional encoding) and one state per layer."""
+
+    position: Tensor
+    layers: tuple[Any, ...]
+
+
+def sinusoidal_encoding(positions: Tensor, dim: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Standard interleaved sinusoidal encoding: ``positions [...]`` (long) -> ``[..., dim]`` with
+    ``pe[2i] = sin(p / 10000^(2i/dim))`` and ``pe[2i+1] = cos(p / 10000^(2i/dim))``."""
+    inv_freq = torch.exp(torch.arange(0, dim, 2, device=positions.device, dtype=torch.float64)
+                         * (-math.log(10000.0) / dim))
+    angles = positions.to(torch.float64)[..., None] * inv_freq  # [..., ceil(dim/2)]
+    pe = torch.empty(*positions.shape, dim, device=positions.device, dtype=torch.float64)
+    pe[..., 0::2] = torch.sin(angles)
+    pe[..., 1::2] = torch.cos(angles[..., : dim // 2])
+    return pe.to(dtype)
+
+
+def episode_positions(start: Tensor, reset: Tensor | None, time: int) -> Tensor:
+    """Positions ``[B, T]`` of the next ``time`` steps: ``start [B] + t``, restarting at 0 at every reset."""
+    t = torch.arange(time, device=start.device)
+    if reset is None:
+        return start[:, None] + t
+    last_reset = torch.where(reset, t, -1).cummax(dim=1).values  # index of the latest reset at or before t
+    return torch.where(last_reset >= 0, t - last_reset, start[:, None] + t)
+
+
+def _check_tokens(tokens: object, vocab_size: int, *, name: str, layout: str) -> Tensor:
+    rank = layout.count(",") + 1
+    if not isinstance(tokens, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor {layout} of token ids, got {type(tokens).__name__}")
+    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+        raise TypeError(f"{name}: expected an integer tensor {layout} of token ids, got dtype {tokens.dtype}")
+    if tokens.dim() != rank:
+        raise ValueError(f"{name}: expected a {rank}-d tensor {layout}, got shape {list(tokens.shape)}")
+    # a range check reads the tensor: only where that costs no device synchronisation
+    if tokens.device.type == "cpu" and tokens.numel() and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise ValueError(f"{name}: expected token ids in [0, {vocab_size}), got values in "
+                         f"[{int(tokens.min())}, {int(tokens.max())}]")
+    return tokens
+
+
+def _check_reset(reset: object, batch: int, time: int, device: torch.device) -> Tensor | None:
+    if reset is None:
+        return None
+    if not isinstance(reset, Tensor) or reset.dtype != torch.bool:
+        raise TypeError(f"reset: expected a bool torch.Tensor [B, T], got "
+                        f"{reset.dtype if isinstance(reset, Tensor) else type(reset).__name__}")
+    if tuple(reset.shape) != (batch, time) or reset.device != device:
+        raise ValueError(f"reset: expected shape [B, T] = [{batch}, {time}] on {device}, "
+                         f"got {list(reset.shape)} on {reset.device}")
+    return reset
+
+
+def _gather_last(h: Tensor, lengths: Tensor | None) -> Tensor:
+    """``h [B, T, D]`` -> ``[B, D]`` at index ``lengths - 1`` (the last position when lengths is None)."""
+    B, T, _ = h.shape
+    if lengths is None:
+        return h[:, -1]
+    if not isinstance(lengths, Tensor) or lengths.is_floating_point() or lengths.dtype == torch.bool:
+        raise TypeError(f"lengths: expected an integer torch.Tensor [B], got "
+                        f"{lengths.dtype if isinstance(lengths, Tensor) else type(lengths).__name__}")
+    if tuple(lengths.shape) != (B,):
+        raise ValueError(f"lengths: expected shape [B] = [{B}], got {list(lengths.shape)}")
+    if lengths.device.type == "cpu" and (lengths.min() < 1 or lengths.max() > T):
+        raise ValueError(f"lengths: expected values in [1, T = {T}], got [{int(lengths.min())}, {int(lengths.max())}]")
+    idx = (lengths.to(h.device).long() - 1).view(B, 1, 1).expand(B, 1, h.shape[-1])
+    return h.gather(1, idx).squeeze(1)
+
+
+class _TokenModel(nn.Module):
+    """Shared API: ``forward``, ``initial_state``, ``step``; subclasses implement ``_hidden``."""
+
+    config: ModelConfig
+    head: nn.Linear
+
+    def _hidden(self, tokens: Tensor, state: ModelState | None, reset: Tensor | None
+                ) -> tuple[Tensor, ModelState]:
+        raise NotImplementedError
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> ModelState:
+        raise NotImplementedError
+
+    def forward(self, tokens: Tensor, state: ModelState | None = None, reset: Tensor | None = None,
+                lengths: Tensor | None = None) -> tuple[Tensor, ModelState]:
+        """Run the model over token sequences.
+
+        Args:
+            tokens: ``[B, T]`` integer token ids in ``[0, vocab_size)``.
+            state: a :class:`ModelState` from a previous call or ``initial_state``; None = zero state.
+            reset: optional bool ``[B, T]``; True at ``t`` starts a new episode in row ``b`` (every layer
+                state is zeroed and the positions restart at 0).
+            lengths: ``[B]`` real lengths, used by ``head="last"`` (None = the last position).
+        Returns:
+            ``(logits, final_state)``; logits ``[B, T, num_classes]`` (``head="per_position"``) or
+            ``[B, num_classes]`` (``head="last"``).
+        """
+        tokens = _check_tokens(tokens, self.config.vocab_size, name="tokens", layout="[B, T]")
+        reset = _check_reset(reset, tokens.shape[0], tokens.shape[1], tokens.device)
+        h, state = self._hidden(tokens, state, reset)
+        if self.config.head == "last":
+            return self.head(_gather_last(h, lengths)), state
+        return self.head(h), state
+
+    def step(self, tokens_t: Tensor, state: ModelState | None = None) -> tuple[Tensor, ModelState]:
+        """One step: ``tokens_t [B] -> (logits_t [B, num_classes], state)`` (equals the full forward)."""
+        tokens_t = _check_tokens(tokens_t, self.config.vocab_size, name="tokens_t", layout="[B]")
+        h, state = self._hidden(tokens_t[:, None], state, None)
+        return self.head(h[:, 0]), state
+
+
+class SequenceModel(_TokenModel):
+    """Embedding (not scaled) -> [sinusoidal PE] -> N residual blocks -> [final LN] -> Linear head.
+
+    Fast-weight and other layers: pre-LN :class:`ResidualBlock` s, no final LayerNorm (spec B.2). The
+    ``transformer`` model: post-LN blocks, final LayerNorm, attention with biases (spec A.9).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.model == "lstm":
+            raise ValueError("model: use LSTMModel (or build_model) for the 'lstm' model")
+        self.config = config
+        D = config.d_model
+        is_transformer = config.model == "transformer"
+        options = dict(config.layer_options)
+        if is_transformer:
+            # nn.TransformerEncoderLayer: in/out projections with bias, dropout on the attention weights
+            options = {"bias": True, "attn_dropout": config.dropout, **options}
+        block_cls = PostLNBlock if is_transformer else ResidualBlock
+        self.embedding = nn.Embedding(config.vocab_size, D)
+        self.blocks = nn.ModuleList(
+            block_cls(build_layer(config.model, D, config.num_heads, config.head_dim, **options), config.ff_dim,
+                      config.dropout)
+            for _ in range(config.num_layers)
+        )
+        self.final_norm = nn.LayerNorm(D) if is_transformer else None
+        self.head = nn.Linear(D, config.num_classes)
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> ModelState:
+        """Zero state: position 0 and every layer's ``initial_state``."""
+        device = self.head.weight.device if device is None else device
+        return ModelState(torch.zeros(batch_size, dtype=torch.long, device=device),
+                          tuple(b.layer.initial_state(batch_size, device) for b in self.blocks))
+
+    def _hidden(self, tokens: Tensor, state: ModelState | None, reset: Tensor | None
+                ) -> tuple[Tensor, ModelState]:
+        B, T = tokens.shape
+        if state is None:
+            start, layer_states = tokens.new_zeros(B, dtype=torch.long), (None,) * len(self.blocks)
+        else:
+            if not isinstance(state, tuple) or len(state) != 2 or len(state[1]) != len(self.blocks):
+                raise TypeError(f"state: expected a ModelState(position, layers) with {len(self.blocks)} layer "
+                                f"states, got {type(state).__name__}")
+            start, layer_states = state
+        positions = episode_positions(start, reset, T)
+        h = self.embedding(tokens)
+        if self.config.use_positional_encoding:
+            h = h + sinusoidal_encoding(positions, self.config.d_model, h.dtype)
+        finals = []
+        for block, s in zip(self.blocks, layer_states, strict=True):
+            h, s = block(h, s, reset)
+            finals.append(s)
+        if self.final_norm is not None:
+            h = self.final_norm(h)
+        return h, ModelState(positions[:, -1] + 1, tuple(finals))
+
+
+class LSTMModel(_TokenModel):
+    """Algorithmic LSTM baseline (spec A.9): Embedding(emb_size) -> Drop -> ``nn.LSTM(emb_size, hidden_size,
+    num_layers)`` -> Drop -> Linear(hidden_size, num_classes). State: ``ModelState(position, (LSTMState,))``."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.model != "lstm":
+            raise ValueError(f"model: LSTMModel builds the 'lstm' model, got {config.model!r}")
+        unknown = sorted(config.layer_options)
+        if unknown:
+            raise TypeError(f"layer_options: the lstm model takes no layer options, got {unknown}")
+        self.config = config
+        self.hidden_size = config.d_model if config.hidden_size is None else config.hidden_size
+        self.embedding = nn.Embedding(config.vocab_size, config.emb_size)
+        self.dropout = nn.Dropout(config.dropout)
+        self.lstm = nn.LSTM(config.emb_size, self.hidden_size, config.num_layers, batch_first=True)
+        self.head = nn.Linear(self.hidden_size, config.num_classes)
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> ModelState:
+        """Zero state: position 0 and zero ``(h, c) [num_layers, B, hidden_size]``."""
+        w = self.head.weight
+        device = w.device if device is None else device
+        z = torch.zeros(self.config.num_layers, batch_size, self.hidden_size, device=device, dtype=w.dtype)
+        return ModelState(torch.zeros(batch_size, dtype=torch.long, device=device), (LSTMState(z, z.clone()),))
+
+    def _hidden(self, tokens: Tensor, state: ModelState | None, reset: Tensor | None
+                ) -> tuple[Tensor, ModelState]:
+        B, T = tokens.shape
+        start = tokens.new_zeros(B, dtype=torch.long) if state is None else state[0]
+        lstm_state = None if state is None else state[1][0]
+        out, lstm_state = run_lstm(self.lstm, self.dropout(self.embedding(tokens)), lstm_state, reset)
+        positions = episode_positions(start, reset, T)
+        return self.dropout(out), ModelState(positions[:, -1] + 1, (lstm_state,))
+
+
+def build_model(config: ModelConfig) -> SequenceModel | LSTMModel:
+    """Build the model a :class:`ModelConfig` describes."""
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"config: expected a ModelConfig, got {type(config).__name__}")
+    return LSTMModel(config) if config.model == "lstm" else SequenceModel(config)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameter entries (each shared parameter counted once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
