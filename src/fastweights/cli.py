@@ -1,15 +1,27 @@
 """The ``fastweights`` command. Subcommands:
 
     fastweights --version
-    fastweights info                 registered models and the available op implementations
-    fastweights demo [--steps N]     train a small Delta RNN on a synthetic memory task
-    fastweights memory [--op ...]    peak memory of forward+backward: default path vs naive step loop
+    fastweights info                          registered models and the available op implementations
+    fastweights demo [--steps N]              train a small Delta RNN on a synthetic memory task
+    fastweights data code-exec|listops ...    write the algorithmic data sets in the official formats
+    fastweights train code-exec|listops ...   train a model (run directory, checkpoints, resume)
+    fastweights compare code-exec|listops ... train several models and print a comparison table + plot
+    fastweights eval RUN_DIR [--split test]   evaluate a run's best checkpoint
+    fastweights plot RUN_DIR... --out F.png   learning curves of several runs
+    fastweights memory [--op ...]             peak memory of forward+backward: default path vs naive step loop
+
+Errors in what the user typed (unknown model or key, a bad value, a missing directory) are printed as one
+line (``fastweights: error: ...``) with exit status 2; set ``FASTWEIGHTS_DEBUG=1`` for the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import sys
+import time
+from pathlib import Path
 
 from . import __version__
 
@@ -44,16 +56,140 @@ def _memory(args: argparse.Namespace) -> int:
     return memory_main(args.rest)
 
 
+def _task_flags(args: argparse.Namespace) -> dict:
+    return {"num_vars": getattr(args, "num_vars", None), "depth": getattr(args, "depth", None),
+            "data": getattr(args, "data", None), "device": getattr(args, "device", None)}
+
+
+def _data(args: argparse.Namespace) -> int:
+    from .train.algorithmic import write_task_data
+    from .train.config import resolve_config
+
+    cfg = resolve_config(args.task, None, args.overrides, **_task_flags(args))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in write_task_data(cfg, out):
+        print(path)
+    return 0
+
+
+def _default_run_dir(cfg, preset: str | None) -> Path:
+    what = f"vars{cfg.num_vars}" if cfg.task == "code-exec" else f"depth{cfg.depth}"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(cfg.out_dir) / f"{cfg.task}-{what}-{cfg.model}-{preset or 'default'}-{stamp}"
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train.algorithmic import build, train
+    from .train.config import config_from_dict, config_to_dict, resolve_config
+    from .train.runs import read_json
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "last.pt").is_file():
+            raise FileNotFoundError(f"resume: {run_dir} has no last.pt checkpoint to resume from")
+        cfg = config_from_dict(read_json(run_dir / "config.json"))
+        if cfg.task != args.task:
+            raise ValueError(f"resume: {run_dir} is a {cfg.task} run, not {args.task}")
+        train(cfg, run_dir, resume=True)
+        return 0
+    cfg = resolve_config(args.task, args.preset, args.overrides, model=args.model, **_task_flags(args))
+    if args.dry_run:
+        import json
+
+        from .models import count_parameters
+
+        data, _, model = build(cfg)
+        print(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True))
+        print(f"data: {data.source} ({', '.join(f'{k} {v.src.shape[0]}' for k, v in data.splits.items())}; "
+              f"vocabulary {data.vocab_size}, classes {data.num_classes})")
+        print(f"parameters: {count_parameters(model)}")
+        return 0
+    train(cfg, Path(args.run_dir) if args.run_dir else _default_run_dir(cfg, args.preset))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .train.compare import compare
+
+    compare(args.task, [m.strip() for m in args.models.split(",") if m.strip()], args.preset, args.overrides,
+            Path(args.out_dir), flags=_task_flags(args))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .train.algorithmic import evaluate_run
+
+    metrics = evaluate_run(Path(args.run_dir), args.split, checkpoint=args.checkpoint, device=args.device)
+    print(json.dumps({"split": args.split, "checkpoint": args.checkpoint, **metrics}, indent=2))
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from .train.plots import plot_runs
+
+    print(plot_runs([Path(d) for d in args.run_dirs], Path(args.out), tuple(args.metrics.split(","))))
+    return 0
+
+
+def _add_task_args(p: argparse.ArgumentParser, *, data: bool = True) -> None:
+    p.add_argument("task", choices=("code-exec", "listops"))
+    p.add_argument("--num-vars", type=int, default=None, help="code execution: 3 or 5 variables (default 3)")
+    p.add_argument("--depth", type=int, default=None, help="ListOps: 10 or 15 (default 10)")
+    if data:
+        p.add_argument("--data", default=None, help="directory with the official data files (default: generate)")
+        p.add_argument("--device", default=None, help="cpu (default) or cuda")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastweights", description="Fast weight programmers in PyTorch.")
     p.add_argument("--version", action="version", version=f"fastweights {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("info", help="registered models and available kernels").set_defaults(func=_info)
+
     d = sub.add_parser("demo", help="train a small Delta RNN on a synthetic memory task")
     d.add_argument("--steps", type=int, default=200)
     d.add_argument("--model", default="delta_rnn", help="registry name of the layer (default delta_rnn)")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_demo)
+
+    g = sub.add_parser("data", help="write an algorithmic data set in the official file format")
+    _add_task_args(g, data=False)
+    g.add_argument("--out", required=True, help="output directory")
+    g.set_defaults(func=_data)
+
+    t = sub.add_parser("train", help="train a model on a benchmark")
+    _add_task_args(t)
+    t.add_argument("--model", default=None, help="registry name (see `fastweights info`)")
+    t.add_argument("--preset", default=None, help="paper, cpu, or a path to a .json preset")
+    t.add_argument("--run-dir", default=None, help="run directory (default runs/<task>-...-<time>)")
+    t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    t.add_argument("--dry-run", action="store_true", help="build everything, print config and parameters, exit")
+    t.set_defaults(func=_train)
+
+    c = sub.add_parser("compare", help="train several models with one preset; print a table and plot curves")
+    _add_task_args(c)
+    c.add_argument("--models", default="lstm,linear_transformer,delta_net,delta_rnn")
+    c.add_argument("--preset", default="cpu")
+    c.add_argument("--out-dir", default="runs/compare")
+    c.set_defaults(func=_compare)
+
+    e = sub.add_parser("eval", help="evaluate a run's checkpoint on a split")
+    e.add_argument("run_dir")
+    e.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    e.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    e.add_argument("--device", default=None)
+    e.set_defaults(func=_eval)
+
+    pl = sub.add_parser("plot", help="learning curves of one or more runs on one figure")
+    pl.add_argument("run_dirs", nargs="+")
+    pl.add_argument("--out", required=True)
+    pl.add_argument("--metrics", default="valid_acc,train_loss")
+    pl.set_defaults(func=_plot)
+
     m = sub.add_parser("memory", help="peak memory of an op's forward+backward vs the naive loop", add_help=False)
     m.add_argument("rest", nargs=argparse.REMAINDER)
     m.set_defaults(func=_memory)
@@ -62,11 +198,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may come after options (argparse's positionals would stop at the first option)
+    args, extra = parser.parse_known_args(argv)
+    stray = [x for x in extra if x.startswith("-") or "=" not in x or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:  # ConfigError and DataFormatError are ValueErrors
+        if os.environ.get("FASTWEIGHTS_DEBUG"):
+            raise
+        print(f"fastweights: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def measure(op: str, impl: str, B: int, T: int, H: int, D: int) -> dict:
     # warm-up: the first call loads kernels and thread pools, which must not count as the op's memory
     _, warm = make_inputs(op, 1, 3, 1, 4)
     fn(*warm, impl=impl)[0].sum().backward()
-    leaves, args = make_inputs(op, B, T, H, D)
+    _, args = make_inputs(op, B, T, H, D)
     storages: dict[int, int] = {}  # views of one storage (slices, transposes) count once
 
     def pack(t: torch.Tensor):

@@ -150,6 +150,8 @@ def check_qkv(
     """
     q = check_float_tensor("q", q)
     check_rank("q", q, q_layout)
+    if q.shape[1] == 0:
+        raise ValueError(f"q: expected at least one time step, got T = 0 (shape {_fmt(q.shape)})")
     k = check_float_tensor("k", k)
     check_shape("k", k, q_layout.replace("V", "K"), q.shape)
     v = check_float_tensor("v", v)

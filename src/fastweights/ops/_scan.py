@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ._common import check_chunk_size
+
 # step(xs_t, params, state) -> (y_t, new_state); xs_t are the per-step slices x[:, t] of every input.
 StepFn = Callable[[tuple[Tensor, ...], tuple[Tensor, ...], tuple[Tensor, ...]], tuple[Tensor, tuple[Tensor, ...]]]
 
@@ -108,7 +110,7 @@ def checkpointed_scan(
         ``(ys [B, T, ...], final_state)``.
     """
     T = xs[0].shape[1]
-    C = default_chunk_size(T) if chunk_size is None else chunk_size
+    C = default_chunk_size(T) if chunk_size is None else check_chunk_size(chunk_size)
     keep = None if reset is None else (~reset).to(xs[0].dtype)
     out = _CheckpointedScan.apply(step, C, len(xs), len(params), keep, *xs, *params, *state)
     return out[0], tuple(out[1:])

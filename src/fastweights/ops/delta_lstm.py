@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import check_qkv, check_reset, check_state_tuple, compute_dtype, keep_mask
+from ._common import check_float_tensor, check_qkv, check_reset, check_state_tuple, compute_dtype, keep_mask
 from ._registry import register, resolve
 from ._scan import checkpointed_scan
 from .delta_rnn import check_recurrent_inputs, check_version, read, recurrent_delta_update
@@ -81,7 +81,7 @@ _STEPS = {ver: _make_step(ver) for ver in VERSIONS}
 @register("delta_lstm", "checkpointed", default=True)
 def delta_lstm_checkpointed(q, k, v, beta, rk, rv, rbeta, *, version=4, initial_state=None, reset=None,
                             output_final_state=False, chunk_size: int | None = None):
-    in_dtype = q.dtype
+    in_dtype = check_float_tensor("q", q).dtype
     (q, k, v, beta, rk, rv, rbeta), (W0, R0, y0, c0), reset = _prepare(
         q, k, v, beta, rk, rv, rbeta, version, initial_state, reset)
     B, T, H, G, K = q.shape
@@ -100,7 +100,7 @@ def delta_lstm_checkpointed(q, k, v, beta, rk, rv, rbeta, *, version=4, initial_
 def delta_lstm_reference(q, k, v, beta, rk, rv, rbeta, *, version=4, initial_state=None, reset=None,
                          output_final_state=False):
     """Plain step loop, one gate at a time, in the paper's orientation (``W^g [V, K]``, ``R^g [V, V]``)."""
-    in_dtype = q.dtype
+    in_dtype = check_float_tensor("q", q).dtype
     (q, k, v, beta, rk, rv, rbeta), (W0, R0, y, c), reset = _prepare(
         q, k, v, beta, rk, rv, rbeta, version, initial_state, reset)
     W = [W0[:, :, g].transpose(-1, -2) for g in range(GATES)]

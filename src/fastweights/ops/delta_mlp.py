@@ -18,7 +18,14 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
-from ._common import check_float_tensor, check_rank, check_reset, check_shape, check_state_tuple
+from ._common import (
+    check_float_tensor,
+    check_rank,
+    check_reset,
+    check_shape,
+    check_state_tuple,
+    check_unit_interval,
+)
 from ._registry import register, resolve
 from .delta_rule import delta_rule
 from .feature_maps import elu_sum_norm
@@ -27,6 +34,8 @@ from .feature_maps import elu_sum_norm
 def _delta_mlp(h, keys, values, betas, *, norms, eps, initial_state, reset, output_final_state, impl):
     h = check_float_tensor("h", h)
     check_rank("h", h, "[B, T, H, D]")
+    if h.shape[1] == 0:
+        raise ValueError(f"h: expected at least one time step, got T = 0 (shape {list(h.shape)})")
     B, T, H, D = h.shape
     for name, seq in (("keys", keys), ("values", values), ("betas", betas)):
         if not isinstance(seq, (list, tuple)) or len(seq) == 0 or len(seq) % 2:
@@ -50,6 +59,9 @@ def _delta_mlp(h, keys, values, betas, *, norms, eps, initial_state, reset, outp
             check_shape(name, t, layout.format("DF"[i % 2] if "key" in name else "FD"[i % 2]), shape)
             if t.device != h.device:
                 raise ValueError(f"{name}: expected a tensor on device {h.device} (the device of h), got {t.device}")
+            if t.dtype != h.dtype:
+                raise TypeError(f"{name}: expected dtype {h.dtype} (the dtype of h), got {t.dtype}")
+        check_unit_interval(f"betas[{i}]", betas[i])
     reset = check_reset(reset, B, T, h.device)
     fields = []
     for l in range(L):

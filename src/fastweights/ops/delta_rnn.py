@@ -98,7 +98,7 @@ def _step_v1(xs, params, state):
 @register("delta_rnn", "checkpointed", default=True)
 def delta_rnn_checkpointed(q, k, v, beta, rk, rv, rbeta, *, version=2, initial_state=None, reset=None,
                            output_final_state=False, chunk_size: int | None = None):
-    in_dtype = q.dtype
+    in_dtype = check_float_tensor("q", q).dtype
     (q, k, v, beta, rk, rv, rbeta), (W0, R0, y0), reset = _prepare(
         q, k, v, beta, rk, rv, rbeta, version, initial_state, reset)
     z, W = delta_rule(q, k, v, beta, initial_state=W0, reset=reset, output_final_state=True)
@@ -112,7 +112,7 @@ def delta_rnn_checkpointed(q, k, v, beta, rk, rv, rbeta, *, version=2, initial_s
 def delta_rnn_reference(q, k, v, beta, rk, rv, rbeta, *, version=2, initial_state=None, reset=None,
                         output_final_state=False):
     """Plain step loop in the paper's orientation (``W [V, K]``, ``R [V, V]``, read ``W q``, ``R s``)."""
-    in_dtype = q.dtype
+    in_dtype = check_float_tensor("q", q).dtype
     (q, k, v, beta, rk, rv, rbeta), (W0, R0, y), reset = _prepare(
         q, k, v, beta, rk, rv, rbeta, version, initial_state, reset)
     W, R = W0.transpose(-1, -2), R0.transpose(-1, -2)

@@ -10,7 +10,15 @@ import torch
 from torch import Tensor
 
 from ._chunked import chunked_linear_recurrence
-from ._common import check_chunk_size, check_qkv, check_reset, check_state_tensor, compute_dtype, keep_mask
+from ._common import (
+    check_chunk_size,
+    check_float_tensor,
+    check_qkv,
+    check_reset,
+    check_state_tensor,
+    compute_dtype,
+    keep_mask,
+)
 from ._registry import register, resolve
 
 
@@ -27,7 +35,7 @@ def _prepare(q, k, v, beta, initial_state, reset):
 @register("delta_rule", "chunked", default=True)
 def delta_rule_chunked(q, k, v, beta, *, initial_state=None, reset=None, output_final_state=False,
                        chunk_size: int = 64):
-    in_dtype = q.dtype
+    in_dtype = check_float_tensor("q", q).dtype
     chunk_size = check_chunk_size(chunk_size)
     q, k, v, beta, s0, reset = _prepare(q, k, v, beta, initial_state, reset)
     o, s = chunked_linear_recurrence(q, k, v, beta, s0, reset, chunk_size)
@@ -38,7 +46,7 @@ def delta_rule_chunked(q, k, v, beta, *, initial_state=None, reset=None, output_
 def delta_rule_reference(q, k, v, beta, *, initial_state=None, reset=None, output_final_state=False):
     """Plain step loop in the paper's orientation: ``W_t = W_{t-1} (I - beta k k^T) + beta v k^T`` with
     ``W [V, K]``, ``o_t = W_t q_t``. The test oracle (run it in float64) and the naive baseline."""
-    in_dtype = q.dtype
+    in_dtype = check_float_tensor("q", q).dtype
     q, k, v, beta, s0, reset = _prepare(q, k, v, beta, initial_state, reset)
     B, T, H, K = q.shape
     W = q.new_zeros(B, H, v.shape[-1], K) if s0 is None else s0.transpose(-1, -2)

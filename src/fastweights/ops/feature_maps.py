@@ -18,12 +18,12 @@ def _upcast(x: Tensor) -> Tensor:
 
 
 def elu_plus_one(x: Tensor) -> Tensor:
-    """``ELU(x) + 1`` (> 0), computed as ``where(x > 0, x + 1, exp(x))`` so that it never rounds to 0."""
+    """``ELU(x) + 1`` (> 0), computed as ``where(x > 0, x + 1, exp(x))`` in at least float32 and clamped to the
+    dtype's smallest normal number, so that it never rounds to 0."""
     y = _upcast(x)
     y = torch.where(y > 0, y + 1, torch.exp(torch.clamp(y, max=0)))
-    if y.dtype != x.dtype:
-        y = y.to(x.dtype).clamp_min(torch.finfo(x.dtype).tiny)
-    return y
+    # exp underflows to 0 below about -87 (fp32) or -17 (fp16): keep the smallest normal number instead
+    return y.to(x.dtype).clamp_min(torch.finfo(x.dtype).tiny)
 
 
 def sum_norm(x: Tensor, eps: float = 0.0) -> Tensor:

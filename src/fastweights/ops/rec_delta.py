@@ -68,7 +68,7 @@ def _step(xs, params, state):
 @register("rec_delta", "checkpointed", default=True)
 def rec_delta_checkpointed(q, k, v, beta, rec_q, rec_k, rec_v, rec_beta, *, initial_state=None, reset=None,
                            output_final_state=False, chunk_size: int | None = None):
-    in_dtype = q.dtype
+    in_dtype = check_float_tensor("q", q).dtype
     xs, params, state, reset = _prepare(q, k, v, beta, rec_q, rec_k, rec_v, rec_beta, initial_state, reset)
     y, (W, y_last) = checkpointed_scan(_step, xs, params, state, reset, chunk_size)
     return y.to(in_dtype), (RecDeltaState(W, y_last) if output_final_state else None)
@@ -78,7 +78,7 @@ def rec_delta_checkpointed(q, k, v, beta, rec_q, rec_k, rec_v, rec_beta, *, init
 def rec_delta_reference(q, k, v, beta, rec_q, rec_k, rec_v, rec_beta, *, initial_state=None, reset=None,
                         output_final_state=False):
     """Plain step loop in the paper's orientation (``W [D, D]`` value-major, read ``W q``)."""
-    in_dtype = q.dtype
+    in_dtype = check_float_tensor("q", q).dtype
     (q, k, v, beta), (Rq, Rk, Rv, rb), (W0, y), reset = _prepare(
         q, k, v, beta, rec_q, rec_k, rec_v, rec_beta, initial_state, reset)
     W = W0.transpose(-1, -2)

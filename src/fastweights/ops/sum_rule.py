@@ -9,7 +9,15 @@ import torch
 from torch import Tensor
 
 from ._chunked import chunked_linear_recurrence
-from ._common import check_chunk_size, check_qkv, check_reset, check_state_tensor, compute_dtype, keep_mask
+from ._common import (
+    check_chunk_size,
+    check_float_tensor,
+    check_qkv,
+    check_reset,
+    check_state_tensor,
+    compute_dtype,
+    keep_mask,
+)
 from ._registry import register, resolve
 
 
@@ -25,7 +33,7 @@ def _prepare(q, k, v, initial_state, reset):
 
 @register("sum_rule", "chunked", default=True)
 def sum_rule_chunked(q, k, v, *, initial_state=None, reset=None, output_final_state=False, chunk_size: int = 64):
-    in_dtype = q.dtype
+    in_dtype = check_float_tensor("q", q).dtype
     chunk_size = check_chunk_size(chunk_size)
     q, k, v, s0, reset = _prepare(q, k, v, initial_state, reset)
     o, s = chunked_linear_recurrence(q, k, v, None, s0, reset, chunk_size)
@@ -35,7 +43,7 @@ def sum_rule_chunked(q, k, v, *, initial_state=None, reset=None, output_final_st
 @register("sum_rule", "reference")
 def sum_rule_reference(q, k, v, *, initial_state=None, reset=None, output_final_state=False):
     """Plain step-by-step loop in the paper's orientation (``W [V, K]``, read ``W q``): the test oracle."""
-    in_dtype = q.dtype
+    in_dtype = check_float_tensor("q", q).dtype
     q, k, v, s0, reset = _prepare(q, k, v, initial_state, reset)
     B, T, H, K = q.shape
     W = q.new_zeros(B, H, v.shape[-1], K) if s0 is None else s0.transpose(-1, -2)

@@ -1,1 +1,2 @@
-"""Training tooling (the benchmark training loops arrive with the task issues)."""
+"""Training tooling: configuration and presets, run directories (metrics, atomic checkpoints, resume),
+progress display, and the training loops of the benchmarks."""

@@ -1,0 +1,316 @@
+"""Training and evaluation on the algorithmic benchmarks: code execution and sequential ListOps (spec C.1,
+C.2, E.2). Read top to bottom: data -> model -> loop -> evaluation.
+
+Code execution is per-position classification (cross-entropy at every non-pad position, metric =
+sequence-level exact match); ListOps classifies at the last real token (metric = accuracy).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..models import ModelConfig, build_model, count_parameters
+from ..tasks import code_execution, listops
+from .config import TrainConfig, config_from_dict, config_to_dict
+from .progress import Progress
+from .runs import MetricsLog, load_checkpoint, read_json, run_metadata, save_checkpoint, write_json
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Split:
+    """One encoded split: ``src [N, T]`` (padded with 0), ``tgt`` (``[N, T]`` padded with -1 for code
+    execution, ``[N]`` labels for ListOps) and ``lengths [N]``."""
+
+    src: Tensor
+    tgt: Tensor
+    lengths: Tensor
+
+
+@dataclass
+class TaskData:
+    splits: dict[str, Split]
+    vocab_size: int
+    num_classes: int
+    noop_index: int | None  # code execution: index of "_" (for the print-token accuracy)
+    source: str  # where the data came from
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FASTWEIGHTS_CACHE", Path.home() / ".cache" / "fastweights"))
+
+
+def _generated_dir(cfg: TrainConfig) -> Path:
+    sizes = f"{cfg.train_size}-{cfg.valid_size}-{cfg.test_size}-seed{cfg.data_seed}"
+    if cfg.task == "code-exec":
+        return cache_dir() / "data" / f"code-exec-vars{cfg.num_vars}-len{cfg.code_length}-{sizes}"
+    return cache_dir() / "data" / f"listops-depth{cfg.depth}-{sizes}"
+
+
+def write_task_data(cfg: TrainConfig, out_dir: Path) -> list[Path]:
+    """Generate the data of ``cfg`` and write it in the official file format."""
+    sizes = (cfg.train_size, cfg.valid_size, cfg.test_size)
+    if cfg.task == "code-exec":
+        data = code_execution.generate_dataset(cfg.num_vars, sizes, seed=cfg.data_seed, code_length=cfg.code_length)
+        return code_execution.write_dataset(data, out_dir, cfg.num_vars)
+    data = listops.generate_dataset(cfg.depth, sizes, seed=cfg.data_seed)
+    return listops.write_dataset(data, out_dir, cfg.depth)
+
+
+def load_task_data(cfg: TrainConfig) -> TaskData:
+    """Read ``cfg.data`` (official format) or generate into the cache on first use, then encode."""
+    if cfg.data is not None:
+        data_dir = Path(cfg.data)
+        if not data_dir.is_dir():
+            raise FileNotFoundError(f"data: no such directory: {data_dir}")
+    else:
+        data_dir = _generated_dir(cfg)
+        if not (data_dir / ".complete").exists():
+            data_dir.mkdir(parents=True, exist_ok=True)
+            write_task_data(cfg, data_dir)
+            (data_dir / ".complete").touch()  # marks a finished generation (an interrupted one is redone)
+    if cfg.task == "code-exec":
+        raw = code_execution.read_dataset(data_dir, cfg.num_vars)
+        # vocabularies from the training split in order of first appearance, as the official loader does
+        in_vocab, out_vocab = code_execution.build_vocab(raw["train"])
+        splits = {}
+        for name, examples in raw.items():
+            _check_vocab(examples, in_vocab, out_vocab, name)
+            splits[name] = Split(*code_execution.encode(examples, in_vocab, out_vocab))
+        return TaskData(splits, len(in_vocab), len(out_vocab), out_vocab.index("_"), str(data_dir))
+    raw = listops.read_dataset(data_dir, cfg.depth)
+    vocab = listops.input_vocab()
+    splits = {name: Split(*listops.encode(examples, vocab)) for name, examples in raw.items()}
+    return TaskData(splits, len(vocab), listops.NUM_CLASSES, None, str(data_dir))
+
+
+def _check_vocab(examples, in_vocab, out_vocab, split: str) -> None:
+    known_in, known_out = set(in_vocab), set(out_vocab)
+    for i, (src, tgt) in enumerate(examples):
+        unknown = (set(src) - known_in) | (set(tgt) - known_out)
+        if unknown:
+            raise ValueError(f"{split} example {i}: tokens {sorted(unknown)} do not occur in the training split")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def model_config(cfg: TrainConfig, data: TaskData) -> ModelConfig:
+    return ModelConfig(
+        model=cfg.model, vocab_size=data.vocab_size, num_classes=data.num_classes, d_model=cfg.d_model,
+        num_layers=cfg.num_layers, num_heads=cfg.num_heads, head_dim=cfg.head_dim, ff_factor=cfg.ff_factor,
+        dropout=cfg.dropout, positional_encoding=cfg.positional_encoding,
+        head="per_position" if cfg.task == "code-exec" else "last", layer_options=dict(cfg.layer_options),
+        emb_size=cfg.emb_size, hidden_size=cfg.hidden_size,
+    )
+
+
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loss and metrics
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def batch_logits(model, task: str, src: Tensor, lengths: Tensor) -> Tensor:
+    """Trim padding to the longest sequence of the batch, then run the model."""
+    T = int(lengths.max())
+    if task == "code-exec":
+        return model(src[:, :T])[0]  # [B, T, C]
+    return model(src[:, :T], lengths=lengths)[0]  # [B, C]
+
+
+def loss_fn(task: str, logits: Tensor, tgt: Tensor) -> Tensor:
+    if task == "code-exec":
+        T = logits.shape[1]
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt[:, :T].reshape(-1), ignore_index=-1)
+    return F.cross_entropy(logits, tgt)
+
+
+@torch.no_grad()
+def evaluate(model, task: str, split: Split, batch_size: int, device: torch.device,
+             noop_index: int | None = None) -> dict[str, float]:
+    """Loss and the paper's metric on one split: code execution ``acc`` = sequence-level exact match (plus
+    ``print_acc`` on the printed values); ListOps ``acc`` = accuracy at the last token."""
+    model.eval()
+    n = split.src.shape[0]
+    loss_sum, tokens, correct_seq, print_right, print_total = 0.0, 0, 0, 0, 0
+    for i in range(0, n, batch_size):
+        src, tgt, lengths = (x[i:i + batch_size].to(device) for x in (split.src, split.tgt, split.lengths))
+        logits = batch_logits(model, task, src, lengths).float()
+        if task == "code-exec":
+            T = logits.shape[1]
+            tgt = tgt[:, :T]
+            mask = tgt >= 0
+            loss_sum += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-1,
+                                        reduction="sum").item()
+            tokens += int(mask.sum())
+            pred = logits.argmax(-1)
+            correct_seq += int(((pred == tgt) | ~mask).all(dim=1).sum())
+            printed = mask & (tgt != noop_index)
+            print_right += int(((pred == tgt) & printed).sum())
+            print_total += int(printed.sum())
+        else:
+            loss_sum += F.cross_entropy(logits, tgt, reduction="sum").item()
+            tokens += tgt.shape[0]
+            correct_seq += int((logits.argmax(-1) == tgt).sum())
+    model.train()
+    out = {"loss": loss_sum / max(tokens, 1), "acc": correct_seq / max(n, 1)}
+    if task == "code-exec":
+        out["print_acc"] = print_right / max(print_total, 1)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training loop
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> Tensor:
+    """The training order of ``epoch``: a function of (seed, epoch) only, so a resumed run sees the same."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def build(cfg: TrainConfig) -> tuple[TaskData, ModelConfig, torch.nn.Module]:
+    data = load_task_data(cfg)
+    mcfg = model_config(cfg, data)
+    seed_everything(cfg.seed)
+    model = build_model(mcfg)
+    return data, mcfg, model
+
+
+def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, stop_after_epochs: int | None = None,
+          quiet: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` in ``run_dir``; with ``resume`` continue from ``run_dir/last.pt``.
+
+    ``stop_after_epochs`` ends this call early (as an interruption would) after that many epochs in total.
+    Returns the final results (best validation metrics and, when training finished, test metrics).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    data, _, model = build(cfg)
+    model.to(device)
+    opt = make_optimizer(cfg, model)
+    log = MetricsLog(run_dir)
+    start_epoch, step, best, elapsed = 0, 0, {"acc": -1.0, "epoch": -1}, 0.0
+    if resume:
+        ckpt = load_checkpoint(run_dir / "last.pt")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        start_epoch, step, best, elapsed = ckpt["epoch"] + 1, ckpt["step"], ckpt["best"], ckpt["elapsed"]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        random.setstate(ckpt["rng"]["python"])
+        log.truncate(step)  # rows written after the checkpoint belong to lost work
+    else:
+        write_json(run_dir / "config.json", config_to_dict(cfg))
+        write_json(run_dir / "meta.json", {**run_metadata(cfg.seed), "parameters": count_parameters(model),
+                                           "data": data.source})
+    train_split = data.splits["train"]
+    n = train_split.src.shape[0]
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    if not quiet:
+        print(f"{cfg.task} {cfg.model}: {count_parameters(model):,} parameters, {n} training examples, "
+              f"{steps_per_epoch} steps/epoch, run dir {run_dir}", flush=True)
+    last_epoch = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, stop_after_epochs)
+    model.train()
+    for epoch in range(start_epoch, last_epoch):
+        t0 = time.perf_counter()
+        order = epoch_order(cfg.seed, epoch, n)
+        loss_sum, tok = 0.0, 0
+        bar = Progress(steps_per_epoch, prefix=f"epoch {epoch + 1}/{cfg.epochs}", every_s=cfg.log_every_s) \
+            if not quiet else None
+        for b in range(steps_per_epoch):
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            src, tgt, lengths = (x[idx].to(device) for x in (train_split.src, train_split.tgt, train_split.lengths))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                logits = batch_logits(model, cfg.task, src, lengths)
+            loss = loss_fn(cfg.task, logits.float(), tgt)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            opt.step()
+            step += 1
+            loss_sum += loss.item()
+            tok += int(lengths.sum())
+            if bar is not None:
+                bar.update(b + 1, loss=loss_sum / (b + 1), tok_per_s=tok / (time.perf_counter() - t0))
+        if bar is not None:
+            bar.close()
+        train_time = time.perf_counter() - t0
+        elapsed += train_time
+        valid = evaluate(model, cfg.task, data.splits["valid"], cfg.eval_batch_size, device, data.noop_index)
+        row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / steps_per_epoch,
+               "valid_loss": valid["loss"], "valid_acc": valid["acc"]}
+        if "print_acc" in valid:
+            row["valid_print_acc"] = valid["print_acc"]
+        row.update({"tokens_per_s": tok / train_time, "elapsed_s": elapsed})
+        is_best = valid["acc"] > best["acc"]
+        if is_best:
+            best = {**valid, "epoch": epoch + 1}
+        payload = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
+                   "best": best, "elapsed": elapsed, "config": config_to_dict(cfg),
+                   "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
+        if is_best:
+            save_checkpoint(run_dir / "best.pt", payload)
+        save_checkpoint(run_dir / "last.pt", payload)
+        log.log(row)  # after the checkpoint: a row in the CSV always has its checkpoint on disk
+        if not quiet:
+            extra = f", print acc {valid['print_acc']:.4f}" if "print_acc" in valid else ""
+            print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, valid loss {valid['loss']:.4f}, "
+                  f"valid acc {valid['acc']:.4f}{extra}{' (best)' if is_best else ''}", flush=True)
+    log.close()
+    results: dict[str, Any] = {"best_valid": best, "epochs_done": max(last_epoch, start_epoch),
+                               "train_time_s": elapsed, "parameters": count_parameters(model)}
+    if last_epoch >= cfg.epochs and (run_dir / "best.pt").exists():
+        results["test"] = evaluate_run(run_dir, "test", data=data, device=cfg.device)
+        write_json(run_dir / "results.json", results)
+        if not quiet:
+            print(f"test ({cfg.task}, best-validation checkpoint of epoch {best['epoch']}): "
+                  f"acc {results['test']['acc']:.4f}", flush=True)
+    return results
+
+
+def evaluate_run(run_dir: Path, split: str = "test", *, checkpoint: str = "best", data: TaskData | None = None,
+                 device: str | None = None) -> dict[str, float]:
+    """Evaluate the ``best`` (or ``last``) checkpoint of a run on ``split``."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"run_dir: {run_dir} is not a run directory (no config.json)")
+    cfg = config_from_dict(read_json(run_dir / "config.json"))
+    if device is not None:
+        cfg.device = device
+    if data is None:
+        data = load_task_data(cfg)
+    if split not in data.splits:
+        raise ValueError(f"split: expected one of {sorted(data.splits)}, got {split!r}")
+    model = build_model(model_config(cfg, data)).to(cfg.device)
+    ckpt = load_checkpoint(run_dir / f"{checkpoint}.pt", map_location=cfg.device)
+    model.load_state_dict(ckpt["model"])
+    return evaluate(model, cfg.task, data.splits[split], cfg.eval_batch_size, torch.device(cfg.device),
+                    data.noop_index)
