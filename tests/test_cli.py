@@ -61,3 +61,9 @@ def test_memory_command_reports_both_paths(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [r["impl"] for r in rows] == ["auto", "reference"]
     assert all(r["saved_bytes"] > 0 for r in rows)
+
+
+def test_memory_subcommand_passes_its_options_through(capsys):
+    assert main(["memory", "--op", "sum_rule", "--batch", "1", "--time", "8", "--heads", "1", "--dim", "2",
+                 "--impls", "auto"]) == 0
+    assert "sum_rule forward+backward" in capsys.readouterr().out

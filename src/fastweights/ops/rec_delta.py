@@ -51,15 +51,15 @@ def _prepare(q, k, v, beta, rec_q, rec_k, rec_v, rec_beta, initial_state, reset)
 
 def _step(xs, params, state):
     q, k, v, b = xs  # [B, H, D] x3, [B, H]
-    rec_q, rec_k, rec_v, rec_beta = params  # [H, D, D] x3, [H, D]
+    rec_qkvb, = params  # [H, 3D+1, D]: rec_q, rec_k, rec_v and rec_beta stacked, applied in one matmul
     W, y = state
+    D = y.shape[-1]
     a = torch.tanh(y)
-    rq = torch.einsum("hij,bhj->bhi", rec_q, a)
-    rk = torch.einsum("hij,bhj->bhi", rec_k, a)
-    rv = torch.einsum("hij,bhj->bhi", rec_v, a)
+    r = (rec_qkvb @ a.unsqueeze(-1)).squeeze(-1)  # [B, H, 3D+1]
+    rq, rk, rv, rb = r[..., :D], r[..., D:2 * D], r[..., 2 * D:3 * D], r[..., 3 * D]
     q = torch.softmax(q + rq, dim=-1)
     k = torch.softmax(k + rk, dim=-1)
-    beta = torch.sigmoid(b + (rec_beta * a).sum(-1))
+    beta = torch.sigmoid(b + rb)
     W = recurrent_delta_update(W, k, v + rv, beta)
     y = read(W, q)
     return y, (W, y)
@@ -70,7 +70,9 @@ def rec_delta_checkpointed(q, k, v, beta, rec_q, rec_k, rec_v, rec_beta, *, init
                            output_final_state=False, chunk_size: int | None = None):
     in_dtype = check_float_tensor("q", q).dtype
     xs, params, state, reset = _prepare(q, k, v, beta, rec_q, rec_k, rec_v, rec_beta, initial_state, reset)
-    y, (W, y_last) = checkpointed_scan(_step, xs, params, state, reset, chunk_size)
+    rq, rk, rv, rb = params
+    stacked = torch.cat([rq, rk, rv, rb.unsqueeze(1)], dim=1)
+    y, (W, y_last) = checkpointed_scan(_step, xs, (stacked,), state, reset, chunk_size)
     return y.to(in_dtype), (RecDeltaState(W, y_last) if output_final_state else None)
 
 

@@ -65,12 +65,19 @@ class TrainConfig:
     out_dir: str = "runs"
 
     def validate(self) -> None:
-        from ..layers import available_layers
+        import torch
+
+        from ..layers import available_layers, layer_options
 
         if self.task not in TASKS:
             raise ConfigError(f"task: expected one of {list(TASKS)}, got {self.task!r}")
         if self.model not in available_layers():
             raise ConfigError(f"model: unknown model {self.model!r}; expected one of {available_layers()}")
+        allowed = [] if self.model == "lstm" else layer_options(self.model)  # the lstm model takes none
+        unknown = sorted(set(self.layer_options) - set(allowed))
+        if unknown:
+            raise ConfigError(f"layer_options: model {self.model!r} takes no option(s) {unknown}; "
+                              f"valid options: {allowed}")
         if self.task == "code-exec" and self.num_vars not in range(1, 6):
             raise ConfigError(f"num_vars: expected 1..5 (the paper uses 3 and 5), got {self.num_vars}")
         if self.task == "listops" and not 1 <= self.depth < 20:
@@ -81,11 +88,15 @@ class TrainConfig:
                 raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout: expected a probability in [0, 1), got {self.dropout}")
-        if self.lr <= 0:
+        if not self.lr > 0:  # also rejects nan
             raise ConfigError(f"lr: expected a positive learning rate, got {self.lr}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads: expected a positive integer or none, got {self.threads}")
+        try:
+            torch.device(self.device)
+        except RuntimeError:
+            raise ConfigError(f"device: expected cpu, cuda or cuda:N, got {self.device!r}") from None
         if self.device.startswith("cuda"):
-            import torch
-
             if not torch.cuda.is_available():
                 raise ConfigError(f"device: {self.device!r} requested but CUDA is not available; use device=cpu")
 
@@ -98,14 +109,21 @@ def _field_type(name: str) -> Any:
     return typing.get_type_hints(TrainConfig)[name]
 
 
+def _split_optional(tp: Any) -> tuple[Any, bool]:
+    """``X | None`` -> ``(X, True)``; any other type ``T`` (``dict[str, Any]`` included) -> ``(T, False)``."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if type(None) in args:
+            rest = [a for a in args if a is not type(None)]
+            return (rest[0] if len(rest) == 1 else tp), True
+    return tp, False
+
+
 def parse_value(name: str, text: str) -> Any:
     """Convert the text of a ``key=value`` override to the type of field ``name``."""
-    tp = _field_type(name)
-    args = typing.get_args(tp)
-    optional = type(None) in args
+    base, optional = _split_optional(_field_type(name))
     if optional and text.lower() in ("none", "null"):
         return None
-    base = next((a for a in args if a is not type(None)), tp) if isinstance(tp, types.UnionType) or args else tp
     if typing.get_origin(base) is dict or base is dict:
         try:
             value = json.loads(text)
@@ -174,8 +192,28 @@ def load_preset(cfg: TrainConfig, task: str, preset: str) -> TrainConfig:
             continue
         if key not in names:
             raise ConfigError(f"preset {path}: unknown key {key!r}; valid keys: {', '.join(names)}")
-        setattr(cfg, key, value)
+        setattr(cfg, key, check_value(key, value, where=f"preset {path}: "))
     return cfg
+
+
+def check_value(name: str, value: Any, where: str = "") -> Any:
+    """Check a JSON value (from a preset file) against the type of field ``name``; ints are accepted for floats."""
+    base, optional = _split_optional(_field_type(name))
+    if value is None and optional:
+        return value
+    if typing.get_origin(base) is dict or base is dict:
+        ok = isinstance(value, dict)
+    elif base is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif base is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, base)
+    if not ok:
+        kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(base, "a JSON object")
+        raise ConfigError(f"{where}{name}: expected {kind}{' or null' if optional else ''}, got {value!r}")
+    return value
 
 
 def resolve_config(task: str, preset: str | None, overrides: list[str], **flags: Any) -> TrainConfig:

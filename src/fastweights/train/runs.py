@@ -36,11 +36,22 @@ def atomic_write_bytes(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600 files; give the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _file_mode(path: Path) -> int:
+    """The mode of the existing ``path``, else that of a new file under the current umask."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -126,7 +137,11 @@ class MetricsLog:
 
     def log(self, row: dict[str, Any]) -> None:
         new = not self.path.exists()
-        fields = list(row.keys()) if new else next(csv.reader(open(self.path, newline="")))
+        if new:
+            fields = list(row.keys())
+        else:
+            with open(self.path, newline="") as f:
+                fields = next(csv.reader(f))
         with open(self.path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields)
             if new:
