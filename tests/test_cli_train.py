@@ -3,6 +3,7 @@ training into run directories, resume, evaluation, plots, and one-line errors fo
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -114,7 +115,7 @@ def test_paper_preset_parameters_listops(capsys, model):
     rc, out, err = cli(capsys, "train", "listops", "--model", model, "--depth", "10", "--preset", "paper",
                        "train_size=8", "valid_size=2", "test_size=2", "--dry-run")
     assert rc == 0, err
-    cfg, data_line, n = dry_run_output(out)
+    cfg, _, n = dry_run_output(out)
     assert n == PAPER_PARAMETERS["listops"][model]
     assert cfg["depth"] == 10 and cfg["d_model"] == 256
 
@@ -136,9 +137,10 @@ def test_cpu_preset_dry_run(capsys, task):
     rc, out, err = cli(capsys, "train", task, "--model", "delta_net", "--preset", "cpu", *DATA_ARGS, "--dry-run")
     assert rc == 0, err
     cfg, _, _ = dry_run_output(out)
-    assert cfg == {**cfg, **{k: v for k, v in read_json(
-        Path(__file__).resolve().parents[1] / "configs" / f"{task}-cpu.json").items()
-        if not k.startswith("_") and k not in ("train_size", "valid_size", "test_size", "code_length")}}
+    preset = read_json(Path(__file__).resolve().parents[1] / "configs" / f"{task}-cpu.json")
+    for key, value in preset.items():
+        if not key.startswith("_") and key not in ("train_size", "valid_size", "test_size", "code_length"):
+            assert cfg[key] == value, key
 
 
 def test_precedence_preset_overrides_flags(capsys):
@@ -154,14 +156,12 @@ def test_precedence_preset_overrides_flags(capsys):
 
 
 def test_layer_options_override_reaches_the_model(capsys):
-    sizes = []
     for options in ('{"version": 1}', '{"version": 2}', '{"version": 2, "output_scale": false}'):
         rc, out, err = cli(capsys, "train", "code-exec", "--model", "delta_rnn", *TINY,
                            f"layer_options={options}", "--dry-run")
         assert rc == 0, err
-        cfg, _, n = dry_run_output(out)
+        cfg, _, _ = dry_run_output(out)
         assert cfg["layer_options"] == json.loads(options)
-        sizes.append(n)
     _, _, model = algorithmic.build(resolve_config("code-exec", None, [*TINY, 'layer_options={"version": 1}'],
                                                    model="delta_rnn"))
     assert {b.layer.version for b in model.blocks} == {1}
@@ -298,8 +298,17 @@ def test_plot_writes_a_png(capsys, tmp_path, two_runs):
     assert_one_line_error(rc, err, "nope")
 
 
+@pytest.mark.xfail(strict=True, reason="meta.json's command is sys.argv (runs.run_metadata), not the argv given "
+                   "to cli.main(argv): a programmatic main([...]) records the host program's command line")
+def test_meta_records_the_command_of_main(capsys, tmp_path):
+    argv = ["train", "code-exec", "--model", "delta_net", *TINY, "epochs=1", "--run-dir", str(tmp_path / "run")]
+    rc, _, err = cli(capsys, *argv)
+    assert rc == 0, err
+    assert read_json(tmp_path / "run" / "meta.json")["command"][1:] == argv
+
+
 def test_default_run_dir_under_out_dir(capsys, tmp_path):
-    rc, out, err = cli(capsys, "train", "code-exec", "--model", "delta_net", "--preset", "cpu", *TINY, "epochs=1",
+    rc, _, err = cli(capsys, "train", "code-exec", "--model", "delta_net", "--preset", "cpu", *TINY, "epochs=1",
                        f"out_dir={tmp_path}")
     assert rc == 0, err
     (run_dir,) = tmp_path.iterdir()
@@ -317,9 +326,11 @@ def test_resume_continues_an_interrupted_run(capsys, tmp_path):
     assert rc == 0, err
     assert "epoch 2:" in out and "epoch 1:" not in out
     assert read_json(run_dir / "results.json")["test"] == read_json(tmp_path / "full" / "results.json")["test"]
-    drop = ("elapsed_s", "tokens_per_s")
-    rows = [[{k: v for k, v in r.items() if k not in drop} for r in
-             __import__("csv").DictReader(open(d / "metrics.csv", newline=""))] for d in (run_dir, tmp_path / "full")]
+    rows = []
+    for d in (run_dir, tmp_path / "full"):
+        with open(d / "metrics.csv", newline="") as f:
+            rows.append([{k: v for k, v in r.items() if k not in ("elapsed_s", "tokens_per_s")}
+                         for r in csv.DictReader(f)])
     assert rows[0] == rows[1] and len(rows[0]) == 3
 
 

@@ -232,7 +232,7 @@ def test_bad_inputs_and_configs():
         model(torch.full((2, 3), 7))
     with pytest.raises(ValueError, match=r"tokens_t: expected a 1-d tensor \[B\]"):
         model.step(torch.zeros(2, 1, dtype=torch.long))
-    with pytest.raises(TypeError, match=r"reset: expected a bool"):
+    with pytest.raises(TypeError, match=r"reset: expected dtype torch.bool, got torch.float32"):
         model(torch.zeros(2, 3, dtype=torch.long), reset=torch.zeros(2, 3))
     with pytest.raises(ValueError, match=r"model: unknown model 'deltanet'.*delta_net"):
         tiny("deltanet")

@@ -224,7 +224,7 @@ def test_unknown_model_lists_every_registry_model():
 
 def test_listops_depth_is_validated():
     assert resolve_config("listops", None, [], depth=15).depth == 15
-    with pytest.raises(ConfigError, match="depth: expected 1..19"):
+    with pytest.raises(ConfigError, match=r"depth: expected 1\.\.19"):
         resolve_config("listops", None, [], depth=0)
 
 

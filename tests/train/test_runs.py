@@ -76,7 +76,7 @@ def test_checkpoint_round_trip(tmp_path):
     assert back["epoch"] == 3
     torch.testing.assert_close(back["model"]["w"], payload["model"]["w"])
     assert torch.equal(back["rng"], payload["rng"])
-    with pytest.raises(FileNotFoundError, match="best.pt"):
+    with pytest.raises(FileNotFoundError, match=r"best\.pt"):
         load_checkpoint(tmp_path / "best.pt")
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from fastweights.ops import feature_maps as fm
+from fastweights.ops._common import check_reset
 
 # Names accepted by the ``feature_map`` option of the layers that allow a choice (spec A.2, A.10).
 FEATURE_MAP_NAMES = ("elu1_sum_norm", "elu1", "softmax", "dpfp", "favor")
@@ -48,21 +49,6 @@ def check_input(x: object, d_model: int, *, name: str = "x", layout: str = "[B, 
         raise ValueError(f"{name}: expected last dim C = d_model = {d_model} in {layout}, "
                          f"got shape {_fmt(x.shape)}")
     return x
-
-
-def check_reset(reset: object, batch: int, time: int, device: torch.device) -> Tensor | None:
-    """``reset``: None or a bool ``[B, T]`` tensor on ``device``."""
-    if reset is None:
-        return None
-    if not isinstance(reset, Tensor):
-        raise TypeError(f"reset: expected a bool torch.Tensor [B, T], got {type(reset).__name__}")
-    if reset.dtype != torch.bool:
-        raise TypeError(f"reset: expected dtype torch.bool, got {reset.dtype}")
-    if tuple(reset.shape) != (batch, time):
-        raise ValueError(f"reset: expected shape [B, T] = {_fmt((batch, time))}, got {_fmt(reset.shape)}")
-    if reset.device != device:
-        raise ValueError(f"reset: expected a tensor on device {device} (the device of x), got {reset.device}")
-    return reset
 
 
 def check_positive_int(name: str, value: object) -> int:

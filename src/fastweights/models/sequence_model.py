@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from fastweights.layers.lstm import LSTMState, run_lstm
 from fastweights.layers.registry import build_layer
+from fastweights.ops._common import check_reset
 
 from .blocks import PostLNBlock, ResidualBlock
 from .config import ModelConfig
@@ -60,18 +61,6 @@ def _check_tokens(tokens: object, vocab_size: int, *, name: str, layout: str) ->
     return tokens
 
 
-def _check_reset(reset: object, batch: int, time: int, device: torch.device) -> Tensor | None:
-    if reset is None:
-        return None
-    if not isinstance(reset, Tensor) or reset.dtype != torch.bool:
-        raise TypeError(f"reset: expected a bool torch.Tensor [B, T], got "
-                        f"{reset.dtype if isinstance(reset, Tensor) else type(reset).__name__}")
-    if tuple(reset.shape) != (batch, time) or reset.device != device:
-        raise ValueError(f"reset: expected shape [B, T] = [{batch}, {time}] on {device}, "
-                         f"got {list(reset.shape)} on {reset.device}")
-    return reset
-
-
 def _gather_last(h: Tensor, lengths: Tensor | None) -> Tensor:
     """``h [B, T, D]`` -> ``[B, D]`` at index ``lengths - 1`` (the last position when lengths is None)."""
     B, T, _ = h.shape
@@ -116,7 +105,7 @@ class _TokenModel(nn.Module):
             ``[B, num_classes]`` (``head="last"``).
         """
         tokens = _check_tokens(tokens, self.config.vocab_size, name="tokens", layout="[B, T]")
-        reset = _check_reset(reset, tokens.shape[0], tokens.shape[1], tokens.device)
+        reset = check_reset(reset, tokens.shape[0], tokens.shape[1], tokens.device)
         h, state = self._hidden(tokens, state, reset)
         if self.config.head == "last":
             return self.head(_gather_last(h, lengths)), state
