@@ -26,7 +26,7 @@ def compare(task: str, models: list[str], preset: str | None, overrides: list[st
             results = read_json(run_dir / "results.json")
         else:
             resume = same and (run_dir / "last.pt").is_file()
-            if not same and run_dir.exists():
+            if not same and (run_dir / "config.json").exists():
                 raise ValueError(f"out_dir: {run_dir} holds a run with a different configuration; "
                                  f"choose another --out-dir or remove it")
             results = train(cfg, run_dir, resume=resume)
