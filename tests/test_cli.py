@@ -67,3 +67,10 @@ def test_memory_subcommand_passes_its_options_through(capsys):
     assert main(["memory", "--op", "sum_rule", "--batch", "1", "--time", "8", "--heads", "1", "--dim", "2",
                  "--impls", "auto"]) == 0
     assert "sum_rule forward+backward" in capsys.readouterr().out
+
+
+def test_resume_refuses_new_options(tmp_path, capsys):
+    assert main(["train", "code-exec", "--resume", str(tmp_path), "lr=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastweights: error: resume: a resumed run keeps its config.json; remove lr=0.1")
+    assert len(err.strip().splitlines()) == 1

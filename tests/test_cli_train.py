@@ -298,8 +298,6 @@ def test_plot_writes_a_png(capsys, tmp_path, two_runs):
     assert_one_line_error(rc, err, "nope")
 
 
-@pytest.mark.xfail(strict=True, reason="meta.json's command is sys.argv (runs.run_metadata), not the argv given "
-                   "to cli.main(argv): a programmatic main([...]) records the host program's command line")
 def test_meta_records_the_command_of_main(capsys, tmp_path):
     argv = ["train", "code-exec", "--model", "delta_net", *TINY, "epochs=1", "--run-dir", str(tmp_path / "run")]
     rc, _, err = cli(capsys, *argv)

@@ -79,6 +79,10 @@ def _train(args: argparse.Namespace) -> int:
     from .train.runs import read_json
 
     if args.resume:
+        given = [f"--{k.replace('_', '-')}" for k in ("model", "preset", "num_vars", "depth", "data", "run_dir")
+                 if getattr(args, k) is not None] + list(args.overrides)
+        if given:
+            raise ValueError(f"resume: a resumed run keeps its config.json; remove {' '.join(given)}")
         run_dir = Path(args.resume)
         if not (run_dir / "last.pt").is_file():
             raise FileNotFoundError(f"resume: {run_dir} has no last.pt checkpoint to resume from")
@@ -99,7 +103,7 @@ def _train(args: argparse.Namespace) -> int:
               f"vocabulary {data.vocab_size}, classes {data.num_classes})")
         print(f"parameters: {count_parameters(model)}")
         return 0
-    train(cfg, Path(args.run_dir) if args.run_dir else _default_run_dir(cfg, args.preset))
+    train(cfg, Path(args.run_dir) if args.run_dir else _default_run_dir(cfg, args.preset), command=args.command_line)
     return 0
 
 
@@ -203,12 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = list(args.overrides) + extra
+    args.command_line = ["fastweights", *argv]
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:  # ConfigError and DataFormatError are ValueErrors
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # ConfigError, DataFormatError: ValueErrors
         if os.environ.get("FASTWEIGHTS_DEBUG"):
             raise
         print(f"fastweights: error: {e}", file=sys.stderr)

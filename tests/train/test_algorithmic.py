@@ -282,8 +282,6 @@ def test_resume_of_a_finished_run_changes_nothing(tiny_cfg, tmp_path):
     assert again["test"] == first["test"] and metric_rows(tmp_path / "run") == rows
 
 
-@pytest.mark.xfail(strict=True, reason="algorithmic.train logs the metrics row after saving last.pt: an "
-                   "interruption between the two loses that epoch's row for good (resume starts after it)")
 def test_interruption_between_checkpoint_and_row_loses_no_row(tiny_cfg, tmp_path, monkeypatch):
     cfg = tiny_cfg(epochs=3, dropout=0.1)
     train(cfg, tmp_path / "full", quiet=True)
@@ -302,8 +300,6 @@ def test_interruption_between_checkpoint_and_row_loses_no_row(tiny_cfg, tmp_path
     assert metric_rows(tmp_path / "run") == metric_rows(tmp_path / "full")
 
 
-@pytest.mark.xfail(strict=True, reason="algorithmic.train without resume appends to an existing run "
-                   "directory's metrics.csv (epochs 1, 2, 1, 2) instead of refusing or starting it afresh")
 def test_fresh_run_in_an_existing_run_directory(tiny_cfg, tmp_path):
     cfg = tiny_cfg(epochs=2)
     train(cfg, tmp_path / "run", quiet=True)

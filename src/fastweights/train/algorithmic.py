@@ -193,13 +193,17 @@ def build(cfg: TrainConfig) -> tuple[TaskData, ModelConfig, torch.nn.Module]:
 
 
 def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, stop_after_epochs: int | None = None,
-          quiet: bool = False) -> dict[str, Any]:
+          quiet: bool = False, command: list[str] | None = None) -> dict[str, Any]:
     """Train ``cfg`` in ``run_dir``; with ``resume`` continue from ``run_dir/last.pt``.
 
     ``stop_after_epochs`` ends this call early (as an interruption would) after that many epochs in total.
+    ``command`` is recorded in meta.json (default ``sys.argv``).
     Returns the final results (best validation metrics and, when training finished, test metrics).
     """
     run_dir = Path(run_dir)
+    if not resume and (run_dir / "config.json").exists():
+        raise FileExistsError(f"run_dir: {run_dir} already holds a run; continue it with --resume {run_dir} "
+                              f"or choose another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -219,7 +223,7 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, stop_after_e
         log.truncate(step)  # rows written after the checkpoint belong to lost work
     else:
         write_json(run_dir / "config.json", config_to_dict(cfg))
-        write_json(run_dir / "meta.json", {**run_metadata(cfg.seed), "parameters": count_parameters(model),
+        write_json(run_dir / "meta.json", {**run_metadata(cfg.seed, command), "parameters": count_parameters(model),
                                            "data": data.source})
     train_split = data.splits["train"]
     n = train_split.src.shape[0]
@@ -267,10 +271,12 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, stop_after_e
         payload = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
                    "best": best, "elapsed": elapsed, "config": config_to_dict(cfg),
                    "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
+        # The row first: if the run dies before last.pt is replaced, resume truncates the CSV to the old
+        # checkpoint and redoes the epoch; the other order could lose a row for good.
+        log.log(row)
         if is_best:
             save_checkpoint(run_dir / "best.pt", payload)
         save_checkpoint(run_dir / "last.pt", payload)
-        log.log(row)  # after the checkpoint: a row in the CSV always has its checkpoint on disk
         if not quiet:
             extra = f", print acc {valid['print_acc']:.4f}" if "print_acc" in valid else ""
             print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, valid loss {valid['loss']:.4f}, "

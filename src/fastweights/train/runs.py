@@ -86,7 +86,7 @@ def git_revision() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def run_metadata(seed: int) -> dict[str, Any]:
+def run_metadata(seed: int, command: list[str] | None = None) -> dict[str, Any]:
     import numpy
 
     from .. import __version__
@@ -95,7 +95,7 @@ def run_metadata(seed: int) -> dict[str, Any]:
         "fastweights": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
         "python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine(),
         "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
-        "git_revision": git_revision(), "command": sys.argv, "seed": seed,
+        "git_revision": git_revision(), "command": list(sys.argv if command is None else command), "seed": seed,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
