@@ -34,7 +34,7 @@ def _delta_delta(q, k, v, beta, *, eps, initial_state, reset, output_final_state
     return o.to(q.dtype), (DeltaDeltaState(M, W) if output_final_state else None)
 
 
-@register("delta_delta", "chunked", default=True)
+@register("delta_delta", "chunked", priority=10)
 def delta_delta_chunked(q, k, v, beta, *, eps=1e-5, initial_state=None, reset=None, output_final_state=False):
     return _delta_delta(q, k, v, beta, eps=eps, initial_state=initial_state, reset=reset,
                         output_final_state=output_final_state, impl="chunked")
@@ -61,5 +61,5 @@ def delta_delta(
     Returns:
         ``(o [B, T, H, D], DeltaDeltaState or None)``.
     """
-    fn = resolve("delta_delta", impl)
+    fn = resolve("delta_delta", impl, q)
     return fn(q, k, v, beta, eps=eps, initial_state=initial_state, reset=reset, output_final_state=output_final_state)

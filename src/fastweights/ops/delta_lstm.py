@@ -78,7 +78,7 @@ def _make_step(version: int):
 _STEPS = {ver: _make_step(ver) for ver in VERSIONS}
 
 
-@register("delta_lstm", "checkpointed", default=True)
+@register("delta_lstm", "checkpointed", priority=10)
 def delta_lstm_checkpointed(q, k, v, beta, rk, rv, rbeta, *, version=4, initial_state=None, reset=None,
                             output_final_state=False, chunk_size: int | None = None):
     in_dtype = check_float_tensor("q", q).dtype
@@ -152,6 +152,6 @@ def delta_lstm(
     Returns:
         ``(y [B, T, H, V] in q's dtype, DeltaLSTMState or None)``.
     """
-    fn = resolve("delta_lstm", impl)
+    fn = resolve("delta_lstm", impl, q)
     return fn(q, k, v, beta, rk, rv, rbeta, version=version, initial_state=initial_state, reset=reset,
               output_final_state=output_final_state, **kwargs)

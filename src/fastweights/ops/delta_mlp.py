@@ -81,7 +81,7 @@ def _delta_mlp(h, keys, values, betas, *, norms, eps, initial_state, reset, outp
     return h, (tuple(finals) if output_final_state else None)
 
 
-@register("delta_mlp", "chunked", default=True)
+@register("delta_mlp", "chunked", priority=10)
 def delta_mlp_chunked(h, keys, values, betas, *, norms=None, eps=1e-5, initial_state=None, reset=None,
                       output_final_state=False):
     return _delta_mlp(h, keys, values, betas, norms=norms, eps=eps, initial_state=initial_state, reset=reset,
@@ -113,6 +113,6 @@ def delta_mlp(
     Returns:
         ``(h_L [B, T, H, D], tuple of the 2L final matrices or None)``.
     """
-    fn = resolve("delta_mlp", impl)
+    fn = resolve("delta_mlp", impl, h)
     return fn(h, keys, values, betas, norms=norms, eps=eps, initial_state=initial_state, reset=reset,
               output_final_state=output_final_state)

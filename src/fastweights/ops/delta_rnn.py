@@ -96,7 +96,7 @@ def _step_v1(xs, params, state):
     return y, (R, y)
 
 
-@register("delta_rnn", "checkpointed", default=True)
+@register("delta_rnn", "checkpointed", priority=10)
 def delta_rnn_checkpointed(q, k, v, beta, rk, rv, rbeta, *, version=2, initial_state=None, reset=None,
                            output_final_state=False, chunk_size: int | None = None):
     in_dtype = check_float_tensor("q", q).dtype
@@ -155,6 +155,6 @@ def delta_rnn(
     Returns:
         ``(y [B, T, H, V] in q's dtype, DeltaRNNState or None)``.
     """
-    fn = resolve("delta_rnn", impl)
+    fn = resolve("delta_rnn", impl, q)
     return fn(q, k, v, beta, rk, rv, rbeta, version=version, initial_state=initial_state, reset=reset,
               output_final_state=output_final_state, **kwargs)

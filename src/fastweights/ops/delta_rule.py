@@ -32,7 +32,7 @@ def _prepare(q, k, v, beta, initial_state, reset):
     return q.to(dt), k.to(dt), v.to(dt), beta.to(dt), s0, reset
 
 
-@register("delta_rule", "chunked", default=True)
+@register("delta_rule", "chunked", priority=10)
 def delta_rule_chunked(q, k, v, beta, *, initial_state=None, reset=None, output_final_state=False,
                        chunk_size: int = 64):
     in_dtype = check_float_tensor("q", q).dtype
@@ -79,6 +79,6 @@ def delta_rule(
     Returns:
         ``(o [B, T, H, V] in q's dtype, final_state or None)``.
     """
-    fn = resolve("delta_rule", impl)
+    fn = resolve("delta_rule", impl, q)
     return fn(q, k, v, beta, initial_state=initial_state, reset=reset, output_final_state=output_final_state,
               **kwargs)

@@ -65,7 +65,7 @@ def _step(xs, params, state):
     return y, (W, y)
 
 
-@register("rec_delta", "checkpointed", default=True)
+@register("rec_delta", "checkpointed", priority=10)
 def rec_delta_checkpointed(q, k, v, beta, rec_q, rec_k, rec_v, rec_beta, *, initial_state=None, reset=None,
                            output_final_state=False, chunk_size: int | None = None):
     in_dtype = check_float_tensor("q", q).dtype
@@ -119,6 +119,6 @@ def rec_delta(
     Returns:
         ``(y [B, T, H, D] in q's dtype, RecDeltaState or None)``.
     """
-    fn = resolve("rec_delta", impl)
+    fn = resolve("rec_delta", impl, q)
     return fn(q, k, v, beta, rec_q, rec_k, rec_v, rec_beta, initial_state=initial_state, reset=reset,
               output_final_state=output_final_state, **kwargs)

@@ -31,7 +31,7 @@ def _prepare(q, k, v, initial_state, reset):
     return q.to(dt), k.to(dt), v.to(dt), s0, reset
 
 
-@register("sum_rule", "chunked", default=True)
+@register("sum_rule", "chunked", priority=10)
 def sum_rule_chunked(q, k, v, *, initial_state=None, reset=None, output_final_state=False, chunk_size: int = 64):
     in_dtype = check_float_tensor("q", q).dtype
     chunk_size = check_chunk_size(chunk_size)
@@ -73,5 +73,5 @@ def sum_rule(
     Returns:
         ``(o [B, T, H, V] in q's dtype, final_state or None)``.
     """
-    fn = resolve("sum_rule", impl)
+    fn = resolve("sum_rule", impl, q)
     return fn(q, k, v, initial_state=initial_state, reset=reset, output_final_state=output_final_state, **kwargs)
