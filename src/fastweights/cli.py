@@ -9,6 +9,7 @@
     fastweights eval RUN_DIR [--split test]   evaluate a run's best checkpoint
     fastweights plot RUN_DIR... --out F.png   learning curves of several runs
     fastweights memory [--op ...]             peak memory of forward+backward: default path vs naive step loop
+    fastweights bench [--shapes tiny,paper]   speed of every op and layer against the naive loop and the matmul peak
 
 Errors in what the user typed (unknown model or key, a bad value, a missing directory) are printed as one
 line (``fastweights: error: ...``) with exit status 2; set ``FASTWEIGHTS_DEBUG=1`` for the traceback.
@@ -188,8 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--metrics", default="valid_acc,train_loss")
     pl.set_defaults(func=_plot)
 
-    # listed for --help only: main() hands `memory ...` to fastweights.bench.memory before parsing
+    # listed for --help only: main() hands `memory ...` and `bench ...` to their own parsers
     sub.add_parser("memory", help="peak memory of an op's forward+backward vs the naive loop", add_help=False)
+    sub.add_parser("bench", help="speed and memory of every op and layer: default vs naive loop, matmul peak",
+                   add_help=False)
     return p
 
 
@@ -199,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bench.memory import main as memory_main
 
         return memory_main(argv[1:])
+    if argv[:1] == ["bench"]:
+        from .bench.ops_bench import main as bench_main
+
+        return bench_main(argv[1:])
     parser = build_parser()
     # key=value overrides may come after options (argparse's positionals would stop at the first option)
     args, extra = parser.parse_known_args(argv)

@@ -17,6 +17,7 @@ from fastweights.ops import (
     softmax,
     sum_norm,
 )
+from fastweights.ops._compiled import NUMBA_AVAILABLE
 
 HALF = [pytest.param(torch.float16, id="fp16"), pytest.param(torch.bfloat16, id="bf16")]
 ALL_FLOATS = [*HALF, pytest.param(torch.float32, id="fp32"), pytest.param(torch.float64, id="fp64")]
@@ -167,9 +168,10 @@ def test_feature_map_table():
 
 # -------------------------------------------------------------------------------------------- registry
 
+SEQUENTIAL_DEFAULT = "compiled" if NUMBA_AVAILABLE else "checkpointed"
 DEFAULTS = {
     "sum_rule": "chunked", "delta_rule": "chunked", "delta_delta": "chunked", "delta_mlp": "chunked",
-    "delta_rnn": "checkpointed", "delta_lstm": "checkpointed", "rec_delta": "checkpointed",
+    "delta_rnn": SEQUENTIAL_DEFAULT, "delta_lstm": SEQUENTIAL_DEFAULT, "rec_delta": SEQUENTIAL_DEFAULT,
 }
 
 

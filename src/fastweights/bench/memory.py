@@ -5,8 +5,9 @@ Each measurement runs in a fresh subprocess and reports two numbers:
 
 * ``saved``: bytes of the distinct storages autograd keeps for the backward pass (collected with
   ``torch.autograd.graph.saved_tensors_hooks``; exact and repeatable);
-* ``peak``: the process's peak resident memory during forward+backward minus the peak before it
-  (``ru_maxrss``; includes temporaries and allocator slack).
+* ``peak``: the process's peak resident memory during forward+backward minus its resident memory before
+  it (Linux: the high-water mark ``VmHWM``, reset first; elsewhere ``ru_maxrss``, minus the peak before;
+  includes temporaries and allocator slack).
 
     python -m fastweights.bench.memory --op delta_rnn --batch 8 --time 1024 --heads 8 --dim 64
 """
@@ -49,6 +50,35 @@ def make_inputs(op: str, B: int, T: int, H: int, D: int, seed: int = 0) -> tuple
     return leaves, args
 
 
+def _vm_hwm() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _peak_rss_start() -> int:
+    """Start measuring the peak resident memory; returns the baseline in bytes for :func:`_peak_rss`."""
+    # ru_maxrss carries over from the parent through fork+exec, so a child of a large process (the speed
+    # benchmark) never exceeds it and reports 0; the per-process VmHWM, reset to the current size, does not
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    hwm = _vm_hwm()
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _peak_rss() -> int:
+    hwm = _vm_hwm()
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def measure(op: str, impl: str, B: int, T: int, H: int, D: int) -> dict:
     """Forward+backward of ``op`` in this process; returns ``saved`` and ``peak`` bytes."""
     import fastweights.ops as ops
@@ -65,21 +95,58 @@ def measure(op: str, impl: str, B: int, T: int, H: int, D: int) -> dict:
         storages[st.data_ptr()] = st.nbytes()
         return t
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = _peak_rss_start()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out, _ = fn(*args, impl=impl)
     out.square().sum().backward()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    after = _peak_rss()
     return {"op": op, "impl": impl, "shape": {"B": B, "T": T, "H": H, "D": D}, "saved_bytes": sum(storages.values()),
             "peak_bytes": after - before}
 
 
-def run_isolated(op: str, impl: str, B: int, T: int, H: int, D: int) -> dict:
-    """:func:`measure` in a fresh interpreter so that peaks do not mix."""
-    code = (f"import json; from fastweights.bench.memory import measure; "
-            f"print(json.dumps(measure({op!r}, {impl!r}, {B}, {T}, {H}, {D})))")
+def measure_layer(name: str, impl: str | None, B: int, T: int, H: int, D: int, seed: int = 0) -> dict:
+    """Forward+backward of the layer ``name`` (``d_model = H * D``, input ``x [B, T, H * D]``) in this
+    process, with the op implementation ``impl``; returns ``saved`` and ``peak`` bytes like :func:`measure`."""
+    from ..layers import build_layer
+
+    torch.manual_seed(seed)
+    layer = build_layer(name, H * D, H, D, impl=impl)
+    layer(torch.randn(1, 3, H * D))[0].sum().backward()  # warm-up, as in measure
+    layer.zero_grad(set_to_none=True)
+    x = torch.randn(B, T, H * D, generator=torch.Generator().manual_seed(seed + 1)).requires_grad_()
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        st = t.untyped_storage()
+        storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    before = _peak_rss_start()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out, _ = layer(x)
+    out.square().sum().backward()
+    after = _peak_rss()
+    return {"layer": name, "impl": impl, "shape": {"B": B, "T": T, "H": H, "D": D},
+            "saved_bytes": sum(storages.values()), "peak_bytes": after - before}
+
+
+def _in_fresh_interpreter(call: str, threads: int | None) -> dict:
+    # the thread count must be set in the child: it starts with torch's default, not the parent's setting
+    setup = "" if threads is None else f"import torch; torch.set_num_threads({int(threads)}); "
+    code = f"{setup}import json; from fastweights.bench import memory; print(json.dumps(memory.{call}))"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_isolated(op: str, impl: str | None, B: int, T: int, H: int, D: int, *, threads: int | None = None) -> dict:
+    """:func:`measure` in a fresh interpreter so that peaks do not mix."""
+    return _in_fresh_interpreter(f"measure({op!r}, {impl!r}, {B}, {T}, {H}, {D})", threads)
+
+
+def run_isolated_layer(name: str, impl: str | None, B: int, T: int, H: int, D: int, *,
+                       threads: int | None = None) -> dict:
+    """:func:`measure_layer` in a fresh interpreter."""
+    return _in_fresh_interpreter(f"measure_layer({name!r}, {impl!r}, {B}, {T}, {H}, {D})", threads)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,8 @@ Each op has several implementations with the same signature (``impl=``; see
 :func:`available_implementations`): ``"reference"`` is a plain step loop, the float64 test oracle.
 """
 
-from . import feature_maps
+# compiled CPU implementations (numba); they register themselves and are used only when numba is installed
+from . import delta_lstm_compiled, delta_rnn_compiled, feature_maps, rec_delta_compiled  # noqa: F401
 from ._common import set_value_checks
 from ._registry import available_implementations
 from .delta_delta import delta_delta

@@ -1,0 +1,351 @@
+"""Compiled CPU implementation (numba) of the Recurrent Delta Net (:mod:`.rec_delta`, spec A.7).
+
+The whole layer is one nonlinear recurrence, so both the forward and the hand-derived backward run as
+machine-code time loops, parallel over the B x H pairs (``prange``). Memory follows the checkpointed path:
+the forward keeps the state ``(W, y)`` at the start of every chunk of ``chunk_size`` steps; the backward
+recomputes one chunk at a time from its checkpoint (into a per-pair buffer of ``chunk_size`` states) and
+back-propagates through it step by step.
+
+Per step (key-major ``W [D, D]``; ``P = [R_q; R_k; R_v; r_beta]`` stacked ``[3D+1, D]``, ``r = P a``)::
+
+    a = tanh(y_{t-1})        q = softmax(q~ + r_q)   k = softmax(k~ + r_k)   v = v~ + r_v
+    beta = sigmoid(b~ + r_b) d = v - W_{t-1}^T k      u = beta d
+    W_t = W_{t-1} + k u^T    y_t = W_t^T q
+
+Backward of one step, given ``gy`` (dL/dy_t: the output's gradient plus what step t+1 sends back through
+``a``) and ``gW`` (dL/dW_t)::
+
+    gq_s = W_t gy = W_{t-1} gy + k (u . gy)        gW += q gy^T
+    gu   = gW^T k      gbeta = gu . d      gv = beta gu      (dL/dv_bar = -gv, v_bar = W_{t-1}^T k)
+    gk_s = gW u - W_{t-1} gv                     gW_{t-1} = gW - k gv^T
+    gz   = s * (g_s - <g_s, s>) for both softmaxes;  gz_b = gbeta beta (1 - beta)
+    g_r  = [gz_q; gz_k; gv; gz_b]:  gP += g_r a^T,  ga = P^T g_r,  gy_{t-1} = ga * (1 - a^2)
+
+A reset at ``t`` multiplies ``(W, y)`` by 0 before step ``t`` (and so their gradients after it). The gradient
+of ``P`` (shared over batch and time) is accumulated per (b, h) pair into its own slice of a ``[B, H, 3D+1, D]``
+buffer and summed over B afterwards, so the parallel loop has no write races.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._common import check_chunk_size, check_float_tensor
+from ._compiled import (
+    NUMBA_AVAILABLE,
+    NUMBA_MISSING,
+    from_bh_major,
+    keep_array,
+    supports_compiled,
+    sync_threads,
+    to_bh_major,
+)
+from ._registry import register
+from ._scan import default_chunk_size
+from .rec_delta import _prepare
+from .states import RecDeltaState
+
+if NUMBA_AVAILABLE:
+    from numba import njit, prange
+else:  # pragma: no cover - the implementation is then never selected (supports_compiled is False)
+
+    def njit(*args, **kwargs):
+        return lambda fn: fn
+
+    prange = range
+
+
+# ------------------------------------------------------------------------------------------------ kernels
+
+
+@njit(cache=True, fastmath=False)
+def _softmax(x, r, out):  # pragma: no cover - compiled
+    """``out = softmax(x + r)`` (max-subtracted), all ``[D]``."""
+    D = x.shape[0]
+    m = x[0] + r[0]
+    for i in range(D):
+        out[i] = x[i] + r[i]
+        m = max(m, out[i])
+    s = 0.0
+    for i in range(D):
+        out[i] = np.exp(out[i] - m)
+        s += out[i]
+    for i in range(D):
+        out[i] = out[i] / s
+
+
+@njit(cache=True, fastmath=False)
+def _step(W, y, PT, qt, kt, vt, bt, a, r, qs, ks, d, u):  # pragma: no cover - compiled
+    """One step in place: ``W [D, D]`` (= W_{t-1}, already reset) -> W_t, ``y [D]`` -> y_t; returns beta.
+
+    ``PT [D, 3D+1]`` is P transposed (so that ``r = P a`` runs along contiguous rows); ``qt, kt, vt [D]`` and
+    the scalar ``bt`` are the raw inputs of the step. Fills ``a = tanh(y_{t-1})``, ``r [3D+1]``, the softmaxes
+    ``qs, ks``, ``d = v - W_{t-1}^T k`` and ``u = beta d`` (all ``[D]``), which the backward reuses. The forward
+    kernel and the backward's recomputation both call this, so the recomputed chunk is bit-identical.
+    """
+    D = y.shape[0]
+    M = r.shape[0]
+    for j in range(D):
+        a[j] = np.tanh(y[j])
+    for i in range(M):
+        r[i] = 0.0
+    for j in range(D):  # r = P a as a sum of scaled rows of P^T: contiguous, vectorisable
+        aj = a[j]
+        for i in range(M):
+            r[i] += PT[j, i] * aj
+    _softmax(qt, r[0:D], qs)
+    _softmax(kt, r[D:2 * D], ks)
+    beta = 1.0 / (1.0 + np.exp(-(bt + r[3 * D])))
+    for j in range(D):
+        d[j] = 0.0
+    for i in range(D):  # v_bar = W_{t-1}^T k, read before the write
+        ki = ks[i]
+        for j in range(D):
+            d[j] += W[i, j] * ki
+    for j in range(D):
+        d[j] = (vt[j] + r[2 * D + j]) - d[j]
+        u[j] = beta * d[j]
+    for j in range(D):
+        y[j] = 0.0
+    for i in range(D):  # write, then read with the new matrix
+        ki = ks[i]
+        qi = qs[i]
+        for j in range(D):
+            W[i, j] += ki * u[j]
+            y[j] += W[i, j] * qi
+    return beta
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def _forward_kernel(q, k, v, b, PT, keep, W0, y0, C, out, Wf, yf, cpW, cpY):  # pragma: no cover - compiled
+    """q, k, v ``[B, H, T, D]``, b ``[B, H, T]``, PT ``[H, D, 3D+1]``, keep ``[B, T]``, W0 ``[B, H, D, D]``,
+    y0 ``[B, H, D]``. Writes out ``[B, H, T, D]``, the final state Wf, yf, and the chunk-start states
+    cpW ``[B, H, NC, D, D]``, cpY ``[B, H, NC, D]`` (before that step's reset)."""
+    B, H, T, D = q.shape
+    M = 3 * D + 1
+    for bh in prange(B * H):
+        bi = bh // H
+        h = bh % H
+        W = W0[bi, h].copy()
+        y = y0[bi, h].copy()
+        a = np.empty(D, q.dtype)
+        r = np.empty(M, q.dtype)
+        qs = np.empty(D, q.dtype)
+        ks = np.empty(D, q.dtype)
+        d = np.empty(D, q.dtype)
+        u = np.empty(D, q.dtype)
+        for t in range(T):
+            if t % C == 0:
+                cpW[bi, h, t // C] = W
+                cpY[bi, h, t // C] = y
+            kp = keep[bi, t]
+            if kp != 1.0:  # x * 1 == x exactly, so only resets need the multiply (0 * inf stays NaN, as in torch)
+                W *= kp
+                y *= kp
+            _step(W, y, PT[h], q[bi, h, t], k[bi, h, t], v[bi, h, t], b[bi, h, t], a, r, qs, ks, d, u)
+            out[bi, h, t] = y
+        Wf[bi, h] = W
+        yf[bi, h] = y
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def _backward_kernel(q, k, v, b, P, PT, keep, cpW, cpY, C, gout, gWf, gyf,
+                     gq, gk, gv, gb, gP, gW0, gy0):  # pragma: no cover - compiled
+    """Inputs as in the forward plus P ``[H, 3D+1, D]``, the checkpoints, and the incoming gradients gout
+    ``[B, H, T, D]``, gWf ``[B, H, D, D]``, gyf ``[B, H, D]``. Writes gq, gk, gv ``[B, H, T, D]``, gb
+    ``[B, H, T]``, the per-pair parameter gradients gP ``[B, H, 3D+1, D]`` and the initial-state gradients."""
+    B, H, T, D = q.shape
+    M = 3 * D + 1
+    NC = cpW.shape[2]
+    L = min(C, T)  # the longest chunk
+    for bh in prange(B * H):
+        bi = bh // H
+        h = bh % H
+        gW = gWf[bi, h].copy()
+        gy = gyf[bi, h].copy()
+        gPl = gP[bi, h]
+        gPl[:] = 0.0
+        W = np.empty((D, D), q.dtype)
+        y = np.empty(D, q.dtype)
+        # the recomputed chunk: state before each step (after its reset) and the step's vectors
+        Wb = np.empty((L, D, D), q.dtype)
+        ab = np.empty((L, D), q.dtype)
+        qb = np.empty((L, D), q.dtype)
+        kb = np.empty((L, D), q.dtype)
+        db = np.empty((L, D), q.dtype)
+        ub = np.empty((L, D), q.dtype)
+        bb = np.empty(L, q.dtype)
+        r = np.empty(M, q.dtype)
+        g = np.empty(M, q.dtype)  # dL/dr = [gz_q; gz_k; gv; gz_b]
+        gs = np.empty(D, q.dtype)
+        gu = np.empty(D, q.dtype)
+        ga = np.empty(D, q.dtype)
+        Ph = P[h]
+        for c in range(NC - 1, -1, -1):
+            t0 = c * C
+            n = min(C, T - t0)
+            W[:, :] = cpW[bi, h, c]
+            y[:] = cpY[bi, h, c]
+            for s in range(n):
+                t = t0 + s
+                kp = keep[bi, t]
+                if kp != 1.0:
+                    W *= kp
+                    y *= kp
+                Wb[s] = W
+                bb[s] = _step(W, y, PT[h], q[bi, h, t], k[bi, h, t], v[bi, h, t], b[bi, h, t],
+                              ab[s], r, qb[s], kb[s], db[s], ub[s])
+            for s in range(n - 1, -1, -1):
+                t = t0 + s
+                Wp = Wb[s]
+                a = ab[s]
+                qs = qb[s]
+                ks = kb[s]
+                dd = db[s]
+                u = ub[s]
+                beta = bb[s]
+                ugy = 0.0
+                for j in range(D):
+                    gy[j] += gout[bi, h, t, j]
+                    ugy += u[j] * gy[j]
+                # read y = W_t^T q: gq_s = W_t gy with W_t = W_{t-1} + k u^T; gW += q gy^T; then gu = gW^T k
+                for j in range(D):
+                    gu[j] = 0.0
+                for i in range(D):
+                    qi = qs[i]
+                    ki = ks[i]
+                    acc = 0.0
+                    for j in range(D):
+                        acc += Wp[i, j] * gy[j]
+                        gW[i, j] += qi * gy[j]
+                        gu[j] += gW[i, j] * ki
+                    gs[i] = acc + ki * ugy
+                # softmax of q: gz = s * (g - <g, s>)
+                dot = 0.0
+                for i in range(D):
+                    dot += gs[i] * qs[i]
+                for i in range(D):
+                    g[i] = qs[i] * (gs[i] - dot)
+                # u = beta (v - W_{t-1}^T k)
+                gbeta = 0.0
+                for j in range(D):
+                    gbeta += gu[j] * dd[j]
+                    g[2 * D + j] = beta * gu[j]  # gv; dL/dv_bar = -gv
+                g[3 * D] = gbeta * beta * (1.0 - beta)
+                # k enters the write (k u^T) and the retrieval (W_{t-1}^T k); W_{t-1} gets gW - k gv^T
+                for i in range(D):
+                    ki = ks[i]
+                    acc = 0.0
+                    for j in range(D):
+                        gvj = g[2 * D + j]
+                        acc += gW[i, j] * u[j] - Wp[i, j] * gvj
+                        gW[i, j] -= ki * gvj
+                    gs[i] = acc
+                dot = 0.0
+                for i in range(D):
+                    dot += gs[i] * ks[i]
+                for i in range(D):
+                    g[D + i] = ks[i] * (gs[i] - dot)
+                for i in range(D):
+                    gq[bi, h, t, i] = g[i]
+                    gk[bi, h, t, i] = g[D + i]
+                    gv[bi, h, t, i] = g[2 * D + i]
+                gb[bi, h, t] = g[3 * D]
+                # r = P a: gP += g a^T, ga = P^T g; a = tanh(y_{t-1})
+                for j in range(D):
+                    ga[j] = 0.0
+                for i in range(M):
+                    gi = g[i]
+                    for j in range(D):
+                        gPl[i, j] += gi * a[j]
+                        ga[j] += Ph[i, j] * gi
+                for j in range(D):
+                    gy[j] = ga[j] * (1.0 - a[j] * a[j])
+                kp = keep[bi, t]
+                if kp != 1.0:
+                    gW *= kp
+                    gy *= kp
+        gW0[bi, h] = gW
+        gy0[bi, h] = gy
+
+
+# ------------------------------------------------------------------------------------------------ autograd
+
+
+def _np_dtype(x: Tensor) -> type:
+    return np.float64 if x.dtype == torch.float64 else np.float32
+
+
+class _RecDeltaCompiled(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, chunk_size: int, keep: np.ndarray, q: Tensor, k: Tensor, v: Tensor, b: Tensor, P: Tensor,
+                W0: Tensor, y0: Tensor):
+        B, T, H, D = q.shape
+        C = chunk_size
+        NC = math.ceil(T / C)
+        dt = _np_dtype(q)
+        Pn = P.detach().contiguous().numpy()
+        PT = np.ascontiguousarray(Pn.transpose(0, 2, 1))
+        out = np.empty((B, H, T, D), dt)
+        Wf = np.empty((B, H, D, D), dt)
+        yf = np.empty((B, H, D), dt)
+        cpW = np.empty((B, H, NC, D, D), dt)
+        cpY = np.empty((B, H, NC, D), dt)
+        sync_threads()
+        _forward_kernel(to_bh_major(q), to_bh_major(k), to_bh_major(v), b.detach().transpose(1, 2).contiguous().numpy(),
+                        PT, keep, W0.detach().contiguous().numpy(), y0.detach().contiguous().numpy(), C,
+                        out, Wf, yf, cpW, cpY)
+        ctx.chunk_size, ctx.keep = C, keep
+        ctx.save_for_backward(q, k, v, b, P, torch.from_numpy(cpW), torch.from_numpy(cpY))
+        return from_bh_major(out), torch.from_numpy(Wf), torch.from_numpy(yf)
+
+    @staticmethod
+    def backward(ctx, g_out: Tensor, g_W: Tensor, g_y: Tensor):
+        q, k, v, b, P, cpW, cpY = ctx.saved_tensors
+        B, T, H, D = q.shape
+        dt = _np_dtype(q)
+        Pn = P.detach().contiguous().numpy()
+        PT = np.ascontiguousarray(Pn.transpose(0, 2, 1))
+        gq = np.empty((B, H, T, D), dt)
+        gk = np.empty((B, H, T, D), dt)
+        gv = np.empty((B, H, T, D), dt)
+        gb = np.empty((B, H, T), dt)
+        gP = np.empty((B, H, 3 * D + 1, D), dt)
+        gW0 = np.empty((B, H, D, D), dt)
+        gy0 = np.empty((B, H, D), dt)
+        sync_threads()
+        _backward_kernel(to_bh_major(q), to_bh_major(k), to_bh_major(v), b.transpose(1, 2).contiguous().numpy(),
+                         Pn, PT, ctx.keep, cpW.numpy(), cpY.numpy(), ctx.chunk_size,
+                         to_bh_major(g_out.to(q.dtype)), g_W.detach().to(q.dtype).contiguous().numpy(),
+                         g_y.detach().to(q.dtype).contiguous().numpy(), gq, gk, gv, gb, gP, gW0, gy0)
+        need = ctx.needs_input_grad
+        grads = (from_bh_major(gq), from_bh_major(gk), from_bh_major(gv), torch.from_numpy(gb).transpose(1, 2),
+                 torch.from_numpy(gP.sum(axis=0)), torch.from_numpy(gW0), torch.from_numpy(gy0))
+        return (None, None, *(g if n else None for g, n in zip(grads, need[2:])))
+
+
+@register("rec_delta", "compiled", priority=20, supports=supports_compiled, missing=NUMBA_MISSING)
+def rec_delta_compiled(
+    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, rec_q: Tensor, rec_k: Tensor, rec_v: Tensor, rec_beta: Tensor,
+    *, initial_state: RecDeltaState | tuple | None = None, reset: Tensor | None = None,
+    output_final_state: bool = False, chunk_size: int | None = None,
+) -> tuple[Tensor, RecDeltaState | None]:
+    """Same arguments and results as :func:`fastweights.ops.rec_delta` (numba kernels, CPU tensors only).
+
+    q, k, v ``[B, T, H, D]`` and beta ``[B, T, H]`` raw; rec_q, rec_k, rec_v ``[H, D, D]``, rec_beta ``[H, D]``;
+    state ``(W [B, H, D, D], y [B, H, D])``; chunk_size: steps per checkpoint (default ~sqrt(T)).
+    Returns ``(y [B, T, H, D] in q's dtype, RecDeltaState or None)``.
+    """
+    in_dtype = check_float_tensor("q", q).dtype
+    (q, k, v, beta), (rq, rk, rv, rb), (W0, y0), reset = _prepare(
+        q, k, v, beta, rec_q, rec_k, rec_v, rec_beta, initial_state, reset)
+    B, T = q.shape[:2]
+    C = default_chunk_size(T) if chunk_size is None else check_chunk_size(chunk_size)
+    P = torch.cat([rq, rk, rv, rb.unsqueeze(1)], dim=1)  # [H, 3D+1, D]; autograd splits its gradient back
+    keep = keep_array(reset, B, T, _np_dtype(q))
+    y, W, y_last = _RecDeltaCompiled.apply(C, keep, q, k, v, beta, P, W0, y0)
+    return y.to(in_dtype), (RecDeltaState(W, y_last) if output_final_state else None)

@@ -1,0 +1,29 @@
+"""impl=auto: the best implementation that supports the inputs, and a one-line notice on fallback."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from fastweights.ops import _registry
+
+
+def test_auto_falls_back_with_one_notice(monkeypatch):
+    entry = _registry.IMPLEMENTATIONS["rec_delta"]["compiled"]
+    monkeypatch.setattr(entry, "supports", lambda q: False)
+    monkeypatch.setattr(_registry, "_NOTICED", set())
+    q = torch.zeros(1, 2, 1, 2)
+    with pytest.warns(UserWarning, match=r"rec_delta uses the 'checkpointed' implementation because numba"):
+        fn = _registry.resolve("rec_delta", None, q)
+    assert fn is _registry.IMPLEMENTATIONS["rec_delta"]["checkpointed"].fn
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the notice is given once per op
+        assert _registry.resolve("rec_delta", "auto", q) is fn
+
+
+def test_explicit_impl_and_unknown_impl():
+    assert _registry.resolve("delta_rule", "reference") is _registry.IMPLEMENTATIONS["delta_rule"]["reference"].fn
+    with pytest.raises(ValueError, match=r"impl: expected one of \['auto', 'chunked', 'reference'\] for delta_rule"):
+        _registry.resolve("delta_rule", "fast")
