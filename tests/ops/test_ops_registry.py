@@ -27,3 +27,19 @@ def test_explicit_impl_and_unknown_impl():
     assert _registry.resolve("delta_rule", "reference") is _registry.IMPLEMENTATIONS["delta_rule"]["reference"].fn
     with pytest.raises(ValueError, match=r"impl: expected one of \['auto', 'chunked', 'reference'\] for delta_rule"):
         _registry.resolve("delta_rule", "fast")
+
+
+@pytest.mark.parametrize("op", ["delta_rnn", "delta_lstm", "rec_delta"])
+def test_compiled_kernels_keep_torch_thread_setting(op):
+    pytest.importorskip("numba")
+    from fastweights import ops
+    from fastweights.bench.memory import make_inputs
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        _, args = make_inputs(op, 2, 5, 2, 3)
+        getattr(ops, op)(*args, impl="compiled")[0].sum().backward()
+        assert torch.get_num_threads() == 1  # numba's OpenMP pool must not reset torch's thread count
+    finally:
+        torch.set_num_threads(before)

@@ -30,9 +30,21 @@ def supports_compiled(q: Tensor) -> bool:
 
 
 def sync_threads() -> None:
-    """Use as many numba threads as torch uses (``torch.set_num_threads`` governs both)."""
-    if NUMBA_AVAILABLE:
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    """Use as many numba threads as torch uses (``torch.set_num_threads`` governs both).
+
+    numba's OpenMP threading layer shares libgomp with torch: starting its thread pool sets the process-wide
+    OpenMP thread count to numba's maximum, which would silently undo the user's ``torch.set_num_threads``.
+    So the pool is started here first and torch's setting restored before the kernels run.
+    """
+    if not NUMBA_AVAILABLE:
+        return
+    n = torch.get_num_threads()
+    from numba.np.ufunc import parallel
+
+    parallel._launch_threads()  # idempotent; the first call is the one that resets OpenMP's thread count
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
 
 
 def to_bh_major(x: Tensor) -> np.ndarray:

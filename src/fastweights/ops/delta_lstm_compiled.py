@@ -2,16 +2,30 @@
 
 The feed-forward part ``z^g_t = W^g_t^T q^g_t`` does not depend on the recurrence, so it runs through the
 chunked :func:`delta_rule` exactly as in the ``checkpointed`` implementation. The recurrent part (the three
-fast matrices ``R^g``, the output ``y`` and the cell ``c``) runs in one machine-code loop per (batch, head):
+fast matrices ``R^g``, key-major ``[V, V]``, the output ``y`` and the cell ``c``) runs in one machine-code loop
+per (batch, head). Per step t, with ``m = 1 - reset[b, t]`` and the reset state ``R' = m R_{t-1}``,
+``y' = m y_{t-1}``, ``c' = m c_{t-1}``:
 
-    R^g_t = R^g' + rbeta^g rk^g (rv^g - R^g'^T rk^g)^T          (R' = keep_t R_{t-1}: the reset state)
-    a = softmax(y')  (v2-v4)  |  y'  (v1);    p^g = z^g_t + R^g_t^T a
+    d^g = rv^g - R^g'^T rk^g;   R^g_t = R^g' + rbeta^g rk^g d^g^T      (retrieve with the old, write)
+    a = softmax(y')  (v2-v4)  |  y'  (v1);    p^g = z^g_t + R^g_t^T a   (read with the new matrix)
     i = sigmoid(p^i),  o = sigmoid(p^o),  u = p^u (v4) | sigmoid(p^u) (v1-v3)
     c_t = i u + (1 - i) c';   h = o c_t;   y_t = h (v2, v4) | h + z^u_t (v3) | softmax(h) (v1)
 
+Backward (hand-derived, :func:`_step_backward`). With ``gy`` the gradient of y_t (output gradient plus what step
+t+1 sent back), ``gc`` that of c_t and ``G^g`` that of R^g_t:
+
+    gh = y_t * (gy - <y_t, gy>)  (v1: softmax Jacobian)  |  gy  (v2-v4);   gz^u_t += gy  (v3 only)
+    go = gh c_t;   gc_t = gc + gh o;   gi = gc_t (u - c');   gu = gc_t i;   gc' = gc_t (1 - i)
+    gp^i = gi i (1 - i);   gp^o = go o (1 - o);   gp^u = gu (v4) | gu u (1 - u) (v1-v3);   gz^g_t += gp^g
+    G^g += a gp^g^T;   ga = sum_g R^g_t gp^g
+    grbeta^g = rk^g^T G^g d^g;   gd^g = rbeta^g G^g^T rk^g = grv^g;   grk^g = rbeta^g G^g d^g - R^g' gd^g
+    gR^g' = G^g - rk^g gd^g^T
+    gy' = a * (ga - <a, ga>)  (v2-v4: softmax Jacobian)  |  ga  (v1)
+    gradients of R_{t-1}, y_{t-1}, c_{t-1}: m gR', m gy', m gc'
+
 The forward kernel keeps the state at the start of every chunk of ``chunk_size`` steps; the backward kernel
-recomputes one chunk at a time from it and back-propagates through the chunk with hand-derived gradients
-(see :func:`_step_backward`). All arrays are ``[B, H, T, ...]`` (each (b, h) sequence contiguous).
+recomputes one chunk at a time from it into per-(b, h) buffers and walks the chunk backwards. All kernel
+arrays are ``[B, H, T, ...]`` (each (b, h) sequence contiguous).
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ._common import check_chunk_size, check_float_tensor
 from ._compiled import (
@@ -372,9 +387,11 @@ class _DeltaLSTMRecurrence(torch.autograd.Function):
         _forward_kernel(version, chunk_size, *arrays, keep, *states, y, R_T, y_T, c_T, cpR, cpy, cpc)
         ctx.version, ctx.chunk_size, ctx.keep = version, chunk_size, keep
         ctx.save_for_backward(z, rk, rv, rbeta, torch.from_numpy(cpR), torch.from_numpy(cpy), torch.from_numpy(cpc))
-        return from_bh_major(y), torch.from_numpy(R_T), torch.from_numpy(y_T), torch.from_numpy(c_T)
+        # [B, T, H, V] contiguous, like the other implementations (callers may .view() it)
+        return from_bh_major(y).contiguous(), torch.from_numpy(R_T), torch.from_numpy(y_T), torch.from_numpy(c_T)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g_y, g_R, g_yT, g_cT):
         z, rk, rv, rbeta, cpR, cpy, cpc = ctx.saved_tensors
         B, T, H, G, V = z.shape
