@@ -148,7 +148,8 @@ def delta_lstm(
         version: 1-4 (spec A.6; 4 is the paper's main model).
         initial_state: ``DeltaLSTMState(W [B,H,3,K,V], R [B,H,3,V,V], y [B,H,V], c [B,H,V])`` or None.
         reset: bool ``[B, T]``; True at ``t`` zeroes every state component before step ``t``.
-        impl: ``"checkpointed"`` (default) or ``"reference"``; ``kwargs`` (``chunk_size``) go to it.
+        impl: ``"compiled"`` (numba; the default on CPU when installed), ``"checkpointed"`` (pure PyTorch)
+            or ``"reference"``; ``kwargs`` (``chunk_size``) go to it.
     Returns:
         ``(y [B, T, H, V] in q's dtype, DeltaLSTMState or None)``.
     """

@@ -151,7 +151,8 @@ def delta_rnn(
         version: 2 (the paper's main model) or 1 (softmax output, appendix ablation).
         initial_state: ``DeltaRNNState(W [B,H,K,V], R [B,H,V,V], y [B,H,V])`` or None (zeros).
         reset: bool ``[B, T]``; True at ``t`` zeroes W, R and y before step ``t``.
-        impl: ``"checkpointed"`` (default) or ``"reference"``; ``kwargs`` (``chunk_size``) go to it.
+        impl: ``"compiled"`` (numba; the default on CPU when installed), ``"checkpointed"`` (pure PyTorch)
+            or ``"reference"``; ``kwargs`` (``chunk_size``) go to it.
     Returns:
         ``(y [B, T, H, V] in q's dtype, DeltaRNNState or None)``.
     """

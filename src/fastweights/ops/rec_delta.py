@@ -115,7 +115,8 @@ def rec_delta(
         rec_beta: ``[H, D]``. They may be float32 parameters with half-precision inputs.
         initial_state: ``RecDeltaState(W [B,H,D,D], y [B,H,D])`` or None (zeros).
         reset: bool ``[B, T]``; True at ``t`` zeroes W and y before step ``t``.
-        impl: ``"checkpointed"`` (default) or ``"reference"``; ``kwargs`` (``chunk_size``) go to it.
+        impl: ``"compiled"`` (numba; the default on CPU when installed), ``"checkpointed"`` (pure PyTorch)
+            or ``"reference"``; ``kwargs`` (``chunk_size``) go to it.
     Returns:
         ``(y [B, T, H, D] in q's dtype, RecDeltaState or None)``.
     """
