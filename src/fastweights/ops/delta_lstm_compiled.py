@@ -137,7 +137,7 @@ def _step(version, Rsrc, Rdst, yprev, cprev, z, rk, rv, rbeta, a, d, gate, cnew,
 
     In: ``Rsrc [3, V, V]`` = R', ``yprev, cprev [V]`` = y', c' (the reset previous state), ``z, rk, rv [3, V]``,
     ``rbeta [3]``.
-    Out: ``Rdst [3, V, V]`` = R_t (may alias ``Rsrc``), ``a [V]`` the fed-back copy, ``d [3, V]`` the write
+    Out: ``Rdst [3, V, V]`` = R_t (a different array from ``Rsrc``), ``a [V]`` the fed-back copy, ``d [3, V]`` the write
     residuals ``rv - R'^T rk``, ``gate [3, V]`` = (i, u, o), ``cnew, ynew [V]``. The backward needs exactly these.
     """
     G, V = z.shape
@@ -275,7 +275,9 @@ def _forward_kernel(version, C, z, rk, rv, rbeta, keep, R0, y0, c0, y_out, R_out
     B, H, T, G, V = z.shape
     for bh in prange(B * H):
         b, h = bh // H, bh % H
-        R = R_out[b, h]  # the running state lives in the output array
+        # R ping-pongs between two buffers: a step that reads and writes the same array cannot be vectorised
+        # (the compiler's runtime overlap check fails and it falls back to scalar code)
+        R, Rnext = np.empty((G, V, V), z.dtype), np.empty((G, V, V), z.dtype)
         R[:] = R0[b, h]
         yprev = y0[b, h].copy()
         cprev = c0[b, h].copy()
@@ -289,10 +291,12 @@ def _forward_kernel(version, C, z, rk, rv, rbeta, keep, R0, y0, c0, y_out, R_out
                 cpy[b, h, t // C] = yprev
                 cpc[b, h, t // C] = cprev
             _reset(keep[b, t], R, yprev, cprev)
-            _step(version, R, R, yprev, cprev, z[b, h, t], rk[b, h, t], rv[b, h, t], rbeta[b, h, t],
+            _step(version, R, Rnext, yprev, cprev, z[b, h, t], rk[b, h, t], rv[b, h, t], rbeta[b, h, t],
                   a, d, gate, cnew, y_out[b, h, t])
+            R, Rnext = Rnext, R
             yprev[:] = y_out[b, h, t]
             cprev[:] = cnew
+        R_out[b, h] = R
         y_last[b, h] = yprev
         c_last[b, h] = cprev
 
