@@ -618,8 +618,12 @@ def _run(ops: list[str], layers: list[str], shapes: list[tuple[str, tuple[int, i
         notes.append(f"the CPUs were {100 * busy:.0f}% busy before the run (other jobs) and torch used "
                      f"{torch.get_num_threads()} threads: timings suffer from oversubscription; "
                      "--threads 1 is steadier on a shared machine")
+    torch_threads = torch.get_num_threads()
     numba_threads = None
     if "numba" in sys.modules:  # only when a compiled implementation loaded it
+        from ..ops._compiled import sync_threads
+
+        sync_threads()  # asking numba starts its OpenMP pool, which would reset torch's thread count
         numba_threads = sys.modules["numba"].get_num_threads()
     return {
         "schema": "fastweights.bench.ops/1",
@@ -628,7 +632,7 @@ def _run(ops: list[str], layers: list[str], shapes: list[tuple[str, tuple[int, i
         "fastweights": __version__,
         "torch": torch.__version__,
         "numba": numba_version(),
-        "threads": torch.get_num_threads(),
+        "threads": torch_threads,
         "numba_threads": numba_threads,
         "load": {"before": load_before, "during": during, "after": load_after},
         "settings": {"ops": ops, "layers": layers, "shapes": {n: dict(zip("BTHD", s)) for n, s in shapes},

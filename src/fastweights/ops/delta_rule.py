@@ -9,35 +9,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._chunked import chunked_linear_recurrence
-from ._common import (
-    check_chunk_size,
-    check_float_tensor,
-    check_qkv,
-    check_reset,
-    check_state_tensor,
-    compute_dtype,
-    keep_mask,
-)
+from ._chunked import chunked_linear_recurrence, prepare_linear_inputs, resolve_chunk_size
+from ._common import check_float_tensor, keep_mask
 from ._registry import register, resolve
-
-
-def _prepare(q, k, v, beta, initial_state, reset):
-    B, T, H, K, V = check_qkv(q, k, v, beta)
-    reset = check_reset(reset, B, T, q.device)
-    if initial_state is not None:
-        initial_state = check_state_tensor("initial_state", initial_state, "[B, H, K, V]", (B, H, K, V), q.device)
-    dt = compute_dtype(q.dtype)
-    s0 = None if initial_state is None else initial_state.to(dt)
-    return q.to(dt), k.to(dt), v.to(dt), beta.to(dt), s0, reset
 
 
 @register("delta_rule", "chunked", priority=10)
 def delta_rule_chunked(q, k, v, beta, *, initial_state=None, reset=None, output_final_state=False,
-                       chunk_size: int = 64):
+                       chunk_size: int | None = None):
     in_dtype = check_float_tensor("q", q).dtype
-    chunk_size = check_chunk_size(chunk_size)
-    q, k, v, beta, s0, reset = _prepare(q, k, v, beta, initial_state, reset)
+    q, k, v, beta, s0, reset = prepare_linear_inputs(q, k, v, beta, initial_state, reset)
+    chunk_size = resolve_chunk_size(chunk_size, q.shape[-1], delta=True)
     o, s = chunked_linear_recurrence(q, k, v, beta, s0, reset, chunk_size)
     return o.to(in_dtype), (s if output_final_state else None)
 
@@ -47,7 +29,7 @@ def delta_rule_reference(q, k, v, beta, *, initial_state=None, reset=None, outpu
     """Plain step loop in the paper's orientation: ``W_t = W_{t-1} (I - beta k k^T) + beta v k^T`` with
     ``W [V, K]``, ``o_t = W_t q_t``. The test oracle (run it in float64) and the naive baseline."""
     in_dtype = check_float_tensor("q", q).dtype
-    q, k, v, beta, s0, reset = _prepare(q, k, v, beta, initial_state, reset)
+    q, k, v, beta, s0, reset = prepare_linear_inputs(q, k, v, beta, initial_state, reset)
     B, T, H, K = q.shape
     W = q.new_zeros(B, H, v.shape[-1], K) if s0 is None else s0.transpose(-1, -2)
     eye = torch.eye(K, dtype=q.dtype, device=q.device)

@@ -8,34 +8,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._chunked import chunked_linear_recurrence
-from ._common import (
-    check_chunk_size,
-    check_float_tensor,
-    check_qkv,
-    check_reset,
-    check_state_tensor,
-    compute_dtype,
-    keep_mask,
-)
+from ._chunked import chunked_linear_recurrence, prepare_linear_inputs, resolve_chunk_size
+from ._common import check_float_tensor, keep_mask
 from ._registry import register, resolve
 
 
-def _prepare(q, k, v, initial_state, reset):
-    B, T, H, K, V = check_qkv(q, k, v)
-    reset = check_reset(reset, B, T, q.device)
-    if initial_state is not None:
-        initial_state = check_state_tensor("initial_state", initial_state, "[B, H, K, V]", (B, H, K, V), q.device)
-    dt = compute_dtype(q.dtype)
-    s0 = None if initial_state is None else initial_state.to(dt)
-    return q.to(dt), k.to(dt), v.to(dt), s0, reset
-
-
 @register("sum_rule", "chunked", priority=10)
-def sum_rule_chunked(q, k, v, *, initial_state=None, reset=None, output_final_state=False, chunk_size: int = 64):
+def sum_rule_chunked(q, k, v, *, initial_state=None, reset=None, output_final_state=False,
+                     chunk_size: int | None = None):
     in_dtype = check_float_tensor("q", q).dtype
-    chunk_size = check_chunk_size(chunk_size)
-    q, k, v, s0, reset = _prepare(q, k, v, initial_state, reset)
+    q, k, v, _, s0, reset = prepare_linear_inputs(q, k, v, None, initial_state, reset)
+    chunk_size = resolve_chunk_size(chunk_size, q.shape[-1], delta=False)
     o, s = chunked_linear_recurrence(q, k, v, None, s0, reset, chunk_size)
     return o.to(in_dtype), (s if output_final_state else None)
 
@@ -44,7 +27,7 @@ def sum_rule_chunked(q, k, v, *, initial_state=None, reset=None, output_final_st
 def sum_rule_reference(q, k, v, *, initial_state=None, reset=None, output_final_state=False):
     """Plain step-by-step loop in the paper's orientation (``W [V, K]``, read ``W q``): the test oracle."""
     in_dtype = check_float_tensor("q", q).dtype
-    q, k, v, s0, reset = _prepare(q, k, v, initial_state, reset)
+    q, k, v, _, s0, reset = prepare_linear_inputs(q, k, v, None, initial_state, reset)
     B, T, H, K = q.shape
     W = q.new_zeros(B, H, v.shape[-1], K) if s0 is None else s0.transpose(-1, -2)
     keep = keep_mask(reset, q.dtype)
