@@ -34,7 +34,7 @@ def main(root: str) -> None:
                          f"{r['train_time_s'] / 60:.1f} min")
         print(f"| {model} | " + " | ".join(cells) + " |")
     print()
-    for key, name, args in TASKS:
+    for _key, name, args in TASKS:
         print(f"- {name}: `fastweights train {args} --model MODEL --preset cpu threads=1`")
 
 
