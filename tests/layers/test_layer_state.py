@@ -184,3 +184,32 @@ def test_cuda_matches_cpu(name, opts):
     torch.testing.assert_close(y_gpu.cpu(), y)
     y_step_gpu, _ = layer_gpu.step(x[:, 0].cuda(), state_gpu)
     torch.testing.assert_close(y_step_gpu.cpu(), y_step)
+
+
+def _live_tensor_bytes() -> tuple[int, int]:
+    import gc
+
+    gc.collect()
+    tensors = [o for o in gc.get_objects() if issubclass(type(o), torch.Tensor)]
+    return len(tensors), sum(t.untyped_storage().nbytes() for t in tensors)
+
+
+def test_step_state_does_not_grow(layer64):
+    """Decoding with ``step``: every fast-weight state keeps its size and holds no autograd history under
+    no_grad, and repeated steps leave no tensors behind (softmax attention's KV cache is the one state that
+    grows by design)."""
+    torch.manual_seed(4)
+    x_t = randn(2, D_MODEL)
+    with torch.no_grad():
+        _, state = layer64.step(x_t, None)
+        shapes = [t.shape for t in leaves(state)]
+        for _ in range(3):
+            _, state = layer64.step(x_t, state)
+        before = _live_tensor_bytes()
+        for _ in range(100):
+            _, state = layer64.step(x_t, state)
+        after = _live_tensor_bytes()
+    assert all(t.grad_fn is None for t in leaves(state))
+    if type(layer64).__name__ != "SoftmaxAttention":
+        assert [t.shape for t in leaves(state)] == shapes
+        assert after == before, f"live tensors (count, bytes) {before} -> {after} after 100 steps"

@@ -303,6 +303,32 @@ def layer_calls(name: str, impl: str | None, B: int, T: int, H: int, D: int) -> 
     return forward, forward_backward
 
 
+def step_call(name: str, impl: str | None, B: int, H: int, D: int) -> Callable[[], Tensor]:
+    """One decoding step of the layer ``name`` (``x_t [B, H * D]``, no grad), the state carried from call to
+    call as a decoder carries it."""
+    layer = build_bench_layer(name, impl, H, D)
+    x_t = torch.randn(B, H * D, generator=torch.Generator().manual_seed(2))
+    carried = [layer.initial_state(B)]
+
+    def step() -> Tensor:
+        with torch.no_grad():
+            y, carried[0] = layer.step(x_t, carried[0])
+        return y
+
+    return step
+
+
+def time_steps(name: str, B: int, H: int, D: int, repeat: int, min_time: float) -> dict:
+    """Seconds per ``layer.step`` call, naive (reference op) and default, interleaved; min over repeats."""
+    fns = {side: step_call(name, impl, B, H, D) for side, impl in (("naive", NAIVE), ("default", None))}
+    calls = {side: _calls_for(_warm_up(fn, min_time)[0], min_time) for side, fn in fns.items()}
+    times: dict[str, list[float]] = {side: [] for side in fns}
+    for _ in range(repeat):
+        for side, fn in fns.items():
+            times[side].append(_timed(fn, max(calls[side], 20))[0])
+    return {side: min(t) for side, t in times.items()}
+
+
 def resolved_impl(op: str, q: Tensor) -> tuple[str, list[str]]:
     """The name of the implementation ``impl=None`` runs for ``op`` on inputs like ``q``, and any fallback
     notice that resolving it raised."""
@@ -380,6 +406,7 @@ def bench_case(kind: str, name: str, shape: str, B: int, T: int, H: int, D: int,
             rec["skipped"] = skipped
         return rec
 
+    step_s = time_steps(name, B, H, D, repeat, min_time) if kind == "layer" else None
     diff = None
     if out_naive is not None:
         diff = (out_naive.double() - out_default.double()).abs().max().item()
@@ -387,7 +414,7 @@ def bench_case(kind: str, name: str, shape: str, B: int, T: int, H: int, D: int,
             "flops": {"forward": flops, "forward_backward": 3 * flops,
                       "model": FLOP_MODEL[op] + (" + 2*in*out per token per nn.Linear" if kind == "layer" else "")},
             "naive": side_record("naive", NAIVE), "default": side_record("default", impl_name),
-            "max_abs_diff_forward": diff, "notes": notes}
+            "step_s": step_s, "max_abs_diff_forward": diff, "notes": notes}
 
 
 def add_memory(case: dict, threads: int | None) -> None:
@@ -442,6 +469,10 @@ def _fmt_s(t: float | None) -> str:
     return f"{t * 1e3:.3g}" if t * 1e3 < 1000 else f"{t * 1e3:.0f}"
 
 
+def _fmt_us(t: float | None) -> str:
+    return "-" if t is None else f"{t * 1e6:.0f}"
+
+
 def _fmt_x(r: float | None) -> str:
     return "-" if r is None else f"{r:.1f}x" if r < 100 else f"{r:.0f}x"
 
@@ -457,7 +488,8 @@ def _fmt_mib(b: int | None) -> str:
 def format_table(report: dict) -> str:
     """The results of ``report`` as an aligned text table (times in ms, minimum over repeats)."""
     head = ["", "name", "shape", "default impl", "fwd naive", "fwd dflt", "x", "f+b naive", "f+b dflt", "x",
-            "eff fwd", "eff f+b", "saved naive", "saved dflt", "x", "peak naive", "peak dflt", "x"]
+            "eff fwd", "eff f+b", "saved naive", "saved dflt", "x", "peak naive", "peak dflt", "x",
+            "step naive", "step dflt"]
     rows = []
     for c in report["results"]:
         d, b = c["derived"], c["derived"]["best_s"]
@@ -469,7 +501,8 @@ def format_table(report: dict) -> str:
                      _fmt_pct(d["efficiency"]["default"]["forward"]),
                      _fmt_pct(d["efficiency"]["default"]["forward_backward"]),
                      _fmt_mib(mn.get("saved_bytes")), _fmt_mib(md.get("saved_bytes")), _fmt_x(d["memory_ratio_saved"]),
-                     _fmt_mib(mn.get("peak_bytes")), _fmt_mib(md.get("peak_bytes")), _fmt_x(d["memory_ratio_peak"])])
+                     _fmt_mib(mn.get("peak_bytes")), _fmt_mib(md.get("peak_bytes")), _fmt_x(d["memory_ratio_peak"]),
+                     *(_fmt_us((c.get("step_s") or {}).get(side)) for side in ("naive", "default"))])
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     left = 4  # the name columns read better left-aligned
 
@@ -495,7 +528,7 @@ def format_report(report: dict) -> str:
             f"{k} {v['gflops_max']:.0f} ({v['a']} @ {v['b']})" for k, v in peaks.items()),
         f"times: ms per call, min of {report['settings']['repeat']}; fwd = forward under no_grad, f+b = forward + "
         "backward; x = naive / default; eff = recurrent-form FLOPs / (256 peak x time), default impl; "
-        "saved / peak = MiB saved for backward / peak RSS increase",
+        "saved / peak = MiB saved for backward / peak RSS increase; step = us per one-token layer.step (no grad)",
         "",
         format_table(report),
     ]

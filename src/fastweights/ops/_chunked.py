@@ -240,4 +240,22 @@ def chunked_linear_recurrence(
     Returns ``o [B, T, H, V]`` and the final state ``[B, H, K, V]``.
     Saved for backward: the inputs and one ``[K, V]`` state per chunk and head.
     """
+    if q.shape[1] == 1:  # one step (decoding): the recurrence itself is a handful of ops
+        return _single_step(q[:, 0], k[:, 0], v[:, 0], None if beta is None else beta[:, 0], initial_state,
+                            None if reset is None else reset[:, 0])
     return ChunkedLinearRecurrence.apply(q, k, v, beta, initial_state, reset, chunk_size)
+
+
+def _single_step(q: Tensor, k: Tensor, v: Tensor, beta: Tensor | None, state: Tensor | None,
+                 reset: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``q, k [B, H, K]``, ``v [B, H, V]``, ``beta [B, H]``, ``state [B, H, K, V]``, ``reset [B]`` ->
+    ``(o [B, 1, H, V], new state)``; plain autograd."""
+    if state is None:
+        new = k.unsqueeze(-1) * (v if beta is None else beta.unsqueeze(-1) * v).unsqueeze(-2)
+    else:
+        if reset is not None:
+            state = state * (~reset).to(state.dtype)[:, None, None, None]
+        u = v if beta is None else beta.unsqueeze(-1) * (v - (k.unsqueeze(-2) @ state).squeeze(-2))
+        new = torch.addcmul(state, k.unsqueeze(-1), u.unsqueeze(-2))
+    o = (q.unsqueeze(-2) @ new).squeeze(-2)
+    return o.unsqueeze(1), new
