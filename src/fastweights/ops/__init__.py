@@ -12,8 +12,10 @@ Each op has several implementations with the same signature (``impl=``; see
 :func:`available_implementations`): ``"reference"`` is a plain step loop, the float64 test oracle.
 """
 
-# compiled CPU implementations (numba); they register themselves and are used only when numba is installed
+# compiled CPU implementations (numba; used only when numba is installed) and the Triton GPU kernels
+# (impl="triton", the default for CUDA tensors; triton itself is imported on first use only) register themselves
 from . import delta_lstm_compiled, delta_rnn_compiled, feature_maps, rec_delta_compiled  # noqa: F401
+from . import triton as triton_kernels  # noqa: F401
 from ._common import set_value_checks
 from ._registry import available_implementations
 from .delta_delta import delta_delta

@@ -418,7 +418,8 @@ class _DeltaLSTMRecurrence(torch.autograd.Function):
 # ------------------------------------------------------------------------------------------------ the op
 
 
-@register("delta_lstm", "compiled", priority=20, supports=supports_compiled, missing=NUMBA_MISSING)
+@register("delta_lstm", "compiled", priority=20, supports=supports_compiled, missing=NUMBA_MISSING,
+          devices=("cpu",))
 def delta_lstm_compiled(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, rk: Tensor, rv: Tensor, rbeta: Tensor, *,
                         version: int = 4, initial_state: DeltaLSTMState | tuple | None = None,
                         reset: Tensor | None = None, output_final_state: bool = False,

@@ -328,7 +328,8 @@ class _DeltaRNNRecurrence(torch.autograd.Function):
         return (None, None, None, *(g if need[3 + i] else None for i, g in enumerate(grads)))
 
 
-@register("delta_rnn", "compiled", priority=20, supports=supports_compiled, missing=NUMBA_MISSING)
+@register("delta_rnn", "compiled", priority=20, supports=supports_compiled, missing=NUMBA_MISSING,
+          devices=("cpu",))
 def delta_rnn_compiled(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, rk: Tensor, rv: Tensor, rbeta: Tensor, *, version: int = 2,
     initial_state: DeltaRNNState | tuple | None = None, reset: Tensor | None = None,

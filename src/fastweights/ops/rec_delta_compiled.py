@@ -328,7 +328,8 @@ class _RecDeltaCompiled(torch.autograd.Function):
         return (None, None, *(g if n else None for g, n in zip(grads, need[2:])))
 
 
-@register("rec_delta", "compiled", priority=20, supports=supports_compiled, missing=NUMBA_MISSING)
+@register("rec_delta", "compiled", priority=20, supports=supports_compiled, missing=NUMBA_MISSING,
+          devices=("cpu",))
 def rec_delta_compiled(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, rec_q: Tensor, rec_k: Tensor, rec_v: Tensor, rec_beta: Tensor,
     *, initial_state: RecDeltaState | tuple | None = None, reset: Tensor | None = None,
