@@ -5,8 +5,13 @@
     fastweights demo [--steps N]              train a small Delta RNN on a synthetic memory task
     fastweights data code-exec|listops ...    write the algorithmic data sets in the official formats
     fastweights train code-exec|listops ...   train a model (run directory, checkpoints, resume)
+    fastweights train lm --model M [--data DIR] [--preset paper|cpu] [--carry-state] [key=value ...]
+                                              train a language model (also under torchrun: DDP)
     fastweights compare code-exec|listops ... train several models and print a comparison table + plot
     fastweights eval RUN_DIR [--split test]   evaluate a run's best checkpoint
+                                              (LM runs: --mode sliding|carry|segments [--context W])
+    fastweights generate RUN_DIR --prompt TEXT [--max-tokens N --temperature T --top-k K --seed S]
+                                              continue a prompt with a language-model run (step decoding)
     fastweights plot RUN_DIR... --out F.png   learning curves of several runs
     fastweights memory [--op ...]             peak memory of forward+backward: default path vs naive step loop
     fastweights bench [--shapes tiny,paper]   speed of every op and layer against the naive loop and the matmul peak
@@ -69,9 +74,65 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _default_run_dir(cfg, preset: str | None) -> Path:
-    what = f"vars{cfg.num_vars}" if cfg.task == "code-exec" else f"depth{cfg.depth}"
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path(cfg.out_dir) / f"{cfg.task}-{what}-{cfg.model}-{preset or 'default'}-{stamp}"
+    if cfg.task == "lm":
+        data = Path(cfg.data).name if cfg.data not in (None, "embedded") else "shakespeare"
+        what = f"{data}-{cfg.level}{'-carry' if cfg.carry_state else ''}"
+    else:
+        what = f"vars{cfg.num_vars}" if cfg.task == "code-exec" else f"depth{cfg.depth}"
+    preset_name = Path(preset).stem if preset and preset.endswith(".json") else preset
+    return Path(cfg.out_dir) / f"{cfg.task}-{what}-{cfg.model}-{preset_name or 'default'}-{stamp}"
+
+
+#: ``train lm`` without ``--preset`` uses this one: it learns on the embedded corpus within minutes on a CPU.
+LM_DEFAULT_PRESET = "cpu"
+
+
+def _train_lm(args: argparse.Namespace) -> int:
+    from .train.config import ConfigError, config_from_dict, config_to_dict, resolve_config
+    from .train.lm import train_lm
+    from .train.runs import read_json
+
+    wrong = [f"--{k.replace('_', '-')}" for k in ("num_vars", "depth") if getattr(args, k) is not None]
+    if wrong:
+        raise ConfigError(f"{' '.join(wrong)}: only for code-exec and listops, not for lm")
+    if args.resume:
+        given = [f"--{k.replace('_', '-')}" for k in ("model", "preset", "data", "run_dir")
+                 if getattr(args, k) is not None] + (["--carry-state"] if args.carry_state else []) \
+            + list(args.overrides)
+        if given:
+            raise ValueError(f"resume: a resumed run keeps its config.json; remove {' '.join(given)}")
+        run_dir = Path(args.resume)
+        if not (run_dir / "last.pt").is_file():
+            raise FileNotFoundError(f"resume: {run_dir} has no last.pt checkpoint to resume from")
+        cfg = config_from_dict(read_json(run_dir / "config.json"))
+        if cfg.task != "lm":
+            raise ValueError(f"resume: {run_dir} is a {cfg.task} run, not lm")
+        if args.device is not None:
+            cfg.device = args.device
+        cfg.validate()
+        train_lm(cfg, run_dir, resume=True, command=args.command_line)
+        return 0
+    preset = args.preset or LM_DEFAULT_PRESET
+    cfg = resolve_config("lm", preset, args.overrides, model=args.model, data=args.data, device=args.device,
+                         carry_state=True if args.carry_state else None)
+    if args.dry_run:
+        import json
+
+        import torch
+
+        from .models import build_lm, count_parameters
+        from .train.lm import lm_model_config, load_lm_data
+
+        corpus = load_lm_data(cfg)
+        with torch.device("meta"):  # sizes only: no memory, no init
+            model = build_lm(lm_model_config(cfg, corpus.vocab_size))
+        print(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True))
+        print(f"data: {corpus.summary()}")
+        print(f"parameters: {count_parameters(model)}")
+        return 0
+    train_lm(cfg, Path(args.run_dir) if args.run_dir else _default_run_dir(cfg, preset), command=args.command_line)
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -79,6 +140,10 @@ def _train(args: argparse.Namespace) -> int:
     from .train.config import config_from_dict, config_to_dict, resolve_config
     from .train.runs import read_json
 
+    if args.task == "lm":
+        return _train_lm(args)
+    if args.carry_state:
+        raise ValueError(f"--carry-state: only for lm, not for {args.task}")
     if args.resume:
         given = [f"--{k.replace('_', '-')}" for k in ("model", "preset", "num_vars", "depth", "data", "run_dir")
                  if getattr(args, k) is not None] + list(args.overrides)
@@ -116,25 +181,64 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_task(run_dir: Path) -> str:
+    from .train.runs import read_json
+
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"run_dir: {run_dir} is not a run directory (no config.json)")
+    return read_json(run_dir / "config.json").get("task", "code-exec")
+
+
 def _eval(args: argparse.Namespace) -> int:
     import json
 
+    run_dir = Path(args.run_dir)
+    if _run_task(run_dir) == "lm":
+        from .train.lm import evaluate_lm_run
+
+        metrics = evaluate_lm_run(run_dir, args.split, args.mode, checkpoint=args.checkpoint, context=args.context,
+                                  batch_size=args.batch_size, device=args.device, progress=True)
+        print(json.dumps(metrics, indent=2))
+        return 0
     from .train.algorithmic import evaluate_run
 
-    metrics = evaluate_run(Path(args.run_dir), args.split, checkpoint=args.checkpoint, device=args.device)
+    lm_only = [f"--{k.replace('_', '-')}" for k in ("mode", "context", "batch_size") if getattr(args, k) is not None]
+    if lm_only:
+        raise ValueError(f"{' '.join(lm_only)}: only for language-model runs; {run_dir} is a "
+                         f"{_run_task(run_dir)} run")
+    metrics = evaluate_run(run_dir, args.split, checkpoint=args.checkpoint, device=args.device)
     print(json.dumps({"split": args.split, "checkpoint": args.checkpoint, **metrics}, indent=2))
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .train.lm import generate_from_run
+
+    run_dir = Path(args.run_dir)
+    task = _run_task(run_dir)
+    if task != "lm":
+        raise ValueError(f"run_dir: {run_dir} is a {task} run; generate needs a language-model run")
+    out = generate_from_run(run_dir, args.prompt, args.max_tokens, args.temperature, args.top_k, args.seed,
+                            checkpoint=args.checkpoint, device=args.device)
+    print(out.after(args.prompt))
     return 0
 
 
 def _plot(args: argparse.Namespace) -> int:
     from .train.plots import plot_runs
 
-    print(plot_runs([Path(d) for d in args.run_dirs], Path(args.out), tuple(args.metrics.split(","))))
+    run_dirs = [Path(d) for d in args.run_dirs]
+    metrics = args.metrics
+    if metrics is None:
+        lm = all((d / "config.json").is_file() and _run_task(d) == "lm" for d in run_dirs)
+        metrics = "valid_ppl,train_loss" if lm else "valid_acc,train_loss"
+    print(plot_runs(run_dirs, Path(args.out), tuple(metrics.split(","))))
     return 0
 
 
-def _add_task_args(p: argparse.ArgumentParser, *, data: bool = True) -> None:
-    p.add_argument("task", choices=("code-exec", "listops"))
+def _add_task_args(p: argparse.ArgumentParser, *, data: bool = True,
+                   tasks: tuple[str, ...] = ("code-exec", "listops")) -> None:
+    p.add_argument("task", choices=tasks)
     p.add_argument("--num-vars", type=int, default=None, help="code execution: 3 or 5 variables (default 3)")
     p.add_argument("--depth", type=int, default=None, help="ListOps: 10 or 15 (default 10)")
     if data:
@@ -160,10 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="output directory")
     g.set_defaults(func=_data)
 
-    t = sub.add_parser("train", help="train a model on a benchmark")
-    _add_task_args(t)
+    t = sub.add_parser("train", help="train a model on a benchmark (lm: a language model, also under torchrun)")
+    _add_task_args(t, tasks=("code-exec", "listops", "lm"))
     t.add_argument("--model", default=None, help="registry name (see `fastweights info`)")
-    t.add_argument("--preset", default=None, help="paper, cpu, or a path to a .json preset")
+    t.add_argument("--preset", default=None,
+                   help="paper, cpu, or a path to a .json preset (lm default: cpu; others: the dataclass defaults)")
+    t.add_argument("--carry-state", action="store_true",
+                   help="lm: carry the state across consecutive windows of contiguous streams (truncated BPTT)")
     t.add_argument("--run-dir", default=None, help="run directory (default runs/<task>-...-<time>)")
     t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     t.add_argument("--dry-run", action="store_true", help="build everything, print config and parameters, exit")
@@ -181,12 +288,31 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=("train", "valid", "test"))
     e.add_argument("--checkpoint", default="best", choices=("best", "last"))
     e.add_argument("--device", default=None)
+    e.add_argument("--mode", default=None, choices=("sliding", "carry", "segments"),
+                   help="LM runs: sliding (every token with min(t, W) context), carry (state carried through the "
+                        "split) or segments (fast); default: carry for --carry-state runs, else sliding")
+    e.add_argument("--context", type=int, default=None,
+                   help="LM runs: W of sliding (default tgt_len), segment/chunk length otherwise (eval_tgt_len)")
+    e.add_argument("--batch-size", type=int, default=None, help="LM runs: windows or segments per forward")
     e.set_defaults(func=_eval)
+
+    gn = sub.add_parser("generate", help="continue a prompt with a language-model run (step-by-step decoding)")
+    gn.add_argument("run_dir")
+    gn.add_argument("--prompt", default="", help="text to continue (default: start a new line)")
+    gn.add_argument("--max-tokens", type=int, default=100, help="tokens to generate (default 100)")
+    gn.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy (default 1)")
+    gn.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (default all)")
+    gn.add_argument("--seed", type=int, default=None, help="random seed of the sampling (default: random)")
+    gn.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    gn.add_argument("--device", default=None)
+    gn.set_defaults(func=_generate)
 
     pl = sub.add_parser("plot", help="learning curves of one or more runs on one figure")
     pl.add_argument("run_dirs", nargs="+")
     pl.add_argument("--out", required=True)
-    pl.add_argument("--metrics", default="valid_acc,train_loss")
+    pl.add_argument("--metrics", default=None,
+                    help="comma-separated metrics.csv columns (default valid_acc,train_loss; LM runs valid_ppl,"
+                         "train_loss)")
     pl.set_defaults(func=_plot)
 
     # listed for --help only: main() hands `memory ...` and `bench ...` to their own parsers

@@ -1,4 +1,6 @@
-"""Training configuration: one dataclass, presets as JSON files in ``configs/``, ``key=value`` overrides.
+"""Training configuration: one dataclass per kind of task (:class:`TrainConfig` for the algorithmic tasks,
+:class:`LMTrainConfig` for language modelling), presets as JSON files in ``configs/<task>-<preset>.json``,
+``key=value`` overrides.
 
 Resolution order: dataclass defaults < preset file < ``key=value`` overrides < explicit CLI flags.
 """
@@ -14,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TASKS = ("code-exec", "listops")
+ALGORITHMIC_TASKS = ("code-exec", "listops")
+TASKS = (*ALGORITHMIC_TASKS, "lm")
 
 
 class ConfigError(ValueError):
@@ -69,8 +72,8 @@ class TrainConfig:
 
         from ..layers import available_layers, layer_options
 
-        if self.task not in TASKS:
-            raise ConfigError(f"task: expected one of {list(TASKS)}, got {self.task!r}")
+        if self.task not in ALGORITHMIC_TASKS:
+            raise ConfigError(f"task: expected one of {list(ALGORITHMIC_TASKS)}, got {self.task!r}")
         if self.model not in available_layers():
             raise ConfigError(f"model: unknown model {self.model!r}; expected one of {available_layers()}")
         allowed = [] if self.model == "lstm" else layer_options(self.model)  # the lstm model takes none
@@ -101,12 +104,137 @@ class TrainConfig:
                 raise ConfigError(f"device: {self.device!r} requested but CUDA is not available; use device=cpu")
 
 
-def field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+@dataclass
+class LMTrainConfig:
+    """Everything a language-modelling run needs (``task = "lm"``). Defaults: the paper's WikiText-103 small
+    setting (spec B.1, E.1); ``configs/lm-cpu.json`` is the CPU-sized preset.
+
+    Batch sizes are **global**: with ``torchrun`` the ``batch_size`` segments (or stream columns) of a step are
+    split evenly across the processes (``batch_size`` must be divisible by the world size).
+    """
+
+    # task and data (spec C.3)
+    task: str = "lm"
+    model: str = "delta_net"
+    data: str | None = None  # None = the embedded corpus; else a WikiText or plain-text directory
+    level: str = "word"  # word | char
+    tokenizer: str | None = None  # None: punctuation for the embedded corpus, whitespace for directories
+    # model (spec B.1, E.1); see fastweights.models.lm.LMConfig
+    d_model: int = 128
+    n_layers: int = 16
+    n_heads: int = 8
+    head_dim: int | None = 16
+    d_ff: int = 2048
+    dropout: float = 0.1
+    dropatt: float = 0.0
+    positional_encoding: str = "auto"  # sinusoidal | none | auto (= none with carry_state, else sinusoidal)
+    position_order: str = "reversed"  # reversed (the paper) | forward (needed for step-by-step generation)
+    clamp_len: int | None = 256
+    softmax: str = "auto"  # auto | adaptive | full
+    cutoffs: list[int] = field(default_factory=lambda: [20000, 40000, 200000])
+    block: str = "auto"  # paper | pre_ln | post_ln | auto (= post_ln with carry_state or transformer, else paper)
+    final_norm: bool = False
+    init_std: float | None = 0.02
+    layer_options: dict[str, Any] = field(default_factory=dict)
+    # optimisation (spec E.1)
+    lr: float = 2.5e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    adam_eps: float = 1e-8
+    warmup_steps: int = 2000  # linear warm-up, then cosine decay to 0 at max_steps
+    max_steps: int = 500000
+    clip: float = 0.25  # global gradient-norm clipping; 0 = off
+    batch_size: int = 96  # global: segments (or stream columns) per step, over all processes
+    tgt_len: int = 256  # training segment length (= the truncated context)
+    carry_state: bool = False  # carry the state across consecutive windows of each stream (truncated BPTT)
+    # evaluation during training: non-overlapping segments from a zero state
+    eval_tgt_len: int = 256
+    eval_batch_size: int = 10
+    eval_interval: int = 4000  # steps between validations, metrics rows and checkpoints
+    # run
+    seed: int = 1111
+    device: str = "cpu"
+    amp: bool = False  # bf16 autocast
+    threads: int | None = None
+    log_every_s: float = 10.0
+    out_dir: str = "runs"
+
+    def validate(self) -> None:
+        import torch
+
+        from ..layers import available_layers, layer_options
+
+        if self.task != "lm":
+            raise ConfigError(f"task: expected 'lm', got {self.task!r}")
+        if self.model not in available_layers():
+            raise ConfigError(f"model: unknown model {self.model!r}; expected one of {available_layers()}")
+        allowed = layer_options(self.model)
+        unknown = sorted(set(self.layer_options) - set(allowed))
+        if unknown:
+            raise ConfigError(f"layer_options: model {self.model!r} takes no option(s) {unknown}; "
+                              f"valid options: {allowed}")
+        if self.level not in ("word", "char"):
+            raise ConfigError(f"level: expected 'word' or 'char', got {self.level!r}")
+        if self.tokenizer not in (None, "whitespace", "punctuation"):
+            raise ConfigError(f"tokenizer: expected 'whitespace', 'punctuation' or none, got {self.tokenizer!r}")
+        for name in ("d_model", "n_layers", "n_heads", "d_ff", "max_steps", "batch_size", "tgt_len", "eval_tgt_len",
+                     "eval_batch_size", "eval_interval"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps: expected an integer >= 0, got {self.warmup_steps}")
+        if not self.lr > 0:  # also rejects nan
+            raise ConfigError(f"lr: expected a positive learning rate, got {self.lr}")
+        if not self.clip >= 0:
+            raise ConfigError(f"clip: expected a gradient norm >= 0 (0 = off), got {self.clip}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads: expected a positive integer or none, got {self.threads}")
+        if self.carry_state and self.model == "transformer":
+            raise ConfigError("carry_state: the transformer's state is a KV cache that would grow with every "
+                              "window; carry_state needs a fast-weight or recurrent model (or set carry_state=false)")
+        try:  # the model fields, checked by LMConfig itself (the vocabulary size is only known with the data)
+            from ..models.lm import LMConfig
+
+            vocab = max(self.cutoffs, default=1) + 1
+            LMConfig(self.model, vocab, **self.model_fields())
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        try:
+            torch.device(self.device)
+        except RuntimeError:
+            raise ConfigError(f"device: expected cpu, cuda or cuda:N, got {self.device!r}") from None
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device: {self.device!r} requested but CUDA is not available; use device=cpu")
+
+    def model_fields(self) -> dict[str, Any]:
+        """The :class:`~fastweights.models.lm.LMConfig` fields of this run (``"auto"`` choices resolved as the paper
+        does: no positions and post-LN for carried-state runs, post-LN for ``transformer``)."""
+        full_context = self.carry_state
+        auto_pe = "none" if full_context else "sinusoidal"
+        auto_block = "post_ln" if full_context or self.model == "transformer" else "paper"
+        return {
+            "d_model": self.d_model, "n_layers": self.n_layers, "n_heads": self.n_heads, "head_dim": self.head_dim,
+            "d_ff": self.d_ff, "dropout": self.dropout, "dropatt": self.dropatt,
+            "positional_encoding": auto_pe if self.positional_encoding == "auto" else self.positional_encoding,
+            "position_order": self.position_order, "clamp_len": self.clamp_len, "softmax": self.softmax,
+            "cutoffs": tuple(self.cutoffs),
+            "block": auto_block if self.block == "auto" else self.block,
+            "final_norm": self.final_norm, "init_std": self.init_std, "layer_options": dict(self.layer_options),
+        }
 
 
-def _field_type(name: str) -> Any:
-    return typing.get_type_hints(TrainConfig)[name]
+def config_class(task: str) -> type:
+    """The configuration dataclass of ``task``: :class:`LMTrainConfig` for ``lm``, else :class:`TrainConfig`."""
+    return LMTrainConfig if task == "lm" else TrainConfig
+
+
+def field_names(cls: type | None = None) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls or TrainConfig)]
+
+
+def _field_type(name: str, cls: type | None = None) -> Any:
+    return typing.get_type_hints(cls or TrainConfig)[name]
 
 
 def _split_optional(tp: Any) -> tuple[Any, bool]:
@@ -119,11 +247,21 @@ def _split_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def parse_value(name: str, text: str) -> Any:
-    """Convert the text of a ``key=value`` override to the type of field ``name``."""
-    base, optional = _split_optional(_field_type(name))
+def parse_value(name: str, text: str, cls: type | None = None) -> Any:
+    """Convert the text of a ``key=value`` override to the type of field ``name`` of ``cls`` (default
+    :class:`TrainConfig`)."""
+    base, optional = _split_optional(_field_type(name, cls))
     if optional and text.lower() in ("none", "null"):
         return None
+    if typing.get_origin(base) is list:  # list[int]: a JSON list or comma-separated integers
+        try:
+            value = json.loads(text) if text.strip().startswith("[") else [int(v) for v in text.split(",") if v]
+        except (json.JSONDecodeError, ValueError):
+            value = None
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{name}: expected a list of integers, e.g. {name}=2000,10000 or {name}='[2000, "
+                              f"10000]', got {text!r}")
+        return value
     if typing.get_origin(base) is dict or base is dict:
         try:
             value = json.loads(text)
@@ -145,8 +283,9 @@ def parse_value(name: str, text: str) -> Any:
         raise ConfigError(f"{name}: expected {kind}{' or none' if optional else ''}, got {text!r}") from None
 
 
-def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
-    names = field_names()
+def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
+    """Apply ``key=value`` overrides to a :class:`TrainConfig` or :class:`LMTrainConfig`."""
+    names = field_names(type(cfg))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override: expected key=value, got {item!r}")
@@ -154,7 +293,7 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
         key = key.strip().replace("-", "_")
         if key not in names:
             raise ConfigError(f"override: unknown key {key!r}; valid keys: {', '.join(names)}")
-        setattr(cfg, key, parse_value(key, text.strip()))
+        setattr(cfg, key, parse_value(key, text.strip(), type(cfg)))
     return cfg
 
 
@@ -182,25 +321,31 @@ def preset_path(task: str, preset: str) -> Path:
     raise ConfigError(f"preset: unknown preset {preset!r} for {task}; expected one of {available} or a .json path")
 
 
-def load_preset(cfg: TrainConfig, task: str, preset: str) -> TrainConfig:
+def load_preset(cfg: Any, task: str, preset: str) -> Any:
     path = preset_path(task, preset)
     with open(path) as f:
         values = json.load(f)
-    names = field_names()
+    names = field_names(type(cfg))
     for key, value in values.items():
         if key.startswith("_"):  # "_comment" keys document the preset
             continue
         if key not in names:
             raise ConfigError(f"preset {path}: unknown key {key!r}; valid keys: {', '.join(names)}")
-        setattr(cfg, key, check_value(key, value, where=f"preset {path}: "))
+        setattr(cfg, key, check_value(key, value, where=f"preset {path}: ", cls=type(cfg)))
     return cfg
 
 
-def check_value(name: str, value: Any, where: str = "") -> Any:
-    """Check a JSON value (from a preset file) against the type of field ``name``; ints are accepted for floats."""
-    base, optional = _split_optional(_field_type(name))
+def check_value(name: str, value: Any, where: str = "", cls: type | None = None) -> Any:
+    """Check a JSON value (from a preset file) against the type of field ``name`` of ``cls`` (default
+    :class:`TrainConfig`); ints are accepted for floats."""
+    base, optional = _split_optional(_field_type(name, cls))
     if value is None and optional:
         return value
+    if typing.get_origin(base) is list:
+        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        if not ok:
+            raise ConfigError(f"{where}{name}: expected a list of integers, got {value!r}")
+        return list(value)
     if typing.get_origin(base) is dict or base is dict:
         ok = isinstance(value, dict)
     elif base is float:
@@ -216,8 +361,11 @@ def check_value(name: str, value: Any, where: str = "") -> Any:
     return value
 
 
-def resolve_config(task: str, preset: str | None, overrides: list[str], **flags: Any) -> TrainConfig:
-    cfg = TrainConfig(task=task)
+def resolve_config(task: str, preset: str | None, overrides: list[str], **flags: Any) -> Any:
+    """The validated configuration of ``task`` (a :class:`TrainConfig`, or an :class:`LMTrainConfig` for ``lm``)."""
+    if task not in TASKS:
+        raise ConfigError(f"task: expected one of {list(TASKS)}, got {task!r}")
+    cfg = config_class(task)(task=task)
     if preset is not None:
         load_preset(cfg, task, preset)
     apply_overrides(cfg, overrides)
@@ -229,9 +377,11 @@ def resolve_config(task: str, preset: str | None, overrides: list[str], **flags:
     return cfg
 
 
-def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def config_from_dict(values: dict[str, Any]) -> TrainConfig:
-    return TrainConfig(**{k: v for k, v in values.items() if k in field_names()})
+def config_from_dict(values: dict[str, Any]) -> Any:
+    """The configuration a ``config.json`` holds (its ``task`` picks the class); unknown keys are ignored."""
+    cls = config_class(values.get("task", "code-exec"))
+    return cls(**{k: v for k, v in values.items() if k in field_names(cls)})
