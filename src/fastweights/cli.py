@@ -93,9 +93,9 @@ def _train_lm(args: argparse.Namespace) -> int:
     from .train.lm import train_lm
     from .train.runs import read_json
 
-    wrong = [f"--{k.replace('_', '-')}" for k in ("num_vars", "depth") if getattr(args, k) is not None]
+    wrong = [f"--{k.replace('_', '-')}" for k in ("num_vars", "depth", "env") if getattr(args, k) is not None]
     if wrong:
-        raise ConfigError(f"{' '.join(wrong)}: only for code-exec and listops, not for lm")
+        raise ConfigError(f"{' '.join(wrong)}: not for lm")
     if args.resume:
         given = [f"--{k.replace('_', '-')}" for k in ("model", "preset", "data", "run_dir")
                  if getattr(args, k) is not None] + (["--carry-state"] if args.carry_state else []) \
@@ -135,6 +135,35 @@ def _train_lm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_rl(args: argparse.Namespace) -> int:
+    import json
+
+    from .rl.config import default_preset
+    from .rl.train import main_train
+
+    wrong = [f"--{k.replace('_', '-')}" for k in ("num_vars", "depth", "data") if getattr(args, k) is not None]
+    wrong += ["--carry-state"] if args.carry_state else []
+    if wrong:
+        raise ValueError(f"{' '.join(wrong)}: not for rl")
+    if args.resume:  # main_train refuses env/model/preset/run_dir/overrides together with resume
+        main_train(args.env, args.model, args.preset, args.overrides, run_dir=args.run_dir, resume=args.resume,
+                   device=args.device, command=args.command_line)
+        return 0
+    if args.env is None:
+        raise ValueError("--env: rl needs an environment (repeat_first, repeat_previous, count_recall, "
+                         "<Game>NoFrameskip-v4 or gym:<id>)")
+    preset = args.preset or default_preset(args.env)
+    if args.dry_run:
+        out = main_train(args.env, args.model, preset, args.overrides, device=args.device, dry_run=True)
+        print(json.dumps(out["config"], indent=2, sort_keys=True))
+        print(f"environment: observation {out['obs_shape']}, {out['num_actions']} actions")
+        print(f"parameters: {out['parameters']}")
+        return 0
+    main_train(args.env, args.model, preset, args.overrides, run_dir=args.run_dir, device=args.device,
+               command=args.command_line)
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from .train.algorithmic import build, train
     from .train.config import config_from_dict, config_to_dict, resolve_config
@@ -142,6 +171,10 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.task == "lm":
         return _train_lm(args)
+    if args.task == "rl":
+        return _train_rl(args)
+    if args.env is not None:
+        raise ValueError(f"--env: only for rl, not for {args.task}")
     if args.carry_state:
         raise ValueError(f"--carry-state: only for lm, not for {args.task}")
     if args.resume:
@@ -189,10 +222,28 @@ def _run_task(run_dir: Path) -> str:
     return read_json(run_dir / "config.json").get("task", "code-exec")
 
 
+def _refuse_lm_only_flags(args: argparse.Namespace, run_dir: Path) -> None:
+    lm_only = [f"--{k.replace('_', '-')}" for k in ("mode", "context", "batch_size") if getattr(args, k) is not None]
+    if lm_only:
+        raise ValueError(f"{' '.join(lm_only)}: only for language-model runs; {run_dir} is a "
+                         f"{_run_task(run_dir)} run")
+
+
 def _eval(args: argparse.Namespace) -> int:
     import json
 
     run_dir = Path(args.run_dir)
+    if _run_task(run_dir) == "rl":
+        from .rl.train import evaluate_run as evaluate_rl_run
+
+        _refuse_lm_only_flags(args, run_dir)
+        metrics = evaluate_rl_run(run_dir, episodes=args.episodes or 30, runs=args.runs or 5, greedy=not args.sample,
+                                  checkpoint="last" if args.checkpoint == "best" else args.checkpoint,
+                                  device=args.device)
+        print(json.dumps(metrics, indent=2))
+        return 0
+    if args.episodes is not None or args.runs is not None or args.sample:
+        raise ValueError(f"--episodes/--runs/--sample: only for rl runs; {run_dir} is a {_run_task(run_dir)} run")
     if _run_task(run_dir) == "lm":
         from .train.lm import evaluate_lm_run
 
@@ -202,10 +253,7 @@ def _eval(args: argparse.Namespace) -> int:
         return 0
     from .train.algorithmic import evaluate_run
 
-    lm_only = [f"--{k.replace('_', '-')}" for k in ("mode", "context", "batch_size") if getattr(args, k) is not None]
-    if lm_only:
-        raise ValueError(f"{' '.join(lm_only)}: only for language-model runs; {run_dir} is a "
-                         f"{_run_task(run_dir)} run")
+    _refuse_lm_only_flags(args, run_dir)
     metrics = evaluate_run(run_dir, args.split, checkpoint=args.checkpoint, device=args.device)
     print(json.dumps({"split": args.split, "checkpoint": args.checkpoint, **metrics}, indent=2))
     return 0
@@ -230,8 +278,9 @@ def _plot(args: argparse.Namespace) -> int:
     run_dirs = [Path(d) for d in args.run_dirs]
     metrics = args.metrics
     if metrics is None:
-        lm = all((d / "config.json").is_file() and _run_task(d) == "lm" for d in run_dirs)
-        metrics = "valid_ppl,train_loss" if lm else "valid_acc,train_loss"
+        tasks = {_run_task(d) if (d / "config.json").is_file() else None for d in run_dirs}
+        metrics = {"lm": "valid_ppl,train_loss", "rl": "episode_return,loss"}.get(tasks.pop() if len(tasks) == 1
+                                                                                  else None, "valid_acc,train_loss")
     print(plot_runs(run_dirs, Path(args.out), tuple(metrics.split(","))))
     return 0
 
@@ -265,7 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=_data)
 
     t = sub.add_parser("train", help="train a model on a benchmark (lm: a language model, also under torchrun)")
-    _add_task_args(t, tasks=("code-exec", "listops", "lm"))
+    _add_task_args(t, tasks=("code-exec", "listops", "lm", "rl"))
+    t.add_argument("--env", default=None,
+                   help="rl: repeat_first | repeat_previous | count_recall | <Game>NoFrameskip-v4 | gym:<id>")
     t.add_argument("--model", default=None, help="registry name (see `fastweights info`)")
     t.add_argument("--preset", default=None,
                    help="paper, cpu, or a path to a .json preset (lm default: cpu; others: the dataclass defaults)")
@@ -294,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--context", type=int, default=None,
                    help="LM runs: W of sliding (default tgt_len), segment/chunk length otherwise (eval_tgt_len)")
     e.add_argument("--batch-size", type=int, default=None, help="LM runs: windows or segments per forward")
+    e.add_argument("--episodes", type=int, default=None, help="rl runs: episodes per evaluation run (default 30)")
+    e.add_argument("--runs", type=int, default=None, help="rl runs: evaluation runs (default 5)")
+    e.add_argument("--sample", action="store_true", help="rl runs: sample actions instead of greedy ones")
     e.set_defaults(func=_eval)
 
     gn = sub.add_parser("generate", help="continue a prompt with a language-model run (step-by-step decoding)")

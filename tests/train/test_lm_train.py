@@ -435,7 +435,7 @@ def test_cli_dry_run_paper_preset_parameter_counts(capsys, wt103_sized_dir, mode
     (["cutoffs=10,5"], ["cutoffs: expected strictly increasing values"]),
     (["level=byte"], ["level: expected 'word' or 'char', got 'byte'"]),
     (["position_order=backwards"], ["position_order: expected one of ['reversed', 'forward']"]),
-    (["--num-vars", "3"], ["--num-vars: only for code-exec and listops, not for lm"]),
+    (["--num-vars", "3"], ["--num-vars: not for lm"]),
     (["--model", "transformer", "--carry-state"], ["carry_state: the transformer's state is a KV cache"]),
     (["--preset", "papper"], ["unknown preset 'papper' for lm", "'cpu'", "'paper'"]),
     (["layer_options={\"bogus\": 1}"], ["takes no option(s) ['bogus']"]),

@@ -1,0 +1,432 @@
+"""Synchronous IMPALA-style training (V-trace actor-critic) of an :class:`~fastweights.rl.agent.Agent`, its run
+directory, resume, and the paper's evaluation protocol. Read top to bottom: rollouts -> learner -> loop ->
+evaluation -> entry points.
+
+One update: the ``num_envs`` streams act for ``unroll_length`` steps with the current parameters (no gradient),
+keeping the core state at the start of the unroll; the learner re-runs the agent over the unroll (plus the next
+observation, for the bootstrap value) from that stored state, with gradients (truncated BPTT over the unroll;
+``cut_state_grad_every_step`` detaches the state after every step instead, as the official kernels do), and
+takes one RMSProp step on the V-trace loss. The acting policy equals the learner's policy (on-policy), so the
+importance weights are 1 up to float rounding; V-trace still corrects any lag.
+
+Run directory (see :mod:`fastweights.train.runs`): ``config.json``, ``meta.json``, ``metrics.csv`` (one row per
+``log_every`` updates: ``step`` = agent steps, ``episode_return`` = mean return of the episodes that ended since the
+last row, losses, ``steps_per_s``), ``last.pt`` (every ``checkpoint_every`` updates and at the end), optional
+``step-<N>.pt`` extra checkpoints, ``results.json`` (final evaluation), ``curves.png`` (if matplotlib is installed).
+
+Resume continues exactly (same parameters, same metrics) for environments that can snapshot their state (the
+NumPy memory tasks); Atari environments are restarted from a fresh seed on resume (new episodes, same learner).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..layers.base import detach_state
+from ..models import count_parameters
+from ..train.config import ConfigError
+from ..train.progress import Progress
+from ..train.runs import MetricsLog, load_checkpoint, read_json, run_metadata, save_checkpoint, write_json
+from .agent import Agent, AgentConfig
+from .config import RLConfig, resolve_rl_config, rl_config_from_dict, rl_config_to_dict
+from .envs import BatchedEnv, make_env
+from .vtrace import impala_loss, linear_decay, rmsprop
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rollouts
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rollout:
+    """One unroll of ``B`` streams, batch first. Index ``t`` of the ``[B, T+1]`` inputs is what the agent saw at
+    step t (``done[:, t]`` = obs t starts an episode; ``prev_reward/prev_action[:, t]`` = the reward/action that
+    led to obs t); ``actions/behaviour_logits/rewards [B, T]`` are the step-t action, its logits and its reward.
+    ``initial_state`` is the core state before step 0 (detached)."""
+
+    obs: torch.Tensor
+    done: torch.Tensor
+    prev_reward: torch.Tensor
+    prev_action: torch.Tensor
+    actions: torch.Tensor
+    behaviour_logits: torch.Tensor
+    rewards: torch.Tensor
+    initial_state: Any
+
+
+class Actor:
+    """Steps a :class:`BatchedEnv` with an agent, keeping the inputs of the next step and the core state."""
+
+    def __init__(self, env: BatchedEnv, agent: Agent, device: torch.device, seed: int) -> None:
+        self.env, self.agent, self.device = env, agent, device
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        obs = env.reset(seed=seed)
+        n = env.num_envs
+        self.obs = torch.as_tensor(obs, device=device)
+        self.done = torch.ones(n, dtype=torch.bool, device=device)
+        self.prev_reward = torch.zeros(n, device=device)
+        self.prev_action = torch.zeros(n, dtype=torch.long, device=device)
+        self.state = agent.initial_state(n, device)
+
+    @torch.no_grad()
+    def step(self, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """Act once in every copy; returns (action, logits, env info)."""
+        out = self.agent.act(self.obs, self.done, self.prev_reward, self.prev_action, self.state, greedy=greedy,
+                             generator=self.generator)
+        res = self.env.step(out.action.cpu().numpy())
+        # an environment may replace actions (Atari's FIRE after a lost life): learn from what was executed
+        action = out.action if "actions" not in res.info else torch.as_tensor(res.info["actions"], device=self.device)
+        self.state = out.state
+        self.obs = torch.as_tensor(res.obs, device=self.device)
+        self.done = torch.as_tensor(res.done, device=self.device)
+        self.prev_reward = torch.as_tensor(res.reward, device=self.device)
+        self.prev_action = action
+        return action, out.logits, res.info
+
+    def rollout(self, length: int) -> tuple[Rollout, list[dict[str, Any]]]:
+        """``length`` steps of every copy; returns the rollout and the env infos of the steps."""
+        initial_state = detach_state(self.state)
+        obs, done, prev_r, prev_a = [self.obs], [self.done], [self.prev_reward], [self.prev_action]
+        actions, logits, rewards, infos = [], [], [], []
+        for _ in range(length):
+            a, lg, info = self.step()
+            actions.append(a)
+            logits.append(lg)
+            rewards.append(self.prev_reward)
+            infos.append(info)
+            obs.append(self.obs)
+            done.append(self.done)
+            prev_r.append(self.prev_reward)
+            prev_a.append(self.prev_action)
+
+        def stack(xs: list[torch.Tensor]) -> torch.Tensor:
+            return torch.stack(xs, dim=1)
+
+        return Rollout(stack(obs), stack(done), stack(prev_r), stack(prev_a), stack(actions), stack(logits),
+                       stack(rewards), initial_state), infos
+
+    def get_state(self) -> dict[str, Any] | None:
+        env_state = self.env.get_state()
+        if env_state is None:
+            return None
+        return {"env": env_state, "obs": self.obs, "done": self.done, "prev_reward": self.prev_reward,
+                "prev_action": self.prev_action, "state": self.state, "generator": self.generator.get_state()}
+
+    def set_state(self, s: dict[str, Any]) -> None:
+        self.env.set_state(s["env"])
+        self.obs, self.done, self.prev_reward = s["obs"], s["done"], s["prev_reward"]
+        self.prev_action, self.state = s["prev_action"], s["state"]
+        self.generator.set_state(s["generator"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Learner
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def learner_loss(agent: Agent, ro: Rollout, cfg: RLConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """The IMPALA loss of a rollout, recomputed from its stored initial state (truncated BPTT over the unroll)."""
+    out = agent(ro.obs, ro.done, ro.prev_reward, ro.prev_action, ro.initial_state,
+                cut_state_grad=cfg.cut_state_grad_every_step)
+    T = ro.actions.shape[1]
+    rewards = ro.rewards.float()
+    if cfg.reward_clip > 0:
+        rewards = rewards.clamp(-cfg.reward_clip, cfg.reward_clip)
+    discounts = cfg.discount * (~ro.done[:, 1:]).float()  # 0 where the episode ended with action t
+    loss = impala_loss(out.logits[:, :T], out.baseline[:, :T], out.baseline[:, T], ro.behaviour_logits, ro.actions,
+                       rewards, discounts, baseline_cost=cfg.baseline_cost, entropy_cost=cfg.entropy_cost,
+                       clip_rho_threshold=cfg.clip_rho, clip_c_threshold=cfg.clip_c,
+                       clip_pg_rho_threshold=cfg.clip_pg_rho)
+    return loss.total, {"loss": loss.total.item(), "pg_loss": loss.pg.item(), "baseline_loss": loss.baseline.item(),
+                        "entropy_loss": loss.entropy.item()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building blocks of a run
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def agent_config(cfg: RLConfig, env: BatchedEnv) -> AgentConfig:
+    return AgentConfig(obs_shape=env.obs_shape, num_actions=env.num_actions, **cfg.agent_fields())
+
+
+def build(cfg: RLConfig, num_envs: int | None = None) -> tuple[BatchedEnv, Agent]:
+    """The environment (``num_envs`` copies, default ``cfg.num_envs``) and a freshly initialised agent (seeded)."""
+    env = make_env(cfg.env, cfg.num_envs if num_envs is None else num_envs, cfg.env_options)
+    torch.manual_seed(cfg.seed)
+    return env, Agent(agent_config(cfg, env))
+
+
+class _Window:
+    """Metrics accumulated between two rows of metrics.csv."""
+
+    def __init__(self) -> None:
+        self.returns: list[float] = []
+        self.lengths: list[int] = []
+        self.game_returns: list[float] = []
+        self.losses: dict[str, float] = {}
+        self.updates = 0
+        self.seconds = 0.0
+
+    def add(self, infos: list[dict[str, Any]], losses: dict[str, float], seconds: float) -> None:
+        for info in infos:
+            self.returns += [float(r) for r in info.get("episode_returns", ())]
+            self.lengths += [int(n) for n in info.get("episode_lengths", ())]
+            self.game_returns += [float(r) for r in info.get("game_returns", ())]
+        for k, v in losses.items():
+            self.losses[k] = self.losses.get(k, 0.0) + v
+        self.updates += 1
+        self.seconds += seconds
+
+
+def _plot(run_dir: Path) -> None:
+    from ..train.plots import plot_runs
+
+    try:
+        plot_runs([run_dir], run_dir / "curves.png", ("episode_return", "loss"))
+    except (ConfigError, FileNotFoundError):  # matplotlib missing, or nothing logged yet
+        pass
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training loop
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def train(cfg: RLConfig, run_dir: Path, *, resume: bool = False, stop_after_updates: int | None = None,
+          quiet: bool = False, command: list[str] | None = None, evaluate_at_end: bool = True) -> dict[str, Any]:
+    """Train ``cfg`` in ``run_dir`` (``resume``: continue from ``run_dir/last.pt``).
+
+    ``stop_after_updates`` ends this call early (as an interruption would) after that many updates in total.
+    At the end of training the last checkpoint is evaluated with the paper's protocol (:func:`evaluate_agent`)
+    and ``results.json`` written (``evaluate_at_end=False`` skips that).
+    Returns the results: ``updates``, ``steps``, ``train_time_s``, ``final_return`` (mean episode return of the
+    last metrics row), ``parameters``, and ``eval`` when evaluated.
+    """
+    run_dir = Path(run_dir)
+    if not resume and (run_dir / "config.json").exists():
+        raise FileExistsError(f"run_dir: {run_dir} already holds a run; continue it with resume or choose another "
+                              f"run directory")
+    if resume and not (run_dir / "last.pt").is_file():
+        raise FileNotFoundError(f"resume: {run_dir} has no last.pt checkpoint to resume from")
+    cfg.validate()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    env, agent = build(cfg)
+    agent.to(device)
+    opt = rmsprop(agent.parameters(), cfg.lr, alpha=cfg.rms_alpha, eps=cfg.rms_eps, momentum=cfg.rms_momentum)
+    sched = linear_decay(opt, cfg.total_steps, cfg.steps_per_update) if cfg.lr_decay else None
+    actor = Actor(env, agent, device, cfg.seed)
+    log = MetricsLog(run_dir)
+    update, elapsed, window, last_row = 0, 0.0, _Window(), {}
+    if resume:
+        ckpt = load_checkpoint(run_dir / "last.pt", map_location=device)
+        agent.load_state_dict(ckpt["agent"])
+        opt.load_state_dict(ckpt["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(ckpt["scheduler"])
+        update, elapsed, window, last_row = ckpt["update"], ckpt["elapsed"], ckpt["window"], ckpt["last_row"]
+        torch.set_rng_state(ckpt["rng"])
+        if ckpt["actor"] is not None:
+            actor.set_state(ckpt["actor"])
+        else:  # the environment cannot be restored: restart its episodes from a seed of this point
+            actor = Actor(env, agent, device, cfg.seed + 7919 * update)
+        log.truncate(update * cfg.steps_per_update)
+    else:
+        write_json(run_dir / "config.json", rl_config_to_dict(cfg))
+        write_json(run_dir / "meta.json", {**run_metadata(cfg.seed, command), "parameters": count_parameters(agent),
+                                           "obs_shape": list(env.obs_shape), "num_actions": env.num_actions})
+    total = cfg.total_updates
+    last = total if stop_after_updates is None else min(total, stop_after_updates)
+    if not quiet:
+        print(f"rl {cfg.env} {cfg.model}: {count_parameters(agent):,} parameters, {env.num_envs} envs x "
+              f"{cfg.unroll_length} steps per update, {total} updates ({cfg.total_steps:,} steps), run dir {run_dir}",
+              flush=True)
+    bar = Progress(total, prefix=f"rl {cfg.model}", every_s=cfg.log_every_s) if not quiet else None
+    extra = sorted(s for s in cfg.extra_checkpoints if s > update * cfg.steps_per_update)  # not yet written
+
+    def payload() -> dict[str, Any]:
+        return {"agent": agent.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": None if sched is None else sched.state_dict(), "update": update, "elapsed": elapsed,
+                "window": window, "last_row": last_row, "rng": torch.get_rng_state(), "actor": actor.get_state(),
+                "config": rl_config_to_dict(cfg), "step": update * cfg.steps_per_update}
+
+    agent.train()
+    while update < last:
+        t0 = time.perf_counter()
+        ro, infos = actor.rollout(cfg.unroll_length)
+        loss, losses = learner_loss(agent, ro, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = cfg.grad_norm_clip if cfg.grad_norm_clip > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(agent.parameters(), max_norm))
+        lr = opt.param_groups[0]["lr"]
+        opt.step()
+        if sched is not None:
+            sched.step()
+        update += 1
+        seconds = time.perf_counter() - t0
+        elapsed += seconds
+        window.add(infos, {**losses, "grad_norm": grad_norm, "lr": lr}, seconds)
+        step = update * cfg.steps_per_update
+        if update % cfg.log_every == 0 or update == total:
+            row: dict[str, Any] = {"step": step, "update": update}
+            row["episode_return"] = float(np.mean(window.returns)) if window.returns else ""
+            row["episode_length"] = float(np.mean(window.lengths)) if window.lengths else ""
+            row["episodes"] = len(window.returns)
+            if window.game_returns or "game_returns" in (infos[-1] if infos else {}):
+                row["game_return"] = float(np.mean(window.game_returns)) if window.game_returns else ""
+            row.update({k: v / window.updates for k, v in window.losses.items()})
+            row["steps_per_s"] = window.updates * cfg.steps_per_update / max(window.seconds, 1e-9)
+            row["elapsed_s"] = elapsed
+            log.log(row)
+            last_row, window = row, _Window()
+        if bar is not None:
+            ret = last_row.get("episode_return", "")
+            bar.update(update, **({"return": ret} if ret != "" else {}), sps=last_row.get("steps_per_s", 0.0))
+        while extra and step >= extra[0]:
+            save_checkpoint(run_dir / f"step-{extra.pop(0)}.pt", payload())
+        if update % cfg.checkpoint_every == 0 or update == last:
+            save_checkpoint(run_dir / "last.pt", payload())
+    if bar is not None:
+        bar.close()
+    log.close()
+    env.close()
+    results: dict[str, Any] = {"updates": update, "steps": update * cfg.steps_per_update, "train_time_s": elapsed,
+                               "final_return": last_row.get("episode_return", None),
+                               "parameters": count_parameters(agent)}
+    _plot(run_dir)
+    if update >= total and evaluate_at_end:
+        results["eval"] = evaluate_agent(agent, cfg)
+        write_json(run_dir / "results.json", results)
+        if not quiet:
+            ev = results["eval"]
+            print(f"eval ({'greedy' if cfg.eval_greedy else 'sampled'}, {ev['runs']} x {ev['episodes']} episodes): "
+                  f"return {ev['mean']:.4g} +- {ev['std']:.3g}", flush=True)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation (spec C.4)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_agent(agent: Agent, cfg: RLConfig, *, episodes: int | None = None, runs: int | None = None,
+                   greedy: bool | None = None, num_envs: int | None = None, seed: int | None = None
+                   ) -> dict[str, Any]:
+    """The paper's protocol: ``runs`` independent runs of ``episodes`` episodes each (greedy actions by default);
+    returns the mean and std of the run means (plus each run's mean).
+
+    The episodes of a run are played by ``num_envs`` parallel copies, each with a fixed share decided in advance
+    (so short episodes are not favoured); per-life episodes on Atari (episodic life is kept at test time).
+    """
+    episodes = cfg.eval_episodes if episodes is None else episodes
+    runs = cfg.eval_runs if runs is None else runs
+    greedy = cfg.eval_greedy if greedy is None else greedy
+    seed = cfg.seed + 1_000_003 if seed is None else seed
+    for name, v in (("episodes", episodes), ("runs", runs)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}: expected a positive int, got {v!r}")
+    n = min(cfg.eval_envs if num_envs is None else num_envs, episodes)
+    device = next(agent.parameters()).device
+    was_training = agent.training
+    agent.eval()
+    run_means = []
+    for r in range(runs):
+        env = make_env(cfg.env, n, cfg.env_options)
+        actor = Actor(env, agent, device, seed + r)
+        quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])
+        got: list[list[float]] = [[] for _ in range(n)]
+        while any(len(g) < q for g, q in zip(got, quota)):
+            _, _, info = actor.step(greedy=greedy)
+            for i, ret in zip(info["episode_envs"], info["episode_returns"]):
+                if len(got[i]) < quota[i]:
+                    got[i].append(float(ret))
+        env.close()
+        run_means.append(float(np.mean([x for g in got for x in g])))
+    agent.train(was_training)
+    return {"mean": float(np.mean(run_means)), "std": float(np.std(run_means)), "run_means": run_means,
+            "episodes": episodes, "runs": runs, "greedy": greedy}
+
+
+def load_agent(run_dir: Path, checkpoint: str = "last", device: str | None = None) -> tuple[RLConfig, Agent]:
+    """The configuration and the trained agent of a run directory (``checkpoint``: ``last`` or ``step-<N>``)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"run_dir: {run_dir} is not a run directory (no config.json)")
+    cfg = rl_config_from_dict(read_json(run_dir / "config.json"))
+    if device is not None:
+        cfg.device = device
+    meta = read_json(run_dir / "meta.json")
+    agent = Agent(AgentConfig(obs_shape=tuple(meta["obs_shape"]), num_actions=meta["num_actions"],
+                              **cfg.agent_fields())).to(cfg.device)
+    ckpt = load_checkpoint(run_dir / f"{checkpoint}.pt", map_location=cfg.device)
+    agent.load_state_dict(ckpt["agent"])
+    return cfg, agent
+
+
+def evaluate_run(run_dir: Path | str, episodes: int = 30, runs: int = 5, greedy: bool = True, *,
+                 checkpoint: str = "last", device: str | None = None, num_envs: int | None = None,
+                 seed: int | None = None) -> dict[str, Any]:
+    """Evaluate a run's checkpoint with the paper's protocol (default 5 runs x 30 greedy episodes); returns
+    ``{"mean", "std", "run_means", "episodes", "runs", "greedy", "checkpoint", "step"}``."""
+    cfg, agent = load_agent(Path(run_dir), checkpoint, device)
+    ckpt_step = load_checkpoint(Path(run_dir) / f"{checkpoint}.pt")["step"]
+    out = evaluate_agent(agent, cfg, episodes=episodes, runs=runs, greedy=greedy, num_envs=num_envs, seed=seed)
+    return {**out, "checkpoint": checkpoint, "step": ckpt_step}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Entry points for the command line
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def default_run_dir(cfg: RLConfig, preset: str | None) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    env = cfg.env.replace("/", "-").replace(":", "-")
+    preset_name = Path(preset).stem if preset and preset.endswith(".json") else preset
+    return Path(cfg.out_dir) / f"rl-{env}-{cfg.model}-{preset_name or 'default'}-{stamp}"
+
+
+def main_train(env: str | None = None, model: str | None = None, preset: str | None = None,
+               overrides: list[str] | None = None, run_dir: str | Path | None = None,
+               resume: str | Path | None = None, device: str | None = None, *, dry_run: bool = False,
+               command: list[str] | None = None) -> dict[str, Any]:
+    """``fastweights train rl``: resolve the configuration, then train (or, with ``resume`` = a run directory,
+    continue that run with its own ``config.json``; only ``device`` may be given with it).
+
+    ``dry_run`` builds the environment and agent and returns ``{"config", "parameters", "obs_shape",
+    "num_actions"}`` without training. Returns the results dict of :func:`train`.
+    """
+    if resume is not None:
+        given = [name for name, v in (("env", env), ("model", model), ("preset", preset), ("run_dir", run_dir))
+                 if v is not None] + list(overrides or [])
+        if given:
+            raise ConfigError(f"resume: a resumed run keeps its config.json; remove {' '.join(given)}")
+        rdir = Path(resume)
+        if not (rdir / "last.pt").is_file():
+            raise FileNotFoundError(f"resume: {rdir} has no last.pt checkpoint to resume from")
+        cfg = rl_config_from_dict(read_json(rdir / "config.json"))
+        if cfg.task != "rl":
+            raise ConfigError(f"resume: {rdir} is a {cfg.task} run, not rl")
+        if device is not None:
+            cfg.device = device
+        cfg.validate()
+        return train(cfg, rdir, resume=True, command=command)
+    cfg = resolve_rl_config(env, model, preset, overrides, device=device)
+    if dry_run:
+        e, agent = build(cfg, num_envs=1)
+        e.close()
+        return {"config": rl_config_to_dict(cfg), "parameters": count_parameters(agent),
+                "obs_shape": list(e.obs_shape), "num_actions": e.num_actions}
+    return train(cfg, Path(run_dir) if run_dir is not None else default_run_dir(cfg, preset), command=command)
