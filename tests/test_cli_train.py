@@ -387,7 +387,7 @@ def test_cuda_without_cuda_is_one_line(capsys):
 
 
 @pytest.mark.parametrize(("argv", "fragment"), [
-    (["train", "code-execution"], "invalid choice: 'code-execution' (choose from 'code-exec', 'listops', 'lm')"),
+    (["train", "code-execution"], "invalid choice: 'code-execution' (choose from 'code-exec', 'listops', 'lm', 'rl')"),
     (["train", "code-exec", "--bogus"], "unrecognized arguments: --bogus"),
     (["eval", ".", "--split", "dev"], "invalid choice: 'dev'"),
 ])

@@ -88,26 +88,33 @@ def _default_run_dir(cfg, preset: str | None) -> Path:
 LM_DEFAULT_PRESET = "cpu"
 
 
-def _train_lm(args: argparse.Namespace) -> int:
-    from .train.config import ConfigError, config_from_dict, config_to_dict, resolve_config
-    from .train.lm import train_lm
+def _resumed_run(args: argparse.Namespace, refused: tuple[str, ...]) -> tuple[Path, object]:
+    """``--resume RUN_DIR``: the run directory and its config, after refusing options that would change it."""
+    from .train.config import config_from_dict
     from .train.runs import read_json
+
+    given = [f"--{k.replace('_', '-')}" for k in refused if getattr(args, k) not in (None, False)]
+    given += list(args.overrides)
+    if given:
+        raise ValueError(f"resume: a resumed run keeps its config.json; remove {' '.join(given)}")
+    run_dir = Path(args.resume)
+    if not (run_dir / "last.pt").is_file():
+        raise FileNotFoundError(f"resume: {run_dir} has no last.pt checkpoint to resume from")
+    cfg = config_from_dict(read_json(run_dir / "config.json"))
+    if cfg.task != args.task:
+        raise ValueError(f"resume: {run_dir} is a {cfg.task} run, not {args.task}")
+    return run_dir, cfg
+
+
+def _train_lm(args: argparse.Namespace) -> int:
+    from .train.config import ConfigError, config_to_dict, resolve_config
+    from .train.lm import train_lm
 
     wrong = [f"--{k.replace('_', '-')}" for k in ("num_vars", "depth", "env") if getattr(args, k) is not None]
     if wrong:
         raise ConfigError(f"{' '.join(wrong)}: not for lm")
     if args.resume:
-        given = [f"--{k.replace('_', '-')}" for k in ("model", "preset", "data", "run_dir")
-                 if getattr(args, k) is not None] + (["--carry-state"] if args.carry_state else []) \
-            + list(args.overrides)
-        if given:
-            raise ValueError(f"resume: a resumed run keeps its config.json; remove {' '.join(given)}")
-        run_dir = Path(args.resume)
-        if not (run_dir / "last.pt").is_file():
-            raise FileNotFoundError(f"resume: {run_dir} has no last.pt checkpoint to resume from")
-        cfg = config_from_dict(read_json(run_dir / "config.json"))
-        if cfg.task != "lm":
-            raise ValueError(f"resume: {run_dir} is a {cfg.task} run, not lm")
+        run_dir, cfg = _resumed_run(args, ("model", "preset", "data", "run_dir", "carry_state"))
         if args.device is not None:
             cfg.device = args.device
         cfg.validate()
@@ -166,8 +173,7 @@ def _train_rl(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from .train.algorithmic import build, train
-    from .train.config import config_from_dict, config_to_dict, resolve_config
-    from .train.runs import read_json
+    from .train.config import config_to_dict, resolve_config
 
     if args.task == "lm":
         return _train_lm(args)
@@ -178,16 +184,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.carry_state:
         raise ValueError(f"--carry-state: only for lm, not for {args.task}")
     if args.resume:
-        given = [f"--{k.replace('_', '-')}" for k in ("model", "preset", "num_vars", "depth", "data", "run_dir")
-                 if getattr(args, k) is not None] + list(args.overrides)
-        if given:
-            raise ValueError(f"resume: a resumed run keeps its config.json; remove {' '.join(given)}")
-        run_dir = Path(args.resume)
-        if not (run_dir / "last.pt").is_file():
-            raise FileNotFoundError(f"resume: {run_dir} has no last.pt checkpoint to resume from")
-        cfg = config_from_dict(read_json(run_dir / "config.json"))
-        if cfg.task != args.task:
-            raise ValueError(f"resume: {run_dir} is a {cfg.task} run, not {args.task}")
+        run_dir, cfg = _resumed_run(args, ("model", "preset", "num_vars", "depth", "data", "run_dir"))
         train(cfg, run_dir, resume=True)
         return 0
     cfg = resolve_config(args.task, args.preset, args.overrides, model=args.model, **_task_flags(args))

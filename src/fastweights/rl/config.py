@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..train.config import ConfigError, apply_overrides, load_preset
+from ..train.config import ConfigError, apply_overrides, config_to_dict, dataclass_from_dict, load_preset
 
 TASK = "rl"
 
@@ -159,14 +159,12 @@ def resolve_rl_config(env: str | None = None, model: str | None = None, preset: 
     return cfg
 
 
-def rl_config_to_dict(cfg: RLConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+rl_config_to_dict = config_to_dict
 
 
 def rl_config_from_dict(values: dict[str, Any]) -> RLConfig:
     """The :class:`RLConfig` a ``config.json`` holds; unknown keys are ignored."""
-    names = {f.name for f in dataclasses.fields(RLConfig)}
-    return RLConfig(**{k: v for k, v in values.items() if k in names})
+    return dataclass_from_dict(RLConfig, values)
 
 
 def default_preset(env: str | None) -> str:

@@ -381,7 +381,11 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def dataclass_from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """``cls(**values)`` without the keys ``cls`` has no field for (a config.json may be newer or older)."""
+    return cls(**{k: v for k, v in values.items() if k in field_names(cls)})
+
+
 def config_from_dict(values: dict[str, Any]) -> Any:
     """The configuration a ``config.json`` holds (its ``task`` picks the class); unknown keys are ignored."""
-    cls = config_class(values.get("task", "code-exec"))
-    return cls(**{k: v for k, v in values.items() if k in field_names(cls)})
+    return dataclass_from_dict(config_class(values.get("task", "code-exec")), values)
