@@ -14,7 +14,7 @@ def cell(run: Path, mode: str) -> str:
     path = run / f"test-{mode}.json"
     if not path.exists():
         return "-"
-    return f"{json.loads(path.read_text())['perplexity']:.1f}"
+    return f"{json.loads(path.read_text())['ppl']:.1f}"
 
 
 def minutes(run: Path) -> str:
