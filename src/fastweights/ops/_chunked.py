@@ -187,6 +187,7 @@ class ChunkedLinearRecurrence(torch.autograd.Function):
 
         d_o = torch.zeros_like(c.v) if d_o is None else _to_chunks(d_o, ctx.chunk_size)
         d_u_from_o = qk.transpose(-1, -2) @ d_o  # [B, H, N, C, V]
+        del qk  # the backward's peak memory decides the op's: free every chunk tensor once it is used
         d_start_from_o = _mul(c.q, c.keep0).transpose(-1, -2) @ d_o  # [B, H, N, K, V]
         k_end = _mul(c.k, c.in_last)
         d_state = starts.new_zeros(B, H, K, V) if d_final is None else d_final
@@ -196,6 +197,7 @@ class ChunkedLinearRecurrence(torch.autograd.Function):
             d_end = torch.cat([suffix[:, :, 1:], suffix.new_zeros(B, H, 1, K, V)], dim=2) + d_state[:, :, None]
             d_state = d_state + suffix[:, :, 0]
             d_u = d_u_from_o + k_end @ d_end
+            del suffix
         else:  # the only sequential part: the state gradient, chunk by chunk from the end
             d_u = torch.empty_like(u)
             d_end = torch.empty_like(starts)  # gradient w.r.t. the state leaving chunk n
@@ -207,16 +209,21 @@ class ChunkedLinearRecurrence(torch.autograd.Function):
                 if w is not None:
                     d_state = d_state - w[:, :, n].transpose(-1, -2) @ d_u[:, :, n]
 
+        del d_u_from_o, d_start_from_o, k_end
         d_qk = (d_o @ u.transpose(-1, -2)).masked_fill_(~c.same, 0)
         dq = _mul(d_o @ starts.transpose(-1, -2), c.keep0) + d_qk @ c.k
+        del d_o
         dk = d_qk.transpose(-1, -2) @ c.q + _mul(u @ d_end.transpose(-1, -2), c.in_last)
+        del d_qk, d_end, u
         if w is None:
             dv, dbeta = d_u, None
         else:  # through Uv = L^-1 diag(beta) V and W = L^-1 diag(beta) K (U = Uv - W S)
             l_inv_t = l_inv.transpose(-1, -2)
             d_rhs_v = l_inv_t @ d_u
             d_rhs_w = l_inv_t @ -(d_u @ starts.transpose(-1, -2))
+            del d_u, l_inv_t, l_inv
             d_l = (d_rhs_v @ u_v.transpose(-1, -2)).add_(d_rhs_w @ w.transpose(-1, -2)).neg_()
+            del u_v, w
             d_l.masked_fill_(~_strict(c), 0)
             d_rhs_w = _mul(d_rhs_w, c.keep0)
             m = c.beta * d_l  # gradient of K K^T (rows scaled by beta_i)
