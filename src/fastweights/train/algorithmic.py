@@ -24,6 +24,7 @@ from ..tasks import code_execution, listops
 from .config import TrainConfig, config_from_dict, config_to_dict
 from .progress import Progress
 from .runs import MetricsLog, load_checkpoint, read_json, run_metadata, save_checkpoint, write_json
+from .schedule import warmup_cosine
 
 # ----------------------------------------------------------------------------------------------------------------
 # Data
@@ -174,6 +175,19 @@ def evaluate(model, task: str, split: Split, batch_size: int, device: torch.devi
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
+    """Learning rate of update ``step`` (0-based): a linear warm-up over ``cfg.warmup_steps``, then constant
+    (``schedule=constant``, the paper's setting) or a cosine decay to 0 at the last update (``schedule=cosine``)."""
+    total = cfg.epochs * steps_per_epoch if cfg.schedule == "cosine" else None
+    return warmup_cosine(step, cfg.lr, cfg.warmup_steps, total)
+
+
+def is_better(valid: dict[str, float], best: dict[str, float]) -> bool:
+    """Model selection on validation: higher accuracy, ties (e.g. all-zero sequence accuracy early in training)
+    broken by lower loss."""
+    return (valid["acc"], -valid["loss"]) > (best["acc"], -best.get("loss", math.inf))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -245,6 +259,8 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, stop_after_e
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
                 logits = batch_logits(model, cfg.task, src, lengths)
             loss = loss_fn(cfg.task, logits.float(), tgt)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg, steps_per_epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip > 0:
@@ -265,7 +281,7 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, stop_after_e
         if "print_acc" in valid:
             row["valid_print_acc"] = valid["print_acc"]
         row.update({"tokens_per_s": tok / train_time, "elapsed_s": elapsed})
-        is_best = valid["acc"] > best["acc"]
+        is_best = is_better(valid, best)
         if is_best:
             best = {**valid, "epoch": epoch + 1}
         payload = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,

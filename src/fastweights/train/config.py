@@ -59,6 +59,8 @@ class TrainConfig:
     eval_batch_size: int = 128
     epochs: int = 200
     clip: float = 0.0  # global gradient-norm clipping; 0 = off
+    schedule: str = "constant"  # constant (the paper) | cosine: decay to 0 over all epochs after the warm-up
+    warmup_steps: int = 0  # linear warm-up of the learning rate over this many updates
     # run
     seed: int = 11
     device: str = "cpu"
@@ -93,6 +95,12 @@ class TrainConfig:
             raise ConfigError(f"dropout: expected a probability in [0, 1), got {self.dropout}")
         if not self.lr > 0:  # also rejects nan
             raise ConfigError(f"lr: expected a positive learning rate, got {self.lr}")
+        if not self.clip >= 0:
+            raise ConfigError(f"clip: expected a gradient norm >= 0 (0 = off), got {self.clip}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ConfigError(f"schedule: expected 'constant' or 'cosine', got {self.schedule!r}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps: expected an integer >= 0, got {self.warmup_steps}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads: expected a positive integer or none, got {self.threads}")
         try:

@@ -68,6 +68,7 @@ from ..tasks.lm import (
 from .config import ConfigError, LMTrainConfig, config_from_dict, config_to_dict
 from .progress import Progress
 from .runs import MetricsLog, load_checkpoint, read_json, run_metadata, save_checkpoint, write_json
+from .schedule import warmup_cosine
 
 EVAL_MODES = ("sliding", "carry", "segments")
 
@@ -242,9 +243,7 @@ def lm_model_config(cfg: LMTrainConfig, vocab_size: int) -> LMConfig:
 def lr_at(step: int, cfg: LMTrainConfig) -> float:
     """Learning rate of update ``step`` (0-based; spec E.1): ``lr * (step + 1) / warmup_steps`` during the warm-up,
     then ``lr * (1 + cos(pi * step / max_steps)) / 2`` (``CosineAnnealingLR(T_max=max_steps)`` on the global step)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * min(step, cfg.max_steps) / cfg.max_steps))
+    return warmup_cosine(step, cfg.lr, cfg.warmup_steps, cfg.max_steps)
 
 
 def _ppl(loss: float) -> float:
