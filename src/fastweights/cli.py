@@ -206,8 +206,14 @@ def _train(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from .train.compare import compare
 
+    seeds = None
+    if args.seeds is not None:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"--seeds: expected comma-separated integers, e.g. 11,12,13, got {args.seeds!r}") from None
     compare(args.task, [m.strip() for m in args.models.split(",") if m.strip()], args.preset, args.overrides,
-            Path(args.out_dir), flags=_task_flags(args))
+            Path(args.out_dir), flags=_task_flags(args), seeds=seeds, jobs=args.jobs)
     return 0
 
 
@@ -324,11 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dry-run", action="store_true", help="build everything, print config and parameters, exit")
     t.set_defaults(func=_train)
 
-    c = sub.add_parser("compare", help="train several models with one preset; print a table and plot curves")
+    c = sub.add_parser("compare", help="train models x seeds with one preset (resumable, --jobs at a time); "
+                                        "table of mean ± std and curves with seed bands")
     _add_task_args(c)
     c.add_argument("--models", default="lstm,linear_transformer,delta_net,delta_rnn")
     c.add_argument("--preset", default="cpu")
     c.add_argument("--out-dir", default="runs/compare")
+    c.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 11,12,13 (default: the preset's seed)")
+    c.add_argument("--jobs", type=int, default=1,
+                   help="runs at a time, each a separate process with the preset's threads (default 1)")
     c.set_defaults(func=_compare)
 
     e = sub.add_parser("eval", help="evaluate a run's checkpoint on a split")

@@ -1,60 +1,208 @@
-"""Train several models with one preset and compare them: a table on stdout (also ``summary.md``) and a
-learning-curve plot. Finished runs are reused and interrupted ones resumed, so re-running is cheap."""
+"""Train a grid of models x seeds with one preset and compare them: a table of mean ± std over seeds on stdout
+(also ``summary.md`` and ``summary.json``) and learning curves with the seeds as a band (``curves.png``).
+
+The grid is resumable: a run whose directory holds the same configuration and a ``results.json`` is reused, one
+with a ``last.pt`` is resumed, one that never reached its first checkpoint is started again. With ``jobs > 1``
+the runs are separate ``fastweights train`` processes, ``jobs`` at a time (each with the preset's thread count;
+the cpu presets use one thread), their output in ``logs/<run>.log``.
+"""
 
 from __future__ import annotations
 
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .algorithmic import train
-from .config import config_to_dict, resolve_config
-from .plots import plot_runs
-from .runs import read_json
+from .algorithmic import load_task_data, train
+from .config import TrainConfig, config_to_dict, resolve_config
+from .plots import plot_seed_bands
+from .runs import read_json, write_json
+
+# files a run writes before its first checkpoint; removed when such a run is started again
+_UNSTARTED_FILES = ("config.json", "meta.json", "metrics.csv")
 
 
-def compare(task: str, models: list[str], preset: str | None, overrides: list[str], out_dir: Path,
-            flags: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+@dataclass
+class GridRun:
+    """One cell x seed of the grid: its configuration, directory and what has to be done (``finished``,
+    ``resume`` or ``new``)."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    state: str
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+
+def plan_grid(task: str, models: list[str], seeds: list[int] | None, preset: str | None, overrides: list[str],
+              out_dir: Path, flags: dict[str, Any] | None = None) -> list[GridRun]:
+    """Resolve and validate every configuration, then classify each run directory ``out_dir/<model>-seed<S>``.
+    Raises ``ValueError`` before anything runs if a directory holds a run with another configuration."""
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
-    cfgs = [resolve_config(task, preset, overrides, model=m, **flags) for m in models]  # validate all first
-    rows, run_dirs = [], []
-    for cfg in cfgs:
-        what = f"vars{cfg.num_vars}" if task == "code-exec" else f"depth{cfg.depth}"
-        run_dir = Path(out_dir) / f"{task}-{what}-{cfg.model}"
-        same = (run_dir / "config.json").is_file() and read_json(run_dir / "config.json") == config_to_dict(cfg)
-        if same and (run_dir / "results.json").is_file():
-            print(f"{cfg.model}: finished run found in {run_dir}, reusing it", flush=True)
-            results = read_json(run_dir / "results.json")
-        else:
-            resume = same and (run_dir / "last.pt").is_file()
-            if not same and (run_dir / "config.json").exists():
-                raise ValueError(f"out_dir: {run_dir} holds a run with a different configuration; "
-                                 f"choose another --out-dir or remove it")
-            results = train(cfg, run_dir, resume=resume)
-        run_dirs.append(run_dir)
-        rows.append({"model": cfg.model, "parameters": results["parameters"],
-                     "valid_acc": results["best_valid"]["acc"], "best_epoch": results["best_valid"]["epoch"],
-                     "test_acc": results["test"]["acc"], "test_print_acc": results["test"].get("print_acc"),
-                     "train_time_s": results["train_time_s"], "run_dir": str(run_dir)})
-    table = format_table(task, preset, rows)
-    print("\n" + table)
-    out_dir = Path(out_dir)
-    (out_dir / "summary.md").write_text(table + "\n")
+    runs = []
+    for model in models:
+        for seed in seeds or [None]:
+            extra = [] if seed is None else [f"seed={seed}"]
+            cfg = resolve_config(task, preset, [*overrides, *extra], model=model, **flags)
+            run_dir = Path(out_dir) / f"{model}-seed{cfg.seed}"
+            config_file = run_dir / "config.json"
+            if not config_file.is_file():
+                state = "new"
+            elif read_json(config_file) != config_to_dict(cfg):
+                raise ValueError(f"out_dir: {run_dir} holds a run with a different configuration; choose another "
+                                 f"--out-dir or remove it")
+            elif (run_dir / "results.json").is_file():
+                state = "finished"
+            elif (run_dir / "last.pt").is_file():
+                state = "resume"
+            else:
+                state = "new"  # stopped before its first checkpoint: nothing to keep
+            runs.append(GridRun(cfg, run_dir, state))
+    return runs
+
+
+def _clear_unstarted(run: GridRun) -> None:
+    for name in _UNSTARTED_FILES:
+        (run.run_dir / name).unlink(missing_ok=True)
+
+
+def _train_command(run: GridRun, preset_file: Path) -> list[str]:
+    base = [sys.executable, "-m", "fastweights.cli", "train", run.cfg.task]
+    if run.state == "resume":
+        return [*base, "--resume", str(run.run_dir)]
+    return [*base, "--preset", str(preset_file), "--run-dir", str(run.run_dir)]
+
+
+def run_grid(runs: list[GridRun], out_dir: Path, jobs: int = 1) -> None:
+    """Train every run that is not finished: in this process for ``jobs == 1``, else as ``jobs`` parallel
+    ``fastweights train`` processes. Raises ``RuntimeError`` naming the runs that failed (the others still run)."""
+    todo = [r for r in runs if r.state != "finished"]
+    for r in runs:
+        if r.state == "finished":
+            print(f"{r.name}: finished run found in {r.run_dir}, reusing it", flush=True)
+    # Generate each data set once, before any run starts: parallel runs would otherwise race to write it.
+    for key in {(r.cfg.task, r.cfg.num_vars, r.cfg.depth, r.cfg.code_length, r.cfg.train_size, r.cfg.valid_size,
+                 r.cfg.test_size, r.cfg.data_seed, r.cfg.data): r for r in todo}.values():
+        load_task_data(key.cfg)
+    for r in todo:
+        if r.state == "new":
+            _clear_unstarted(r)
+    if jobs <= 1:
+        for i, r in enumerate(todo):
+            print(f"[{i + 1}/{len(todo)}] {r.name}{' (resumed)' if r.state == 'resume' else ''}", flush=True)
+            train(r.cfg, r.run_dir, resume=r.state == "resume")
+        return
+    logs, configs = Path(out_dir) / "logs", Path(out_dir) / "configs"
+    logs.mkdir(parents=True, exist_ok=True)
+    configs.mkdir(parents=True, exist_ok=True)
+    pending, running, failed, done = list(todo), {}, [], 0
     try:
-        plot = plot_runs(run_dirs, out_dir / "curves.png")
-        print(f"\nlearning curves: {plot}")
-    except ValueError as e:  # matplotlib missing: the table is still the result
-        print(f"\n(no plot: {e})")
+        while pending or running:
+            while pending and len(running) < jobs:
+                r = pending.pop(0)
+                preset_file = configs / f"{r.name}.json"
+                write_json(preset_file, config_to_dict(r.cfg))
+                log = open(logs / f"{r.name}.log", "a")
+                proc = subprocess.Popen(_train_command(r, preset_file), stdout=log, stderr=subprocess.STDOUT)
+                running[proc] = (r, log, time.perf_counter())
+                print(f"start {r.name}{' (resumed)' if r.state == 'resume' else ''}: log {logs / (r.name + '.log')}",
+                      flush=True)
+            time.sleep(0.5)
+            for proc in [p for p in running if p.poll() is not None]:
+                r, log, t0 = running.pop(proc)
+                log.close()
+                done += 1
+                if proc.returncode == 0 and (r.run_dir / "results.json").is_file():
+                    acc = read_json(r.run_dir / "results.json")["test"]["acc"]
+                    print(f"[{done}/{len(todo)}] {r.name}: test acc {acc:.4f} "
+                          f"({(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
+                else:
+                    failed.append(r.name)
+                    print(f"[{done}/{len(todo)}] {r.name}: FAILED (exit {proc.returncode}); see "
+                          f"{logs / (r.name + '.log')}", flush=True)
+    except KeyboardInterrupt:
+        for proc in running:
+            proc.terminate()
+        for proc in running:
+            proc.wait()
+        raise
+    if failed:
+        raise RuntimeError(f"grid: {len(failed)} run(s) failed: {', '.join(failed)} (logs in {logs})")
+
+
+def summarize(runs: list[GridRun]) -> list[dict[str, Any]]:
+    """One row per model: mean and standard deviation over seeds (sample std; 0 for one seed) of the test
+    accuracy of the best-validation checkpoints, per-seed values, and the mean training time per run."""
+    by_model: dict[str, list[tuple[GridRun, dict[str, Any]]]] = {}
+    for r in runs:
+        if (r.run_dir / "results.json").is_file():
+            by_model.setdefault(r.cfg.model, []).append((r, read_json(r.run_dir / "results.json")))
+    rows = []
+    for model, items in by_model.items():
+        test = [res["test"]["acc"] for _, res in items]
+        prints = [res["test"]["print_acc"] for _, res in items if "print_acc" in res["test"]]
+        times = [res["train_time_s"] for _, res in items]
+        rows.append({
+            "model": model, "parameters": items[0][1]["parameters"], "seeds": [r.cfg.seed for r, _ in items],
+            "test_acc": test, "test_acc_mean": statistics.fmean(test),
+            "test_acc_std": statistics.stdev(test) if len(test) > 1 else 0.0,
+            "valid_acc_mean": statistics.fmean(res["best_valid"]["acc"] for _, res in items),
+            "test_print_acc_mean": statistics.fmean(prints) if prints else None,
+            "train_time_s_mean": statistics.fmean(times), "run_dirs": [str(r.run_dir) for r, _ in items],
+        })
     return rows
 
 
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
 def format_table(task: str, preset: str | None, rows: list[dict[str, Any]]) -> str:
-    metric = "sequence acc" if task == "code-exec" else "accuracy"
-    lines = [f"{task}, preset {preset}: test {metric} of the best-validation checkpoint",
-             "", f"| model | parameters | valid acc (epoch) | test acc |"
-             f"{' test print acc |' if task == 'code-exec' else ''} train time |",
-             f"|---|---:|---:|---:|{'---:|' if task == 'code-exec' else ''}---:|"]
+    """A Markdown table: test accuracy in % as mean ± std (n seeds) with the per-seed values."""
+    code = task == "code-exec"
+    metric = "sequence accuracy" if code else "accuracy"
+    lines = [f"{task}, preset {preset}: test {metric} (%) of the best-validation checkpoint, mean ± std over seeds",
+             "", "| model | parameters | test acc | per seed | valid acc |" + (" test print acc |" if code else "")
+             + " train time per run |", "|---|---:|---:|---|---:|" + ("---:|" if code else "") + "---:|"]
     for r in rows:
-        pa = f" {r['test_print_acc']:.3f} |" if task == "code-exec" else ""
-        lines.append(f"| {r['model']} | {r['parameters']:,} | {r['valid_acc']:.3f} ({r['best_epoch']}) | "
-                     f"{r['test_acc']:.3f} |{pa} {r['train_time_s'] / 60:.1f} min |")
+        n = len(r["test_acc"])
+        cell = f"{_pct(r['test_acc_mean'])} ± {_pct(r['test_acc_std'])} ({n})" if n > 1 else _pct(r["test_acc_mean"])
+        per_seed = ", ".join(_pct(a) for a in r["test_acc"])
+        pa = f" {_pct(r['test_print_acc_mean'])} |" if code else ""
+        lines.append(f"| {r['model']} | {r['parameters']:,} | {cell} | {per_seed} | {_pct(r['valid_acc_mean'])} |"
+                     f"{pa} {r['train_time_s_mean'] / 60:.1f} min |")
     return "\n".join(lines)
+
+
+def compare(task: str, models: list[str], preset: str | None, overrides: list[str], out_dir: Path,
+            flags: dict[str, Any] | None = None, seeds: list[int] | None = None, jobs: int = 1) -> list[dict[str, Any]]:
+    """Plan, run (resumably) and summarise the grid ``models x seeds``; returns :func:`summarize`'s rows."""
+    if jobs < 1:
+        raise ValueError(f"jobs: expected a positive integer, got {jobs}")
+    if seeds is not None and len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds: expected distinct seeds, got {seeds}")
+    out_dir = Path(out_dir)
+    runs = plan_grid(task, models, seeds, preset, overrides, out_dir, flags)
+    t0 = time.perf_counter()
+    run_grid(runs, out_dir, jobs)
+    rows = summarize(runs)
+    table = format_table(task, preset, rows)
+    wall = time.perf_counter() - t0
+    print("\n" + table + f"\n\ngrid wall time: {wall / 60:.1f} min ({jobs} job{'s' if jobs > 1 else ''} at a time)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.md").write_text(table + "\n")
+    write_json(out_dir / "summary.json", {"task": task, "preset": preset, "overrides": overrides, "rows": rows,
+                                          "grid_wall_time_s": wall})
+    try:
+        groups = {row["model"]: [Path(d) for d in row["run_dirs"]] for row in rows}
+        plot = plot_seed_bands(groups, out_dir / "curves.png")
+        print(f"learning curves: {plot}")
+    except ValueError as e:  # matplotlib missing: the table is still the result
+        print(f"(no plot: {e})")
+    return rows

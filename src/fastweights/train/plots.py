@@ -8,9 +8,7 @@ from .config import ConfigError
 from .runs import MetricsLog, read_json
 
 
-def plot_runs(run_dirs: list[Path], out: Path, metrics: tuple[str, ...] = ("valid_acc", "train_loss")) -> Path:
-    """One panel per metric (x = epoch, or step for runs that log no epochs), one line per run labelled ``model``
-    (+ task when they differ)."""
+def _pyplot():
     try:
         import matplotlib
 
@@ -18,6 +16,18 @@ def plot_runs(run_dirs: list[Path], out: Path, metrics: tuple[str, ...] = ("vali
         import matplotlib.pyplot as plt
     except ImportError:
         raise ConfigError("plot: matplotlib is not installed; pip install 'fastweights[plot]'") from None
+    return plt
+
+
+def _series(rows: list[dict[str, str]], x_name: str, metric: str) -> tuple[list[int], list[float]]:
+    pairs = [(int(r[x_name]), float(r[metric])) for r in rows if r.get(metric, "") != ""]
+    return [x for x, _ in pairs], [y for _, y in pairs]
+
+
+def plot_runs(run_dirs: list[Path], out: Path, metrics: tuple[str, ...] = ("valid_acc", "train_loss")) -> Path:
+    """One panel per metric (x = epoch, or step for runs that log no epochs), one line per run labelled ``model``
+    (+ task when they differ)."""
+    plt = _pyplot()
     runs = []
     for d in map(Path, run_dirs):
         rows = MetricsLog(d, tensorboard=False).rows()
@@ -29,8 +39,7 @@ def plot_runs(run_dirs: list[Path], out: Path, metrics: tuple[str, ...] = ("vali
     x_name = "epoch" if all("epoch" in rows[0] for _, rows in runs) else "step"  # LM runs log steps
     for ax, metric in zip(axes[0], metrics):
         for cfg, rows in runs:
-            xs = [int(r[x_name]) for r in rows if r.get(metric, "") != ""]
-            ys = [float(r[metric]) for r in rows if r.get(metric, "") != ""]
+            xs, ys = _series(rows, x_name, metric)
             label = cfg["model"] if len(tasks) == 1 else f"{cfg['task']} {cfg['model']}"
             ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=label)
         ax.set_xlabel(x_name)
@@ -38,6 +47,49 @@ def plot_runs(run_dirs: list[Path], out: Path, metrics: tuple[str, ...] = ("vali
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(", ".join(sorted(tasks)))
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_seed_bands(groups: dict[str, list[Path]], out: Path,
+                    metrics: tuple[str, ...] = ("valid_acc", "train_loss")) -> Path:
+    """Learning curves of several seeds per model: the mean over seeds as a line, the range (min to max) over
+    seeds as a band. ``groups`` maps a label (the model) to its run directories; x = epoch (step for runs that
+    log no epochs), cut to the epochs every seed of the group has reached."""
+    plt = _pyplot()
+    loaded: dict[str, list[list[dict[str, str]]]] = {}
+    tasks = set()
+    for label, dirs in groups.items():
+        for d in map(Path, dirs):
+            rows = MetricsLog(d, tensorboard=False).rows()
+            if not (d / "config.json").is_file() or not rows:
+                raise FileNotFoundError(f"run_dir: {d} has no config.json or no metrics yet")
+            tasks.add(read_json(d / "config.json")["task"])
+            loaded.setdefault(label, []).append(rows)
+    x_name = "epoch" if all("epoch" in runs[0][0] for runs in loaded.values()) else "step"
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for label, runs in loaded.items():
+            series = [_series(rows, x_name, metric) for rows in runs]
+            n = min(len(xs) for xs, _ in series)
+            if n == 0:
+                continue
+            xs = series[0][0][:n]
+            columns = list(zip(*(ys[:n] for _, ys in series)))
+            mean = [sum(c) / len(c) for c in columns]
+            line = ax.plot(xs, mean, marker="." if n < 30 else None, label=f"{label} ({len(runs)})")[0]
+            if len(runs) > 1:
+                ax.fill_between(xs, [min(c) for c in columns], [max(c) for c in columns], alpha=0.2,
+                                color=line.get_color(), linewidth=0)
+        ax.set_xlabel(x_name)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8, title="model (seeds)", title_fontsize=8)
+    fig.suptitle(f"{', '.join(sorted(tasks))}: mean over seeds, band = min..max")
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
