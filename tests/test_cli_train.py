@@ -365,7 +365,7 @@ def test_missing_data_dir_is_one_line(capsys, tmp_path):
 
 def test_resume_errors_are_one_line(capsys, tmp_path):
     rc, _, err = cli(capsys, "train", "code-exec", "--resume", tmp_path)
-    assert_one_line_error(rc, err, "no last.pt", str(tmp_path))
+    assert_one_line_error(rc, err, "not a run directory (no config.json)", str(tmp_path))
     cfg = resolve_config("code-exec", None, [*TINY, "epochs=1"], model="delta_net")
     algorithmic.train(cfg, tmp_path / "run", quiet=True)
     rc, _, err = cli(capsys, "train", "listops", "--resume", tmp_path / "run")
@@ -420,7 +420,7 @@ def test_console_script_trains_and_records_the_command(tmp_path):
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
-    assert "test (code-exec" in proc.stdout
+    assert "done: test acc" in proc.stdout and f"run dir {run_dir}" in proc.stdout
     meta = read_json(run_dir / "meta.json")
     assert meta["command"][1:] == argv[1:]
     assert (run_dir / "results.json").is_file()

@@ -84,8 +84,9 @@ def _default_run_dir(cfg, preset: str | None) -> Path:
     return Path(cfg.out_dir) / f"{cfg.task}-{what}-{cfg.model}-{preset_name or 'default'}-{stamp}"
 
 
-#: ``train lm`` without ``--preset`` uses this one: it learns on the embedded corpus within minutes on a CPU.
-LM_DEFAULT_PRESET = "cpu"
+def _announce_preset(args: argparse.Namespace, preset: str) -> None:
+    if args.preset is None:
+        print(f"preset: {preset} (the default; --preset paper for the paper's setting)", flush=True)
 
 
 def _resumed_run(args: argparse.Namespace, refused: tuple[str, ...]) -> tuple[Path, object]:
@@ -98,8 +99,8 @@ def _resumed_run(args: argparse.Namespace, refused: tuple[str, ...]) -> tuple[Pa
     if given:
         raise ValueError(f"resume: a resumed run keeps its config.json; remove {' '.join(given)}")
     run_dir = Path(args.resume)
-    if not (run_dir / "last.pt").is_file():
-        raise FileNotFoundError(f"resume: {run_dir} has no last.pt checkpoint to resume from")
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"resume: {run_dir} is not a run directory (no config.json)")
     cfg = config_from_dict(read_json(run_dir / "config.json"))
     if cfg.task != args.task:
         raise ValueError(f"resume: {run_dir} is a {cfg.task} run, not {args.task}")
@@ -107,7 +108,7 @@ def _resumed_run(args: argparse.Namespace, refused: tuple[str, ...]) -> tuple[Pa
 
 
 def _train_lm(args: argparse.Namespace) -> int:
-    from .train.config import ConfigError, config_to_dict, resolve_config
+    from .train.config import DEFAULT_PRESET, ConfigError, config_to_dict, resolve_config
     from .train.lm import train_lm
 
     wrong = [f"--{k.replace('_', '-')}" for k in ("num_vars", "depth", "env") if getattr(args, k) is not None]
@@ -120,7 +121,7 @@ def _train_lm(args: argparse.Namespace) -> int:
         cfg.validate()
         train_lm(cfg, run_dir, resume=True, command=args.command_line)
         return 0
-    preset = args.preset or LM_DEFAULT_PRESET
+    preset = args.preset or DEFAULT_PRESET
     cfg = resolve_config("lm", preset, args.overrides, model=args.model, data=args.data, device=args.device,
                          carry_state=True if args.carry_state else None)
     if args.dry_run:
@@ -138,6 +139,7 @@ def _train_lm(args: argparse.Namespace) -> int:
         print(f"data: {corpus.summary()}")
         print(f"parameters: {count_parameters(model)}")
         return 0
+    _announce_preset(args, preset)
     train_lm(cfg, Path(args.run_dir) if args.run_dir else _default_run_dir(cfg, preset), command=args.command_line)
     return 0
 
@@ -145,8 +147,8 @@ def _train_lm(args: argparse.Namespace) -> int:
 def _train_rl(args: argparse.Namespace) -> int:
     import json
 
-    from .rl.config import default_preset
     from .rl.train import main_train
+    from .train.config import DEFAULT_PRESET
 
     wrong = [f"--{k.replace('_', '-')}" for k in ("num_vars", "depth", "data") if getattr(args, k) is not None]
     wrong += ["--carry-state"] if args.carry_state else []
@@ -156,16 +158,14 @@ def _train_rl(args: argparse.Namespace) -> int:
         main_train(args.env, args.model, args.preset, args.overrides, run_dir=args.run_dir, resume=args.resume,
                    device=args.device, command=args.command_line)
         return 0
-    if args.env is None:
-        raise ValueError("--env: rl needs an environment (repeat_first, repeat_previous, count_recall, "
-                         "<Game>NoFrameskip-v4 or gym:<id>)")
-    preset = args.preset or default_preset(args.env)
+    preset = args.preset or DEFAULT_PRESET  # its environment unless --env names another
     if args.dry_run:
         out = main_train(args.env, args.model, preset, args.overrides, device=args.device, dry_run=True)
         print(json.dumps(out["config"], indent=2, sort_keys=True))
         print(f"environment: observation {out['obs_shape']}, {out['num_actions']} actions")
         print(f"parameters: {out['parameters']}")
         return 0
+    _announce_preset(args, preset)
     main_train(args.env, args.model, preset, args.overrides, run_dir=args.run_dir, device=args.device,
                command=args.command_line)
     return 0
@@ -173,7 +173,7 @@ def _train_rl(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from .train.algorithmic import build, train
-    from .train.config import config_to_dict, resolve_config
+    from .train.config import DEFAULT_PRESET, config_to_dict, resolve_config
 
     if args.task == "lm":
         return _train_lm(args)
@@ -187,7 +187,8 @@ def _train(args: argparse.Namespace) -> int:
         run_dir, cfg = _resumed_run(args, ("model", "preset", "num_vars", "depth", "data", "run_dir"))
         train(cfg, run_dir, resume=True)
         return 0
-    cfg = resolve_config(args.task, args.preset, args.overrides, model=args.model, **_task_flags(args))
+    preset = args.preset or DEFAULT_PRESET
+    cfg = resolve_config(args.task, preset, args.overrides, model=args.model, **_task_flags(args))
     if args.dry_run:
         import json
 
@@ -199,7 +200,8 @@ def _train(args: argparse.Namespace) -> int:
               f"vocabulary {data.vocab_size}, classes {data.num_classes})")
         print(f"parameters: {count_parameters(model)}")
         return 0
-    train(cfg, Path(args.run_dir) if args.run_dir else _default_run_dir(cfg, args.preset), command=args.command_line)
+    _announce_preset(args, preset)
+    train(cfg, Path(args.run_dir) if args.run_dir else _default_run_dir(cfg, preset), command=args.command_line)
     return 0
 
 
@@ -232,22 +234,41 @@ def _refuse_lm_only_flags(args: argparse.Namespace, run_dir: Path) -> None:
                          f"{_run_task(run_dir)} run")
 
 
+def _rl_checkpoint(run_dir: Path, given: str | None) -> str:
+    """The checkpoint an RL evaluation reads: ``last`` (default) or ``step-<N>`` (RL runs keep no ``best``)."""
+    names = sorted(p.stem for p in run_dir.glob("*.pt"))
+    if given is None:
+        given = "last"
+    if given not in names:
+        raise ValueError(f"--checkpoint: {run_dir} is an rl run, which keeps {names or 'no checkpoint'} (no best: "
+                         f"RL runs are not validated); got {given!r}")
+    return given
+
+
 def _eval(args: argparse.Namespace) -> int:
     import json
 
     run_dir = Path(args.run_dir)
-    if _run_task(run_dir) == "rl":
+    task = _run_task(run_dir)
+    if task == "rl":
         from .rl.train import evaluate_run as evaluate_rl_run
 
         _refuse_lm_only_flags(args, run_dir)
+        if args.split is not None:
+            raise ValueError(f"--split: {run_dir} is an rl run, evaluated on fresh episodes of its environment "
+                             f"(there are no data splits); remove --split")
         metrics = evaluate_rl_run(run_dir, episodes=args.episodes or 30, runs=args.runs or 5, greedy=not args.sample,
-                                  checkpoint="last" if args.checkpoint == "best" else args.checkpoint,
-                                  device=args.device)
+                                  checkpoint=_rl_checkpoint(run_dir, args.checkpoint), device=args.device,
+                                  progress=True)
         print(json.dumps(metrics, indent=2))
         return 0
     if args.episodes is not None or args.runs is not None or args.sample:
-        raise ValueError(f"--episodes/--runs/--sample: only for rl runs; {run_dir} is a {_run_task(run_dir)} run")
-    if _run_task(run_dir) == "lm":
+        raise ValueError(f"--episodes/--runs/--sample: only for rl runs; {run_dir} is a {task} run")
+    if args.checkpoint not in (None, "best", "last"):
+        raise ValueError(f"--checkpoint: expected best or last for a {task} run, got {args.checkpoint!r}")
+    args.split = args.split or "test"
+    args.checkpoint = args.checkpoint or "best"
+    if task == "lm":
         from .train.lm import evaluate_lm_run
 
         metrics = evaluate_lm_run(run_dir, args.split, args.mode, checkpoint=args.checkpoint, context=args.context,
@@ -322,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rl: repeat_first | repeat_previous | count_recall | <Game>NoFrameskip-v4 | gym:<id>")
     t.add_argument("--model", default=None, help="registry name (see `fastweights info`)")
     t.add_argument("--preset", default=None,
-                   help="paper, cpu, or a path to a .json preset (lm default: cpu; others: the dataclass defaults)")
+                   help="cpu (the default: minutes on a CPU), paper (the paper's setting) or a path to a .json "
+                        "preset")
     t.add_argument("--carry-state", action="store_true",
                    help="lm: carry the state across consecutive windows of contiguous streams (truncated BPTT)")
     t.add_argument("--run-dir", default=None, help="run directory (default runs/<task>-...-<time>)")
@@ -343,8 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a run's checkpoint on a split")
     e.add_argument("run_dir")
-    e.add_argument("--split", default="test", choices=("train", "valid", "test"))
-    e.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    e.add_argument("--split", default=None, choices=("train", "valid", "test"),
+                   help="code-exec, listops and lm runs (default test)")
+    e.add_argument("--checkpoint", default=None,
+                   help="best (default) or last; rl runs: last (default) or step-<N> (an extra checkpoint)")
     e.add_argument("--device", default=None)
     e.add_argument("--mode", default=None, choices=("sliding", "carry", "segments"),
                    help="LM runs: sliding (every token with min(t, W) context), carry (state carried through the "
@@ -412,6 +436,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"fastweights: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # training loops save and raise Interrupted, whose message says how to resume
+        if os.environ.get("FASTWEIGHTS_DEBUG"):
+            raise
+        from .train.interrupt import Interrupted, signal_name, signal_of
+
+        message = str(e) if isinstance(e, Interrupted) else f"interrupted ({signal_name(signal_of(e))})"
+        print(f"fastweights: {message}", file=sys.stderr, flush=True)
+        return 128 + int(signal_of(e))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import shutil
+import signal
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ from fastweights.train.algorithmic import (
     train,
     write_task_data,
 )
+from fastweights.train.interrupt import Interrupted
 from fastweights.train.runs import MetricsLog, load_checkpoint, read_json
 
 TIMING_COLUMNS = ("elapsed_s", "tokens_per_s")
@@ -187,7 +189,8 @@ def test_run_directory_contents(tiny_cfg, tmp_path, capsys):
     run_dir = tmp_path / "run"
     results = train(cfg, run_dir)
     out = capsys.readouterr().out
-    assert "parameters" in out and "epoch 2:" in out and "test (code-exec" in out
+    assert "parameters" in out and "epoch 2:" in out and "done: test acc" in out and f"run dir {run_dir}" in out
+    assert "estimated duration:" in out and "ETA" in out
     assert {"config.json", "meta.json", "metrics.csv", "last.pt", "best.pt", "results.json"} <= {
         p.name for p in run_dir.iterdir()}
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # no temporary files left
@@ -202,8 +205,9 @@ def test_run_directory_contents(tiny_cfg, tmp_path, capsys):
     assert saved["test"] == results["test"] and set(saved["test"]) == {"loss", "acc", "print_acc"}
     assert saved["epochs_done"] == 2
     best_epoch = results["best_valid"]["epoch"]
-    assert load_checkpoint(run_dir / "best.pt")["epoch"] == best_epoch - 1  # checkpoints count epochs from 0
-    assert load_checkpoint(run_dir / "last.pt")["epoch"] == 1
+    best_ckpt, last_ckpt = load_checkpoint(run_dir / "best.pt"), load_checkpoint(run_dir / "last.pt")
+    assert (best_ckpt["epoch"], best_ckpt["batch"]) == (best_epoch, 0)  # epochs done, batches of the next one
+    assert (last_ckpt["epoch"], last_ckpt["batch"], last_ckpt["step"]) == (2, 0, 10)
     assert float(rows[best_epoch - 1]["valid_acc"]) == pytest.approx(results["best_valid"]["acc"], abs=1e-6)
     # evaluating the best checkpoint again gives the stored test metrics
     assert evaluate_run(run_dir, "test") == pytest.approx(results["test"])
@@ -228,25 +232,147 @@ def test_training_reduces_the_loss(tiny_cfg, tmp_path):
     assert losses[-1] < losses[0], losses
 
 
-@pytest.mark.parametrize(("task", "model"), [("code-exec", "delta_net"), ("code-exec", "delta_rnn"),
-                                             ("code-exec", "lstm"), ("listops", "delta_rnn")])
-def test_resume_gives_the_uninterrupted_metrics(tiny_cfg, tmp_path, task, model):
-    cfg = tiny_cfg(task=task, model=model, epochs=3, dropout=0.1,
-                   **({"train_size": 16, "valid_size": 6, "test_size": 6} if task == "listops" else {}))
-    full = train(cfg, tmp_path / "full", quiet=True)
-    part_dir = tmp_path / "part"
-    part = train(cfg, part_dir, stop_after_epochs=1, quiet=True)  # "interrupted" after epoch 1
-    assert "test" not in part and not (part_dir / "results.json").exists()
-    assert len(metric_rows(part_dir)) == 1
-    resumed = train(cfg, part_dir, resume=True, quiet=True)
-    assert metric_rows(part_dir) == metric_rows(tmp_path / "full")
-    assert len(metric_rows(part_dir)) == 3
-    assert resumed["test"] == full["test"]
-    assert resumed["best_valid"] == full["best_valid"]
-    assert read_json(part_dir / "results.json")["test"] == full["test"]
-    a, b = load_checkpoint(part_dir / "last.pt"), load_checkpoint(tmp_path / "full" / "last.pt")
+def fail_at_step(monkeypatch, k: int, how) -> None:
+    """Make the ``k``-th training step (1-based) call ``how()`` after its forward pass (an interrupt or a crash in
+    the middle of a step)."""
+    real, calls = algorithmic.loss_fn, [0]
+
+    def loss_then_fail(*args):
+        out = real(*args)
+        calls[0] += 1
+        if calls[0] == k:
+            how()
+        return out
+
+    monkeypatch.setattr(algorithmic, "loss_fn", loss_then_fail)
+
+
+def _assert_same_run(run_dir, full_dir, resumed, full) -> None:
+    assert metric_rows(run_dir) == metric_rows(full_dir)
+    assert resumed["test"] == full["test"] and resumed["best_valid"] == full["best_valid"]
+    assert read_json(run_dir / "results.json")["test"] == full["test"]
+    a, b = load_checkpoint(run_dir / "last.pt"), load_checkpoint(full_dir / "last.pt")
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
+    for k, v in a["optimizer"]["state"].items():
+        assert torch.equal(v["exp_avg_sq"], b["optimizer"]["state"][k]["exp_avg_sq"]), k
+
+
+@pytest.mark.parametrize(("task", "model"), [("code-exec", "delta_net"), ("code-exec", "delta_rnn"),
+                                             ("code-exec", "lstm"), ("listops", "delta_rnn")])
+@pytest.mark.parametrize("where", ["epoch end", "mid-epoch"])
+def test_resume_gives_the_uninterrupted_run(tiny_cfg, tmp_path, monkeypatch, task, model, where):
+    """Interrupted after epoch 1, or by SIGTERM inside step 8 of 15 (epoch 2 of 3, batch 3 of 5: its forward pass
+    done, its update not), then resumed: metrics, test results, parameters and optimiser state equal an
+    uninterrupted run's bit for bit (dropout on, a cosine schedule: the RNG and the step count must be right)."""
+    cfg = tiny_cfg(task=task, model=model, epochs=3, dropout=0.1, schedule="cosine", warmup_steps=3,
+                   **({"valid_size": 6, "test_size": 6} if task == "listops" else {}))
+    full = train(cfg, tmp_path / "full", quiet=True)
+    part_dir = tmp_path / "part"
+    if where == "epoch end":
+        part = train(cfg, part_dir, stop_after_epochs=1, quiet=True)
+        assert "test" not in part and len(metric_rows(part_dir)) == 1
+    else:
+        fail_at_step(monkeypatch, 8, lambda: signal.raise_signal(signal.SIGTERM))
+        with pytest.raises(Interrupted) as exc:
+            train(cfg, part_dir, quiet=True)
+        monkeypatch.undo()
+        assert exc.value.exit_status == 128 + signal.SIGTERM
+        assert str(exc.value) == (f"interrupted (SIGTERM) at epoch 2/3, step 7/15: saved {part_dir / 'last.pt'}; "
+                                  f"resume with: fastweights train {task} --resume {part_dir}")
+        ckpt = load_checkpoint(part_dir / "last.pt")
+        assert (ckpt["epoch"], ckpt["batch"], ckpt["step"]) == (1, 2, 7)
+        assert len(metric_rows(part_dir)) == 1
+    assert not (part_dir / "results.json").exists()
+    resumed = train(cfg, part_dir, resume=True, quiet=True)
+    _assert_same_run(part_dir, tmp_path / "full", resumed, full)
+
+
+def test_time_interval_checkpoints_resume_mid_epoch(tiny_cfg, tmp_path, monkeypatch):
+    """checkpoint_every_s: a crash (no interrupt handling) inside step 9 loses only that step: last.pt was
+    written after step 8 (mid-epoch) and resuming from it gives the uninterrupted run."""
+    cfg = tiny_cfg(epochs=3, dropout=0.1, checkpoint_every_s=1e-9)
+    full = train(cfg, tmp_path / "full", quiet=True)
+
+    def crash():
+        raise RuntimeError("crash")
+
+    fail_at_step(monkeypatch, 9, crash)
+    with pytest.raises(RuntimeError, match="crash"):
+        train(cfg, tmp_path / "run", quiet=True)
+    monkeypatch.undo()
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert (ckpt["epoch"], ckpt["batch"], ckpt["step"]) == (1, 3, 8)
+    resumed = train(cfg, tmp_path / "run", resume=True, quiet=True)
+    _assert_same_run(tmp_path / "run", tmp_path / "full", resumed, full)
+
+
+def test_interrupt_inside_validation_redoes_it(tiny_cfg, tmp_path, monkeypatch):
+    cfg = tiny_cfg(epochs=2, dropout=0.1)
+    full = train(cfg, tmp_path / "full", quiet=True)
+    real, calls = algorithmic.evaluate, [0]
+
+    def evaluate_then_interrupt(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:  # the validation of epoch 2
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(algorithmic, "evaluate", evaluate_then_interrupt)
+    with pytest.raises(Interrupted, match=r"\(Ctrl-C\) at epoch 2/2, step 10/10: saved"):
+        train(cfg, tmp_path / "run", quiet=True)
+    monkeypatch.undo()
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert (ckpt["epoch"], ckpt["batch"], ckpt["step"]) == (1, 5, 10)  # epoch 2 trained, its validation due
+    resumed = train(cfg, tmp_path / "run", resume=True, quiet=True)
+    _assert_same_run(tmp_path / "run", tmp_path / "full", resumed, full)
+
+
+def test_second_signal_in_an_update_saves_nothing(tiny_cfg, tmp_path, monkeypatch):
+    """A signal inside the optimiser step is held until the step is done; a second one stops at once, and the
+    half-updated state is not saved."""
+    cfg = tiny_cfg(epochs=2)
+    real_step = torch.optim.Adam.step
+
+    def step_twice_interrupted(self, *args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step_twice_interrupted)
+    with pytest.raises(Interrupted) as exc:
+        train(cfg, tmp_path / "run", quiet=True)
+    assert str(exc.value).startswith("interrupted (Ctrl-C twice) at epoch 1/2, step 0/10, before the first "
+                                     "checkpoint; start again with: fastweights train code-exec --resume")
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_run_directory_without_checkpoint_is_resumed_or_reused(tiny_cfg, tmp_path, monkeypatch, capsys):
+    """A run stopped before its first step (here: while its data is prepared) leaves config.json and no
+    checkpoint: --resume starts it from the beginning, and a fresh run may reuse the directory."""
+    cfg = tiny_cfg(epochs=1)
+    full = train(cfg, tmp_path / "full", quiet=True)
+
+    def interrupted_build(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(algorithmic, "build", interrupted_build)
+    run_dir = tmp_path / "run"
+    with pytest.raises(Interrupted) as exc:
+        train(cfg, run_dir, quiet=True)
+    monkeypatch.undo()
+    assert str(exc.value) == ("interrupted (Ctrl-C) before the first training step, before the first checkpoint; "
+                              f"start again with: fastweights train code-exec --resume {run_dir}")
+    assert (run_dir / "config.json").is_file() and not (run_dir / "last.pt").exists()
+    capsys.readouterr()
+    resumed = train(cfg, run_dir, resume=True)
+    assert "holds no checkpoint yet: the run starts there from the beginning" in capsys.readouterr().out
+    assert resumed["test"] == full["test"]
+    (run_dir / "last.pt").unlink()  # as if stopped before the first checkpoint again: a fresh run reuses it
+    assert train(cfg, run_dir, quiet=True)["test"] == full["test"]
+    with pytest.raises(FileExistsError, match="already holds a run; continue it with: fastweights train code-exec "
+                                              "--resume"):
+        train(cfg, run_dir, quiet=True)
 
 
 def test_metrics_depend_on_the_seed(tiny_cfg, tmp_path):

@@ -18,7 +18,7 @@ from .agent import (
     build_agent,
     rl_cores,
 )
-from .config import RLConfig, default_preset, resolve_rl_config, rl_config_from_dict, rl_config_to_dict
+from .config import RLConfig, resolve_rl_config, rl_config_from_dict, rl_config_to_dict
 from .envs import (
     MEMORY_TASKS,
     AtariEnv,
@@ -55,7 +55,6 @@ __all__ = [
     "StepResult",
     "VTraceReturns",
     "build_agent",
-    "default_preset",
     "evaluate_agent",
     "evaluate_run",
     "impala_loss",

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..train.config import ConfigError, apply_overrides, config_to_dict, dataclass_from_dict, load_preset
+from ..train.config import ConfigError, apply_overrides, config_to_dict, dataclass_from_dict, load_preset, option
 
 TASK = "rl"
 
@@ -20,58 +20,64 @@ class RLConfig:
     """Everything an RL run needs. Defaults: the paper's Atari setting (spec B.3, C.4, E.3) with a synchronous
     learner (``num_envs`` streams = the 32 trajectories of a batch)."""
 
-    task: str = TASK
+    task: str = option(TASK, "reinforcement learning (set by the command)")
     # environment (see fastweights.rl.envs.make_env)
-    env: str = "BreakoutNoFrameskip-v4"
-    env_options: dict[str, Any] = field(default_factory=dict)
+    env: str = option("BreakoutNoFrameskip-v4", "repeat_first, repeat_previous, count_recall, <Game>NoFrameskip-v4 "
+                                                "or gym:<id>")
+    env_options: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "keyword options of the environment as JSON, e.g. {\"length\": 10}"})
     # agent (see fastweights.rl.agent.AgentConfig)
-    model: str = "delta_net"
-    torso: str = "auto"
-    torso_dim: int = 256
-    mlp_layers: int = 1
-    d_model: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    head_dim: int | None = None
-    d_ff: int = 512
-    dropout: float = 0.0
-    lstm_hidden: int = 256
-    prev_action: bool = False
-    layer_options: dict[str, Any] = field(default_factory=dict)
+    model: str = option("delta_net", "the core: lstm or a registry name of a fast-weight layer")
+    torso: str = option("auto", "observation encoder: impala (frames), mlp (vectors) or auto (by observation "
+                                "shape)")
+    torso_dim: int = option(256, "width of the torso's output")
+    mlp_layers: int = option(1, "hidden Linear+ReLU layers of the mlp torso")
+    d_model: int = option(128, "width of the core's residual stream")
+    num_layers: int = option(2, "residual blocks of the core")
+    num_heads: int = option(4, "heads of every fast-weight layer")
+    head_dim: int | None = option(None, "size of a head; none = d_model / num_heads")
+    d_ff: int = option(512, "width of the core's feed-forward sublayer")
+    dropout: float = option(0.0, "dropout probability in the core")
+    lstm_hidden: int = option(256, "lstm core: hidden size")
+    prev_action: bool = option(False, "also feed the previous action to the core (the paper does not)")
+    layer_options: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "keyword options of the layer as JSON, e.g. {\"version\": 1}"})
     # rollouts and learner
-    num_envs: int = 32  # streams = trajectories per update
-    unroll_length: int = 50
-    total_steps: int = 200_000_000  # agent steps (each 4 frames on Atari)
-    cut_state_grad_every_step: bool = False  # the official code's behaviour (spec F.9)
+    num_envs: int = option(32, "environment copies = trajectories per update")
+    unroll_length: int = option(50, "agent steps per trajectory of an update")
+    total_steps: int = option(200_000_000, "agent steps of the whole run (each 4 frames on Atari)")
+    cut_state_grad_every_step: bool = option(False, "detach the core state after every step (the official "
+                                                    "code, spec F.9)")
     # loss (spec E.3)
-    discount: float = 0.99
-    baseline_cost: float = 0.5
-    entropy_cost: float = 0.01
-    reward_clip: float = 1.0  # clip rewards to [-c, c] in the loss; 0 = off
-    clip_rho: float = 1.0
-    clip_c: float = 1.0
-    clip_pg_rho: float = 1.0
+    discount: float = option(0.99, "discount factor")
+    baseline_cost: float = option(0.5, "weight of the value loss")
+    entropy_cost: float = option(0.01, "weight of the entropy bonus")
+    reward_clip: float = option(1.0, "clip rewards to [-c, c] in the loss; 0 = off")
+    clip_rho: float = option(1.0, "V-trace: clip of the importance weights of the value targets")
+    clip_c: float = option(1.0, "V-trace: clip of the trace coefficients")
+    clip_pg_rho: float = option(1.0, "V-trace: clip of the importance weights of the policy gradient")
     # optimiser (spec E.3)
-    lr: float = 6e-4
-    rms_alpha: float = 0.99
-    rms_eps: float = 0.01
-    rms_momentum: float = 0.0
-    grad_norm_clip: float = 40.0  # 0 = off
-    lr_decay: bool = True  # linear decay to 0 at total_steps
+    lr: float = option(6e-4, "learning rate of RMSProp")
+    rms_alpha: float = option(0.99, "RMSProp's decay of the squared gradients")
+    rms_eps: float = option(0.01, "RMSProp's epsilon")
+    rms_momentum: float = option(0.0, "RMSProp's momentum")
+    grad_norm_clip: float = option(40.0, "global gradient-norm clipping; 0 = off")
+    lr_decay: bool = option(True, "decay the learning rate linearly to 0 at total_steps")
     # evaluation (spec C.4): greedy, eval_runs x eval_episodes episodes
-    eval_episodes: int = 30
-    eval_runs: int = 5
-    eval_greedy: bool = True
-    eval_envs: int = 30  # parallel copies during evaluation (each plays a fixed share of the episodes)
+    eval_episodes: int = option(30, "episodes per evaluation run")
+    eval_runs: int = option(5, "independent evaluation runs (mean and std over them)")
+    eval_greedy: bool = option(True, "greedy actions in evaluation (false: sampled)")
+    eval_envs: int = option(30, "parallel copies in evaluation (each plays a fixed share of the episodes)")
     # run
-    seed: int = 1
-    device: str = "cpu"
-    threads: int | None = None
-    log_every: int = 50  # updates between metrics rows
-    checkpoint_every: int = 500  # updates between checkpoints (last.pt)
-    extra_checkpoints: list[int] = field(default_factory=list)  # agent steps at which to keep step-<N>.pt
-    log_every_s: float = 10.0
-    out_dir: str = "runs"
+    seed: int = option(1, "seed of the initialisation, actions and environments")
+    device: str = option("cpu", "cpu, cuda or cuda:N")
+    threads: int | None = option(None, "torch threads; none = torch's default")
+    log_every: int = option(50, "updates between metrics rows")
+    checkpoint_every: int = option(500, "updates between checkpoints (last.pt)")
+    extra_checkpoints: list[int] = field(default_factory=list, metadata={
+        "help": "agent steps at which to keep a step-<N>.pt checkpoint, e.g. 50000000"})
+    log_every_s: float = option(10.0, "seconds between progress lines when the output is not a terminal")
+    out_dir: str = option("runs", "where run directories are made (without --run-dir)")
 
     @property
     def steps_per_update(self) -> int:
@@ -166,9 +172,3 @@ def rl_config_from_dict(values: dict[str, Any]) -> RLConfig:
     """The :class:`RLConfig` a ``config.json`` holds; unknown keys are ignored."""
     return dataclass_from_dict(RLConfig, values)
 
-
-def default_preset(env: str | None) -> str:
-    """The preset a command line without ``--preset`` uses: ``paper`` for Atari games, ``cpu`` otherwise."""
-    from .envs import is_atari
-
-    return "paper" if env is not None and is_atari(env) else "cpu"

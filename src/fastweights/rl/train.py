@@ -21,6 +21,7 @@ NumPy memory tasks); Atari environments are restarted from a fresh seed on resum
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,17 @@ import torch
 from ..layers.base import detach_state
 from ..models import count_parameters
 from ..train.config import ConfigError
-from ..train.progress import Progress
-from ..train.runs import MetricsLog, load_checkpoint, read_json, run_metadata, save_checkpoint, write_json
+from ..train.interrupt import StopSignals, interrupted, was_forced
+from ..train.progress import DurationEstimate, Progress, format_count, format_duration, format_number
+from ..train.runs import (
+    MetricsLog,
+    continues_from_checkpoint,
+    load_checkpoint,
+    read_json,
+    run_metadata,
+    save_checkpoint,
+    write_json,
+)
 from .agent import Agent, AgentConfig
 from .config import RLConfig, resolve_rl_config, rl_config_from_dict, rl_config_to_dict
 from .envs import BatchedEnv, make_env
@@ -200,10 +210,18 @@ def _plot(run_dir: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def resume_command(run_dir: Path) -> str:
+    """The command line that continues the RL run in ``run_dir``."""
+    return f"fastweights train rl --resume {run_dir}"
+
+
 def train(cfg: RLConfig, run_dir: Path, *, resume: bool = False, stop_after_updates: int | None = None,
           quiet: bool = False, command: list[str] | None = None, evaluate_at_end: bool = True) -> dict[str, Any]:
-    """Train ``cfg`` in ``run_dir`` (``resume``: continue from ``run_dir/last.pt``).
+    """Train ``cfg`` in ``run_dir`` (``resume``: continue from ``run_dir/last.pt``; a run directory without a
+    checkpoint yet starts from the beginning).
 
+    Ctrl-C or SIGTERM lets the current update finish, saves a checkpoint and raises
+    :class:`~fastweights.train.interrupt.Interrupted` (message: where the run stands and how to resume it).
     ``stop_after_updates`` ends this call early (as an interruption would) after that many updates in total.
     At the end of training the last checkpoint is evaluated with the paper's protocol (:func:`evaluate_agent`)
     and ``results.json`` written (``evaluate_at_end=False`` skips that).
@@ -211,24 +229,40 @@ def train(cfg: RLConfig, run_dir: Path, *, resume: bool = False, stop_after_upda
     last metrics row), ``parameters``, and ``eval`` when evaluated.
     """
     run_dir = Path(run_dir)
-    if not resume and (run_dir / "config.json").exists():
-        raise FileExistsError(f"run_dir: {run_dir} already holds a run; continue it with resume or choose another "
-                              f"run directory")
-    if resume and not (run_dir / "last.pt").is_file():
-        raise FileNotFoundError(f"resume: {run_dir} has no last.pt checkpoint to resume from")
+    again = resume_command(run_dir)
+    continues = continues_from_checkpoint(run_dir, resume, again)
+    if (run_dir / "config.json").is_file() and not continues and not quiet:
+        print(f"note: {run_dir} holds no checkpoint yet: the run starts there from the beginning", flush=True)
     cfg.validate()
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not continues:
+        write_json(run_dir / "config.json", rl_config_to_dict(cfg))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
-    env, agent = build(cfg)
+    with StopSignals() as signals:
+        try:
+            env, agent = build(cfg)
+        except KeyboardInterrupt as e:
+            raise interrupted(e, "before the first update", False, run_dir / "last.pt", again) from None
+        try:
+            return _train_loop(cfg, run_dir, env, agent, device, signals, continues=continues,
+                               stop_after_updates=stop_after_updates, quiet=quiet, command=command,
+                               evaluate_at_end=evaluate_at_end, again=again)
+        finally:
+            env.close()
+
+
+def _train_loop(cfg: RLConfig, run_dir: Path, env: BatchedEnv, agent: Agent, device: torch.device,
+                signals: StopSignals, *, continues: bool, stop_after_updates: int | None, quiet: bool,
+                command: list[str] | None, evaluate_at_end: bool, again: str) -> dict[str, Any]:
     agent.to(device)
     opt = rmsprop(agent.parameters(), cfg.lr, alpha=cfg.rms_alpha, eps=cfg.rms_eps, momentum=cfg.rms_momentum)
     sched = linear_decay(opt, cfg.total_steps, cfg.steps_per_update) if cfg.lr_decay else None
     actor = Actor(env, agent, device, cfg.seed)
     log = MetricsLog(run_dir)
     update, elapsed, window, last_row = 0, 0.0, _Window(), {}
-    if resume:
+    if continues:
         ckpt = load_checkpoint(run_dir / "last.pt", map_location=device)
         agent.load_state_dict(ckpt["agent"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -242,16 +276,19 @@ def train(cfg: RLConfig, run_dir: Path, *, resume: bool = False, stop_after_upda
             actor = Actor(env, agent, device, cfg.seed + 7919 * update)
         log.truncate(update * cfg.steps_per_update)
     else:
-        write_json(run_dir / "config.json", rl_config_to_dict(cfg))
+        log.truncate(0)
         write_json(run_dir / "meta.json", {**run_metadata(cfg.seed, command), "parameters": count_parameters(agent),
                                            "obs_shape": list(env.obs_shape), "num_actions": env.num_actions})
     total = cfg.total_updates
     last = total if stop_after_updates is None else min(total, stop_after_updates)
     if not quiet:
-        print(f"rl {cfg.env} {cfg.model}: {count_parameters(agent):,} parameters, {env.num_envs} envs x "
-              f"{cfg.unroll_length} steps per update, {total} updates ({cfg.total_steps:,} steps), run dir {run_dir}",
-              flush=True)
-    bar = Progress(total, prefix=f"rl {cfg.model}", every_s=cfg.log_every_s) if not quiet else None
+        at = f"; resumed at update {format_count(update)}" if continues else ""
+        print(f"rl {cfg.env} {cfg.model}: {format_count(count_parameters(agent))} parameters, {env.num_envs} envs x "
+              f"{cfg.unroll_length} steps per update, {format_count(total)} updates "
+              f"({format_count(cfg.total_steps)} steps){at}; run dir {run_dir}", flush=True)
+    bar = Progress(total, prefix=f"rl {cfg.model}", every_s=cfg.log_every_s, initial=update, unit="update") \
+        if not quiet else None
+    estimate = DurationEstimate(total, update, unit="update", extra="; the final evaluation adds to it")
     extra = sorted(s for s in cfg.extra_checkpoints if s > update * cfg.steps_per_update)  # not yet written
 
     def payload() -> dict[str, Any]:
@@ -261,57 +298,75 @@ def train(cfg: RLConfig, run_dir: Path, *, resume: bool = False, stop_after_upda
                 "config": rl_config_to_dict(cfg), "step": update * cfg.steps_per_update}
 
     agent.train()
-    while update < last:
-        t0 = time.perf_counter()
-        ro, infos = actor.rollout(cfg.unroll_length)
-        loss, losses = learner_loss(agent, ro, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        max_norm = cfg.grad_norm_clip if cfg.grad_norm_clip > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(agent.parameters(), max_norm))
-        lr = opt.param_groups[0]["lr"]
-        opt.step()
-        if sched is not None:
-            sched.step()
-        update += 1
-        seconds = time.perf_counter() - t0
-        elapsed += seconds
-        window.add(infos, {**losses, "grad_norm": grad_norm, "lr": lr}, seconds)
-        step = update * cfg.steps_per_update
-        if update % cfg.log_every == 0 or update == total:
-            row: dict[str, Any] = {"step": step, "update": update}
-            row["episode_return"] = float(np.mean(window.returns)) if window.returns else ""
-            row["episode_length"] = float(np.mean(window.lengths)) if window.lengths else ""
-            row["episodes"] = len(window.returns)
-            if window.game_returns or "game_returns" in (infos[-1] if infos else {}):
-                row["game_return"] = float(np.mean(window.game_returns)) if window.game_returns else ""
-            row.update({k: v / window.updates for k, v in window.losses.items()})
-            row["steps_per_s"] = window.updates * cfg.steps_per_update / max(window.seconds, 1e-9)
-            row["elapsed_s"] = elapsed
-            log.log(row)
-            last_row, window = row, _Window()
+    try:
+        while update < last:
+            # an update changes the environments, the actor and the learner: a signal waits until it is done
+            with signals.held():
+                t0 = time.perf_counter()
+                ro, infos = actor.rollout(cfg.unroll_length)
+                loss, losses = learner_loss(agent, ro, cfg)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                max_norm = cfg.grad_norm_clip if cfg.grad_norm_clip > 0 else math.inf
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(agent.parameters(), max_norm))
+                lr = opt.param_groups[0]["lr"]
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                update += 1
+                seconds = time.perf_counter() - t0
+                elapsed += seconds
+                window.add(infos, {**losses, "grad_norm": grad_norm, "lr": lr}, seconds)
+                step = update * cfg.steps_per_update
+                if update % cfg.log_every == 0 or update == total:
+                    row: dict[str, Any] = {"step": step, "update": update}
+                    row["episode_return"] = float(np.mean(window.returns)) if window.returns else ""
+                    row["episode_length"] = float(np.mean(window.lengths)) if window.lengths else ""
+                    row["episodes"] = len(window.returns)
+                    if window.game_returns or "game_returns" in (infos[-1] if infos else {}):
+                        row["game_return"] = float(np.mean(window.game_returns)) if window.game_returns else ""
+                    row.update({k: v / window.updates for k, v in window.losses.items()})
+                    row["steps_per_s"] = window.updates * cfg.steps_per_update / max(window.seconds, 1e-9)
+                    row["elapsed_s"] = elapsed
+                    log.log(row)
+                    last_row, window = row, _Window()
+                while extra and step >= extra[0]:
+                    save_checkpoint(run_dir / f"step-{extra.pop(0)}.pt", payload())
+                if update % cfg.checkpoint_every == 0 or update == last:
+                    save_checkpoint(run_dir / "last.pt", payload())
+            if bar is not None:
+                shown = {"return": last_row.get("episode_return", ""), "steps_per_s": last_row.get("steps_per_s", "")}
+                bar.update(update, **{k: v for k, v in shown.items() if v != ""})
+                line = estimate.tick(update)
+                if line is not None:
+                    bar.close()
+                    print(line, flush=True)
         if bar is not None:
-            ret = last_row.get("episode_return", "")
-            bar.update(update, **({"return": ret} if ret != "" else {}), sps=last_row.get("steps_per_s", 0.0))
-        while extra and step >= extra[0]:
-            save_checkpoint(run_dir / f"step-{extra.pop(0)}.pt", payload())
-        if update % cfg.checkpoint_every == 0 or update == last:
-            save_checkpoint(run_dir / "last.pt", payload())
-    if bar is not None:
-        bar.close()
-    log.close()
-    env.close()
-    results: dict[str, Any] = {"updates": update, "steps": update * cfg.steps_per_update, "train_time_s": elapsed,
-                               "final_return": last_row.get("episode_return", None),
-                               "parameters": count_parameters(agent)}
-    _plot(run_dir)
-    if update >= total and evaluate_at_end:
-        results["eval"] = evaluate_agent(agent, cfg)
-        write_json(run_dir / "results.json", results)
-        if not quiet:
-            ev = results["eval"]
-            print(f"eval ({'greedy' if cfg.eval_greedy else 'sampled'}, {ev['runs']} x {ev['episodes']} episodes): "
-                  f"return {ev['mean']:.4g} +- {ev['std']:.3g}", flush=True)
+            bar.close()
+        results: dict[str, Any] = {"updates": update, "steps": update * cfg.steps_per_update,
+                                   "train_time_s": elapsed, "final_return": last_row.get("episode_return", None),
+                                   "parameters": count_parameters(agent)}
+        _plot(run_dir)
+        if update >= total and evaluate_at_end:
+            results["eval"] = evaluate_agent(agent, cfg, progress=not quiet)
+            write_json(run_dir / "results.json", results)
+            if not quiet:
+                ev = results["eval"]
+                print(f"done: return {format_number(ev['mean'])} +- {format_number(ev['std'])} "
+                      f"({'greedy' if cfg.eval_greedy else 'sampled'}, {ev['runs']} runs x {ev['episodes']} "
+                      f"episodes), {format_duration(elapsed)} of training; run dir {run_dir}", flush=True)
+    except KeyboardInterrupt as e:
+        if bar is not None:
+            bar.close()
+        saved = not was_forced(e)
+        if saved:
+            with signals.held():
+                save_checkpoint(run_dir / "last.pt", payload())
+        where = (f"at update {format_count(update)}/{format_count(total)}" if update < total
+                 else "in the final evaluation")
+        raise interrupted(e, where, saved, run_dir / "last.pt", again) from None
+    finally:
+        log.close()
     return results
 
 
@@ -322,10 +377,10 @@ def train(cfg: RLConfig, run_dir: Path, *, resume: bool = False, stop_after_upda
 
 @torch.no_grad()
 def evaluate_agent(agent: Agent, cfg: RLConfig, *, episodes: int | None = None, runs: int | None = None,
-                   greedy: bool | None = None, num_envs: int | None = None, seed: int | None = None
-                   ) -> dict[str, Any]:
+                   greedy: bool | None = None, num_envs: int | None = None, seed: int | None = None,
+                   progress: bool = False) -> dict[str, Any]:
     """The paper's protocol: ``runs`` independent runs of ``episodes`` episodes each (greedy actions by default);
-    returns the mean and std of the run means (plus each run's mean).
+    returns the mean and std of the run means (plus each run's mean). ``progress``: a progress line on stderr.
 
     The episodes of a run are played by ``num_envs`` parallel copies, each with a fixed share decided in advance
     (so short episodes are not favoured); per-life episodes on Atari (episodic life is kept at test time).
@@ -342,6 +397,7 @@ def evaluate_agent(agent: Agent, cfg: RLConfig, *, episodes: int | None = None, 
     was_training = agent.training
     agent.eval()
     run_means = []
+    bar = Progress(runs * episodes, prefix="eval", stream=sys.stderr, unit="episode") if progress else None
     for r in range(runs):
         env = make_env(cfg.env, n, cfg.env_options)
         actor = Actor(env, agent, device, seed + r)
@@ -352,8 +408,12 @@ def evaluate_agent(agent: Agent, cfg: RLConfig, *, episodes: int | None = None, 
             for i, ret in zip(info["episode_envs"], info["episode_returns"]):
                 if len(got[i]) < quota[i]:
                     got[i].append(float(ret))
+            if bar is not None:
+                bar.update(r * episodes + sum(map(len, got)))
         env.close()
         run_means.append(float(np.mean([x for g in got for x in g])))
+    if bar is not None:
+        bar.close()
     agent.train(was_training)
     return {"mean": float(np.mean(run_means)), "std": float(np.std(run_means)), "run_means": run_means,
             "episodes": episodes, "runs": runs, "greedy": greedy}
@@ -377,12 +437,13 @@ def load_agent(run_dir: Path, checkpoint: str = "last", device: str | None = Non
 
 def evaluate_run(run_dir: Path | str, episodes: int = 30, runs: int = 5, greedy: bool = True, *,
                  checkpoint: str = "last", device: str | None = None, num_envs: int | None = None,
-                 seed: int | None = None) -> dict[str, Any]:
+                 seed: int | None = None, progress: bool = False) -> dict[str, Any]:
     """Evaluate a run's checkpoint with the paper's protocol (default 5 runs x 30 greedy episodes); returns
     ``{"mean", "std", "run_means", "episodes", "runs", "greedy", "checkpoint", "step"}``."""
     cfg, agent = load_agent(Path(run_dir), checkpoint, device)
     ckpt_step = load_checkpoint(Path(run_dir) / f"{checkpoint}.pt")["step"]
-    out = evaluate_agent(agent, cfg, episodes=episodes, runs=runs, greedy=greedy, num_envs=num_envs, seed=seed)
+    out = evaluate_agent(agent, cfg, episodes=episodes, runs=runs, greedy=greedy, num_envs=num_envs, seed=seed,
+                         progress=progress)
     return {**out, "checkpoint": checkpoint, "step": ckpt_step}
 
 
@@ -414,8 +475,8 @@ def main_train(env: str | None = None, model: str | None = None, preset: str | N
         if given:
             raise ConfigError(f"resume: a resumed run keeps its config.json; remove {' '.join(given)}")
         rdir = Path(resume)
-        if not (rdir / "last.pt").is_file():
-            raise FileNotFoundError(f"resume: {rdir} has no last.pt checkpoint to resume from")
+        if not (rdir / "config.json").is_file():
+            raise FileNotFoundError(f"resume: {rdir} is not a run directory (no config.json)")
         cfg = rl_config_from_dict(read_json(rdir / "config.json"))
         if cfg.task != "rl":
             raise ConfigError(f"resume: {rdir} is a {cfg.task} run, not rl")

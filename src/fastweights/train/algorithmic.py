@@ -22,8 +22,17 @@ from torch import Tensor
 from ..models import ModelConfig, build_model, count_parameters
 from ..tasks import code_execution, listops
 from .config import TrainConfig, config_from_dict, config_to_dict
-from .progress import Progress
-from .runs import MetricsLog, load_checkpoint, read_json, run_metadata, save_checkpoint, write_json
+from .interrupt import StopSignals, interrupted, was_forced
+from .progress import DurationEstimate, Progress, format_count, format_duration, plural
+from .runs import (
+    MetricsLog,
+    continues_from_checkpoint,
+    load_checkpoint,
+    read_json,
+    run_metadata,
+    save_checkpoint,
+    write_json,
+)
 from .schedule import warmup_cosine
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -206,106 +215,180 @@ def build(cfg: TrainConfig) -> tuple[TaskData, ModelConfig, torch.nn.Module]:
     return data, mcfg, model
 
 
+def resume_command(task: str, run_dir: Path) -> str:
+    """The command line that continues the run in ``run_dir``."""
+    return f"fastweights train {task} --resume {run_dir}"
+
+
 def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, stop_after_epochs: int | None = None,
           quiet: bool = False, command: list[str] | None = None) -> dict[str, Any]:
-    """Train ``cfg`` in ``run_dir``; with ``resume`` continue from ``run_dir/last.pt``.
+    """Train ``cfg`` in ``run_dir``; with ``resume`` continue from ``run_dir/last.pt`` (a run directory without a
+    checkpoint yet starts from the beginning).
+
+    Checkpoints (``last.pt``) are written after every epoch's validation and every ``cfg.checkpoint_every_s``
+    seconds within an epoch; resuming from either gives the uninterrupted run bit for bit (the training order of
+    an epoch is a function of ``(seed, epoch)``, the RNG state is saved at a step boundary). Ctrl-C or SIGTERM
+    saves a checkpoint at the last step boundary and raises :class:`~fastweights.train.interrupt.Interrupted`
+    (message: where the run stands and the command that resumes it).
 
     ``stop_after_epochs`` ends this call early (as an interruption would) after that many epochs in total.
     ``command`` is recorded in meta.json (default ``sys.argv``).
     Returns the final results (best validation metrics and, when training finished, test metrics).
     """
     run_dir = Path(run_dir)
-    if not resume and (run_dir / "config.json").exists():
-        raise FileExistsError(f"run_dir: {run_dir} already holds a run; continue it with --resume {run_dir} "
-                              f"or choose another --run-dir")
+    again = resume_command(cfg.task, run_dir)
+    continues = continues_from_checkpoint(run_dir, resume, again)
+    if (run_dir / "config.json").is_file() and not continues and not quiet:
+        print(f"note: {run_dir} holds no checkpoint yet: the run starts there from the beginning", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not continues:  # first, so that a run stopped while its data is generated can be resumed
+        write_json(run_dir / "config.json", config_to_dict(cfg))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
-    data, _, model = build(cfg)
+    with StopSignals() as signals:
+        try:
+            data, _, model = build(cfg)
+        except KeyboardInterrupt as e:
+            raise interrupted(e, "before the first training step", False, run_dir / "last.pt", again) from None
+        return _train_loop(cfg, run_dir, data, model, device, signals, continues=continues,
+                           stop_after_epochs=stop_after_epochs, quiet=quiet, command=command, again=again)
+
+
+def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn.Module, device: torch.device,
+                signals: StopSignals, *, continues: bool, stop_after_epochs: int | None, quiet: bool,
+                command: list[str] | None, again: str) -> dict[str, Any]:
     model.to(device)
     opt = make_optimizer(cfg, model)
     log = MetricsLog(run_dir)
-    start_epoch, step, best, elapsed = 0, 0, {"acc": -1.0, "epoch": -1}, 0.0
-    if resume:
-        ckpt = load_checkpoint(run_dir / "last.pt")
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        start_epoch, step, best, elapsed = ckpt["epoch"] + 1, ckpt["step"], ckpt["best"], ckpt["elapsed"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        random.setstate(ckpt["rng"]["python"])
-        log.truncate(step)  # rows written after the checkpoint belong to lost work
-    else:
-        write_json(run_dir / "config.json", config_to_dict(cfg))
-        write_json(run_dir / "meta.json", {**run_metadata(cfg.seed, command), "parameters": count_parameters(model),
-                                           "data": data.source})
     train_split = data.splits["train"]
     n = train_split.src.shape[0]
     steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    # Where the run stands: `batch` batches of `epoch` are done (batch == steps_per_epoch: its validation is due),
+    # with the epoch's sums so far; `rng` is the RNG state at that step boundary.
+    epoch, batch, step, best, elapsed = 0, 0, 0, {"acc": -1.0, "epoch": -1}, 0.0
+    loss_sum, tok, epoch_time = 0.0, 0, 0.0
+    if continues:
+        ckpt = load_checkpoint(run_dir / "last.pt")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step, best, elapsed = ckpt["step"], ckpt["best"], ckpt["elapsed"]
+        if "batch" in ckpt:
+            epoch, batch = ckpt["epoch"], ckpt["batch"]
+            loss_sum, tok, epoch_time = ckpt["epoch_sums"]
+        else:  # written by an older version, always after an epoch's validation
+            epoch = ckpt["epoch"] + 1
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        random.setstate(ckpt["rng"]["python"])
+        # rows written after the checkpoint belong to lost work (with a validation due, so does that epoch's row)
+        log.truncate(step - 1 if batch == steps_per_epoch else step)
+    else:
+        log.truncate(0)
+        write_json(run_dir / "meta.json", {**run_metadata(cfg.seed, command), "parameters": count_parameters(model),
+                                           "data": data.source})
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+    def payload() -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "batch": batch,
+                "step": step, "epoch_sums": (loss_sum, tok, epoch_time), "best": best, "elapsed": elapsed,
+                "config": config_to_dict(cfg), "rng": rng}
+
+    def where() -> str:
+        return (f"at epoch {epoch + 1}/{cfg.epochs}, step {format_count(step)}/{format_count(total_steps)}"
+                if epoch < cfg.epochs else "in the test evaluation after the last epoch")
+
     if not quiet:
-        print(f"{cfg.task} {cfg.model}: {count_parameters(model):,} parameters, {n} training examples, "
-              f"{steps_per_epoch} steps/epoch, run dir {run_dir}", flush=True)
+        at = f"; resumed at epoch {epoch + 1}, step {format_count(step)}" if continues else ""
+        print(f"{cfg.task} {cfg.model}: {format_count(count_parameters(model))} parameters, "
+              f"{format_count(n)} training examples, {format_count(steps_per_epoch)} steps/epoch x "
+              f"{plural(cfg.epochs, 'epoch')} = {format_count(total_steps)} steps{at}; run dir {run_dir}", flush=True)
     last_epoch = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, stop_after_epochs)
+    bar = Progress(total_steps, every_s=cfg.log_every_s, initial=step) if not quiet else None
+    estimate = DurationEstimate(total_steps, step, unit="step", extra="; validation after every epoch adds to it")
+    saved_at = time.monotonic()
     model.train()
-    for epoch in range(start_epoch, last_epoch):
-        t0 = time.perf_counter()
-        order = epoch_order(cfg.seed, epoch, n)
-        loss_sum, tok = 0.0, 0
-        bar = Progress(steps_per_epoch, prefix=f"epoch {epoch + 1}/{cfg.epochs}", every_s=cfg.log_every_s) \
-            if not quiet else None
-        for b in range(steps_per_epoch):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            src, tgt, lengths = (x[idx].to(device) for x in (train_split.src, train_split.tgt, train_split.lengths))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                logits = batch_logits(model, cfg.task, src, lengths)
-            loss = loss_fn(cfg.task, logits.float(), tgt)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg, steps_per_epoch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            opt.step()
-            step += 1
-            loss_sum += loss.item()
-            tok += int(lengths.sum())
+    try:
+        while epoch < last_epoch:
+            order = epoch_order(cfg.seed, epoch, n)
             if bar is not None:
-                bar.update(b + 1, loss=loss_sum / (b + 1), tok_per_s=tok / (time.perf_counter() - t0))
+                bar.prefix = f"epoch {epoch + 1}/{cfg.epochs}"
+            t0 = time.perf_counter() - epoch_time
+            while batch < steps_per_epoch:
+                idx = order[batch * cfg.batch_size:(batch + 1) * cfg.batch_size]
+                src, tgt, lengths = (x[idx].to(device) for x in (train_split.src, train_split.tgt,
+                                                                 train_split.lengths))
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                    logits = batch_logits(model, cfg.task, src, lengths)
+                loss = loss_fn(cfg.task, logits.float(), tgt)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+                with signals.held():  # the update and the counters that describe it, all or nothing
+                    for group in opt.param_groups:
+                        group["lr"] = lr_at(step, cfg, steps_per_epoch)
+                    opt.step()
+                    step += 1
+                    batch += 1
+                    loss_sum += loss.item()
+                    tok += int(lengths.sum())
+                    epoch_time = time.perf_counter() - t0
+                    rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+                if bar is not None:
+                    bar.update(step, loss=loss_sum / batch, tokens_per_s=tok / epoch_time)
+                    line = estimate.tick(step)
+                    if line is not None:
+                        bar.close()
+                        print(line, flush=True)
+                if cfg.checkpoint_every_s > 0 and time.monotonic() - saved_at >= cfg.checkpoint_every_s \
+                        and batch < steps_per_epoch:
+                    with signals.held():
+                        save_checkpoint(run_dir / "last.pt", payload())
+                    saved_at = time.monotonic()
+            if bar is not None:
+                bar.close()
+            valid = evaluate(model, cfg.task, data.splits["valid"], cfg.eval_batch_size, device, data.noop_index)
+            with signals.held():
+                row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / steps_per_epoch,
+                       "valid_loss": valid["loss"], "valid_acc": valid["acc"]}
+                if "print_acc" in valid:
+                    row["valid_print_acc"] = valid["print_acc"]
+                row.update({"tokens_per_s": tok / epoch_time, "elapsed_s": elapsed + epoch_time})
+                is_best = is_better(valid, best)
+                # The row first: if the run dies before last.pt is replaced, resume truncates the CSV to the old
+                # checkpoint and redoes the validation; the other order could lose a row for good.
+                log.log(row)
+                elapsed += epoch_time
+                epoch, batch, loss_sum, tok, epoch_time = epoch + 1, 0, 0.0, 0, 0.0
+                if is_best:
+                    best = {**valid, "epoch": epoch}
+                    save_checkpoint(run_dir / "best.pt", payload())
+                save_checkpoint(run_dir / "last.pt", payload())
+                saved_at = time.monotonic()
+            if not quiet:
+                extra = f", print acc {valid['print_acc']:.4f}" if "print_acc" in valid else ""
+                eta = f", ETA {format_duration(bar.eta(step))}" if bar is not None and step < total_steps else ""
+                print(f"epoch {epoch}: train loss {row['train_loss']:.4f}, valid loss {valid['loss']:.4f}, "
+                      f"valid acc {valid['acc']:.4f}{extra}{' (best)' if is_best else ''}{eta}", flush=True)
+        results: dict[str, Any] = {"best_valid": best, "epochs_done": epoch, "train_time_s": elapsed,
+                                   "parameters": count_parameters(model)}
+        if epoch >= cfg.epochs and (run_dir / "best.pt").exists():
+            results["test"] = evaluate_run(run_dir, "test", data=data, device=cfg.device)
+            write_json(run_dir / "results.json", results)
+            if not quiet:
+                print(f"done: test acc {results['test']['acc']:.4f} ({cfg.task}, best-validation checkpoint of epoch "
+                      f"{best['epoch']}), {format_duration(elapsed)} of training; run dir {run_dir}", flush=True)
+    except KeyboardInterrupt as e:
         if bar is not None:
             bar.close()
-        train_time = time.perf_counter() - t0
-        elapsed += train_time
-        valid = evaluate(model, cfg.task, data.splits["valid"], cfg.eval_batch_size, device, data.noop_index)
-        row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / steps_per_epoch,
-               "valid_loss": valid["loss"], "valid_acc": valid["acc"]}
-        if "print_acc" in valid:
-            row["valid_print_acc"] = valid["print_acc"]
-        row.update({"tokens_per_s": tok / train_time, "elapsed_s": elapsed})
-        is_best = is_better(valid, best)
-        if is_best:
-            best = {**valid, "epoch": epoch + 1}
-        payload = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
-                   "best": best, "elapsed": elapsed, "config": config_to_dict(cfg),
-                   "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
-        # The row first: if the run dies before last.pt is replaced, resume truncates the CSV to the old
-        # checkpoint and redoes the epoch; the other order could lose a row for good.
-        log.log(row)
-        if is_best:
-            save_checkpoint(run_dir / "best.pt", payload)
-        save_checkpoint(run_dir / "last.pt", payload)
-        if not quiet:
-            extra = f", print acc {valid['print_acc']:.4f}" if "print_acc" in valid else ""
-            print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, valid loss {valid['loss']:.4f}, "
-                  f"valid acc {valid['acc']:.4f}{extra}{' (best)' if is_best else ''}", flush=True)
-    log.close()
-    results: dict[str, Any] = {"best_valid": best, "epochs_done": max(last_epoch, start_epoch),
-                               "train_time_s": elapsed, "parameters": count_parameters(model)}
-    if last_epoch >= cfg.epochs and (run_dir / "best.pt").exists():
-        results["test"] = evaluate_run(run_dir, "test", data=data, device=cfg.device)
-        write_json(run_dir / "results.json", results)
-        if not quiet:
-            print(f"test ({cfg.task}, best-validation checkpoint of epoch {best['epoch']}): "
-                  f"acc {results['test']['acc']:.4f}", flush=True)
+        saved = not was_forced(e)
+        if saved:
+            with signals.held():
+                save_checkpoint(run_dir / "last.pt", payload())
+        raise interrupted(e, where(), saved, run_dir / "last.pt", again) from None
+    finally:
+        log.close()
     return results
 
 

@@ -18,56 +18,71 @@ from typing import Any
 
 ALGORITHMIC_TASKS = ("code-exec", "listops")
 TASKS = (*ALGORITHMIC_TASKS, "lm")
+#: The preset of every ``fastweights train`` without ``--preset``: runs sized for minutes on a CPU.
+DEFAULT_PRESET = "cpu"
 
 
 class ConfigError(ValueError):
     """A configuration problem to show the user as one line (no traceback)."""
 
 
+def option(default: Any, help: str) -> Any:
+    """A configuration field with its one-line meaning: ``fastweights train TASK --help`` lists every field with
+    its type, default and ``metadata["help"]``, so the list is the dataclass itself (fields with a mutable default
+    use ``field(default_factory=..., metadata={"help": ...})``)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
-    """Everything a training run needs. Field groups: task/data, model, optimisation, run."""
+    """Everything a training run needs. Field groups: task/data, model, optimisation, run. The defaults are the
+    paper's setting (spec E.2); every field's ``help`` is what ``fastweights train TASK --help`` shows."""
 
     # task and data
-    task: str = "code-exec"
-    model: str = "delta_rnn"
-    num_vars: int = 3  # code execution: 3 or 5 variables
-    depth: int = 10  # ListOps: 10 or 15 (files say depth + 1)
-    data: str | None = None  # directory with the official files; None = generate into the cache
-    train_size: int = 10000
-    valid_size: int = 1000
-    test_size: int = 1000
-    code_length: int = 100  # statements per program (code execution)
-    data_seed: int = 42
+    task: str = option("code-exec", "the benchmark: code-exec or listops (set by the command)")
+    model: str = option("delta_rnn", "registry name of the layer (`fastweights info` lists them)")
+    num_vars: int = option(3, "code execution: variables per program (the paper: 3 and 5)")
+    depth: int = option(10, "ListOps: maximum nesting depth (the paper: 10 and 15; the files say depth + 1)")
+    data: str | None = option(None, "directory with the official data files; none = generate into the cache")
+    train_size: int = option(10000, "training examples to generate")
+    valid_size: int = option(1000, "validation examples to generate")
+    test_size: int = option(1000, "test examples to generate")
+    code_length: int = option(100, "code execution: statements per program")
+    data_seed: int = option(42, "seed of the data generator")
     # model (spec E.2)
-    d_model: int = 256
-    num_layers: int = 4
-    num_heads: int = 16
-    head_dim: int | None = None
-    ff_factor: int = 4
-    dropout: float = 0.1
-    positional_encoding: bool | None = None  # None: transformer yes, fast-weight models no
-    emb_size: int = 128  # lstm model
-    hidden_size: int | None = None  # lstm model (None = d_model)
-    layer_options: dict[str, Any] = field(default_factory=dict)
+    d_model: int = option(256, "width of the residual stream")
+    num_layers: int = option(4, "residual blocks (lstm: LSTM layers)")
+    num_heads: int = option(16, "heads of every fast-weight or attention layer")
+    head_dim: int | None = option(None, "size of a head; none = d_model / num_heads")
+    ff_factor: int = option(4, "feed-forward width as a multiple of d_model")
+    dropout: float = option(0.1, "dropout probability of the residual and feed-forward paths")
+    positional_encoding: bool | None = option(None, "sinusoidal positions on the embeddings; none = transformer "
+                                                    "only")
+    emb_size: int = option(128, "lstm model: embedding size")
+    hidden_size: int | None = option(None, "lstm model: hidden size; none = d_model")
+    layer_options: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "keyword options of the layer as JSON, e.g. {\"version\": 1}"})
     # optimisation (spec E.2)
-    lr: float = 3e-4
-    beta1: float = 0.9
-    beta2: float = 0.995
-    adam_eps: float = 1e-9
-    batch_size: int = 64
-    eval_batch_size: int = 128
-    epochs: int = 200
-    clip: float = 0.0  # global gradient-norm clipping; 0 = off
-    schedule: str = "constant"  # constant (the paper) | cosine: decay to 0 over all epochs after the warm-up
-    warmup_steps: int = 0  # linear warm-up of the learning rate over this many updates
+    lr: float = option(3e-4, "learning rate of Adam (the peak, with warm-up or cosine schedule)")
+    beta1: float = option(0.9, "Adam's decay of the first moment")
+    beta2: float = option(0.995, "Adam's decay of the second moment")
+    adam_eps: float = option(1e-9, "Adam's epsilon")
+    batch_size: int = option(64, "training examples per update")
+    eval_batch_size: int = option(128, "examples per forward in evaluation")
+    epochs: int = option(200, "passes over the training set")
+    clip: float = option(0.0, "global gradient-norm clipping; 0 = off")
+    schedule: str = option("constant", "learning rate after the warm-up: constant (the paper) or cosine (decay to "
+                                       "0 at the last update)")
+    warmup_steps: int = option(0, "updates of linear learning-rate warm-up")
     # run
-    seed: int = 11
-    device: str = "cpu"
-    amp: bool = False  # mixed precision (bf16 autocast); off by default on CPU
-    threads: int | None = None  # torch.set_num_threads; None = torch's default
-    log_every_s: float = 10.0
-    out_dir: str = "runs"
+    seed: int = option(11, "seed of the initialisation, dropout and training order")
+    device: str = option("cpu", "cpu, cuda or cuda:N")
+    amp: bool = option(False, "mixed precision (bf16 autocast)")
+    threads: int | None = option(None, "torch threads; none = torch's default")
+    log_every_s: float = option(10.0, "seconds between progress lines when the output is not a terminal")
+    checkpoint_every_s: float = option(600.0, "seconds between checkpoints within an epoch (last.pt); 0 = at "
+                                              "epoch ends only")
+    out_dir: str = option("runs", "where run directories are made (without --run-dir)")
 
     def validate(self) -> None:
         import torch
@@ -123,50 +138,57 @@ class LMTrainConfig:
     """
 
     # task and data (spec C.3)
-    task: str = "lm"
-    model: str = "delta_net"
-    data: str | None = None  # None = the embedded corpus; else a WikiText or plain-text directory
-    level: str = "word"  # word | char
-    tokenizer: str | None = None  # None: punctuation for the embedded corpus, whitespace for directories
+    task: str = option("lm", "language modelling (set by the command)")
+    model: str = option("delta_net", "registry name of the layer (`fastweights info` lists them)")
+    data: str | None = option(None, "none = the embedded corpus; else a WikiText-103 or plain-text directory")
+    level: str = option("word", "tokens: word or char")
+    tokenizer: str | None = option(None, "word splitting: whitespace or punctuation; none = punctuation for the "
+                                         "embedded corpus, whitespace for directories")
     # model (spec B.1, E.1); see fastweights.models.lm.LMConfig
-    d_model: int = 128
-    n_layers: int = 16
-    n_heads: int = 8
-    head_dim: int | None = 16
-    d_ff: int = 2048
-    dropout: float = 0.1
-    dropatt: float = 0.0
-    positional_encoding: str = "auto"  # sinusoidal | none | auto (= none with carry_state, else sinusoidal)
-    position_order: str = "reversed"  # reversed (the paper) | forward (needed for step-by-step generation)
-    clamp_len: int | None = 256
-    softmax: str = "auto"  # auto | adaptive | full
-    cutoffs: list[int] = field(default_factory=lambda: [20000, 40000, 200000])
-    block: str = "auto"  # paper | pre_ln | post_ln | auto (= post_ln with carry_state or transformer, else paper)
-    final_norm: bool = False
-    init_std: float | None = 0.02
-    layer_options: dict[str, Any] = field(default_factory=dict)
+    d_model: int = option(128, "width of the residual stream")
+    n_layers: int = option(16, "residual blocks")
+    n_heads: int = option(8, "heads of every fast-weight or attention layer")
+    head_dim: int | None = option(16, "size of a head; none = d_model / n_heads")
+    d_ff: int = option(2048, "width of the feed-forward sublayer")
+    dropout: float = option(0.1, "dropout probability of the residual and feed-forward paths")
+    dropatt: float = option(0.0, "dropout on the attention weights (transformer)")
+    positional_encoding: str = option("auto", "sinusoidal, none or auto (none with carry_state, else sinusoidal)")
+    position_order: str = option("reversed", "reversed (the paper) or forward (needed for step-by-step "
+                                             "generation)")
+    clamp_len: int | None = option(256, "largest position encoded; none = no clamp")
+    softmax: str = option("auto", "output layer: adaptive, full or auto (adaptive when the vocabulary exceeds the "
+                                        "first cutoff)")
+    cutoffs: list[int] = field(default_factory=lambda: [20000, 40000, 200000], metadata={
+        "help": "adaptive-softmax cluster boundaries, e.g. 20000,40000,200000"})
+    block: str = option("auto", "paper, pre_ln, post_ln or auto (post_ln with carry_state or the transformer, else "
+                                "paper)")
+    final_norm: bool = option(False, "a LayerNorm before the output layer (the paper: none)")
+    init_std: float | None = option(0.02, "standard deviation of the normal initialisation; none = PyTorch's")
+    layer_options: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "keyword options of the layer as JSON, e.g. {\"version\": 1}"})
     # optimisation (spec E.1)
-    lr: float = 2.5e-4
-    beta1: float = 0.9
-    beta2: float = 0.999
-    adam_eps: float = 1e-8
-    warmup_steps: int = 2000  # linear warm-up, then cosine decay to 0 at max_steps
-    max_steps: int = 500000
-    clip: float = 0.25  # global gradient-norm clipping; 0 = off
-    batch_size: int = 96  # global: segments (or stream columns) per step, over all processes
-    tgt_len: int = 256  # training segment length (= the truncated context)
-    carry_state: bool = False  # carry the state across consecutive windows of each stream (truncated BPTT)
+    lr: float = option(2.5e-4, "peak learning rate of Adam")
+    beta1: float = option(0.9, "Adam's decay of the first moment")
+    beta2: float = option(0.999, "Adam's decay of the second moment")
+    adam_eps: float = option(1e-8, "Adam's epsilon")
+    warmup_steps: int = option(2000, "updates of linear warm-up, then cosine decay to 0 at max_steps")
+    max_steps: int = option(500000, "updates of the whole run")
+    clip: float = option(0.25, "global gradient-norm clipping; 0 = off")
+    batch_size: int = option(96, "segments (or stream columns) per update, over all processes")
+    tgt_len: int = option(256, "tokens per training segment (the truncated context)")
+    carry_state: bool = option(False, "carry the state across consecutive windows of each stream (truncated "
+                                      "BPTT)")
     # evaluation during training: non-overlapping segments from a zero state
-    eval_tgt_len: int = 256
-    eval_batch_size: int = 10
-    eval_interval: int = 4000  # steps between validations, metrics rows and checkpoints
+    eval_tgt_len: int = option(256, "tokens per segment of the validation during training")
+    eval_batch_size: int = option(10, "segments per forward of the validation")
+    eval_interval: int = option(4000, "updates between validations, metrics rows and checkpoints")
     # run
-    seed: int = 1111
-    device: str = "cpu"
-    amp: bool = False  # bf16 autocast
-    threads: int | None = None
-    log_every_s: float = 10.0
-    out_dir: str = "runs"
+    seed: int = option(1111, "seed of the initialisation, dropout and segment positions")
+    device: str = option("cpu", "cpu, cuda or cuda:N")
+    amp: bool = option(False, "mixed precision (bf16 autocast)")
+    threads: int | None = option(None, "torch threads; none = torch's default")
+    log_every_s: float = option(10.0, "seconds between progress lines when the output is not a terminal")
+    out_dir: str = option("runs", "where run directories are made (without --run-dir)")
 
     def validate(self) -> None:
         import torch

@@ -170,3 +170,22 @@ def _csv_text(fields: list[str], rows: list[dict[str, Any]]) -> str:
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
+
+
+def continues_from_checkpoint(run_dir: Path, resume: bool, resume_command: str) -> bool:
+    """Check ``run_dir`` before a run starts; returns whether training continues from its ``last.pt``.
+
+    A fresh run refuses a directory that holds a checkpoint (it names the command that continues it). A directory
+    with a ``config.json`` but no checkpoint yet (a run stopped before its first one) holds nothing to keep: a fresh
+    run reuses it, and a resumed one starts from the beginning.
+    """
+    run_dir = Path(run_dir)
+    has_checkpoint = (run_dir / "last.pt").is_file()
+    if resume:
+        if not (run_dir / "config.json").is_file():
+            raise FileNotFoundError(f"resume: {run_dir} is not a run directory (no config.json)")
+        return has_checkpoint
+    if has_checkpoint:
+        raise FileExistsError(f"run_dir: {run_dir} already holds a run; continue it with: {resume_command}; or "
+                              f"choose another --run-dir")
+    return False
