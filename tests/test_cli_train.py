@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -424,3 +425,80 @@ def test_console_script_trains_and_records_the_command(tmp_path):
     meta = read_json(run_dir / "meta.json")
     assert meta["command"][1:] == argv[1:]
     assert (run_dir / "results.json").is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One default preset, its announcement, interrupts
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_every_task_defaults_to_the_cpu_preset_and_announces_size_and_duration(capsys, tmp_path):
+    preset = read_json(Path(__file__).resolve().parents[1] / "configs" / "code-exec-cpu.json")
+    run_dir = tmp_path / "run"
+    rc, out, err = cli(capsys, "train", "code-exec", "--model", "lstm", *TINY, "--run-dir", run_dir)
+    assert rc == 0, err
+    assert out.startswith("preset: cpu (the default; --preset paper for the paper's setting)\n")
+    cfg = read_json(run_dir / "config.json")
+    for key in ("lr", "schedule", "warmup_steps", "threads", "beta2"):
+        assert cfg[key] == preset[key], key
+    assert re.search(r"code-exec lstm: [\d,]+ parameters, 39 training examples, 5 steps/epoch x 2 epochs = 10 steps",
+                     out), out
+    assert re.search(r"estimated duration: \S+ in all, \S+ to go \(10 steps at [\d.e-]+ s per step, timed over \d+ "
+                     r"steps on this machine", out), out
+    assert re.search(rf"done: test acc \d\.\d{{4}} \(code-exec, best-validation checkpoint of epoch \d\), \S+ of "
+                     rf"training; run dir {re.escape(str(run_dir))}\n$", out), out
+    rc, out, err = cli(capsys, "train", "listops", "--model", "lstm", "--preset", "paper", "train_size=40",
+                       "valid_size=4", "test_size=4", *MODEL_ARGS, "--run-dir", tmp_path / "paper")
+    assert rc == 0, err
+    assert "preset:" not in out and "estimated duration:" in out  # the paper preset gets the same estimate
+    assert read_json(tmp_path / "paper" / "config.json")["beta2"] == 0.995
+
+
+def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 120.0) -> str:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = path.read_text() if path.exists() else ""
+        if text in content:
+            return content
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"{text!r} did not appear: {path.read_text() if path.exists() else ''}")
+
+
+@pytest.mark.parametrize("signum", [2, 15], ids=["ctrl-c", "sigterm"])
+def test_interrupt_saves_and_prints_the_resume_command(tmp_path, signum):
+    """A real process: SIGINT/SIGTERM mid-run writes last.pt and ends with one line naming the command that
+    resumes it (exit status 128 + signal), no traceback; that command continues from the saved step."""
+    run_dir, out_file = tmp_path / "run", tmp_path / "out.txt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(out_file, "w") as out:
+        proc = subprocess.Popen([str(console_script()), "train", "code-exec", "--model", "delta_net", *DATA_ARGS,
+                                 *MODEL_ARGS, "epochs=100000", "--run-dir", str(run_dir)], stdout=out,
+                                stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+        _wait_for(out_file, "estimated duration:", proc)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in err
+    how = "Ctrl-C" if signum == 2 else "SIGTERM"
+    m = re.fullmatch(rf"fastweights: interrupted \({how}\) at epoch (\d+)/100000, step ([\d,]+)/500,000: saved "
+                     rf"{re.escape(str(run_dir / 'last.pt'))}; resume with: fastweights train code-exec --resume "
+                     rf"{re.escape(str(run_dir))}\n", err)
+    assert m, err
+    ckpt = torch.load(run_dir / "last.pt", weights_only=False)
+    step = int(m.group(2).replace(",", ""))
+    assert ckpt["step"] == step and ckpt["epoch"] == int(m.group(1)) - 1 and ckpt["batch"] == step % 5
+    # the printed command continues the run from there
+    with open(out_file, "w") as out:
+        proc = subprocess.Popen(["fastweights", *m.group(0).split("resume with: fastweights ")[1].split()],
+                                stdout=out, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                                env={**env, "PATH": f"{console_script().parent}:{env.get('PATH', '')}"})
+        content = _wait_for(out_file, "estimated duration:", proc)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=120)
+    assert f"resumed at epoch {m.group(1)}, step {m.group(2)}" in content
+    assert torch.load(run_dir / "last.pt", weights_only=False)["step"] > step

@@ -23,7 +23,6 @@ def test_dry_run_prints_parameters(capsys):
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["train", "rl", "--model", "lstm"], "--env: rl needs an environment"),
     (["train", "rl", "--env", "repeat_first", "--model", "lstm", "--depth", "10"], "--depth: not for rl"),
     (["train", "code-exec", "--env", "repeat_first", "--model", "lstm"], "--env: only for rl"),
     (["train", "lm", "--env", "repeat_first", "--model", "lstm"], "--env: not for lm"),
@@ -34,15 +33,38 @@ def test_bad_arguments_are_one_line_errors(capsys, argv, message):
     assert message in err
 
 
+def test_the_presets_environment_without_env(capsys, tmp_path):
+    """docs/rl.md's command: no --env, no --preset: the cpu preset and its environment (repeat_first with its
+    options); --env naming another environment replaces it."""
+    rc, out, err = cli(capsys, "train", "rl", "--model", "feedforward", "--dry-run")
+    assert rc == 0, err
+    cfg = json.loads(out.rsplit("\n", 3)[0])
+    assert cfg["env"] == "repeat_first" and cfg["env_options"] == {"num_symbols": 4, "length": 10}
+    assert cfg["total_steps"] == 320000  # the cpu preset
+    rc, out, err = cli(capsys, "train", "rl", "--env", "count_recall", "--model", "lstm", "--dry-run")
+    assert rc == 0, err
+    assert json.loads(out.rsplit("\n", 3)[0])["env"] == "count_recall"
+
+
 def test_tiny_run_then_eval(capsys, tmp_path):
     run = tmp_path / "run"
-    rc, _, _ = cli(capsys, "train", "rl", "--env", "repeat_first", "--model", "lstm", "--run-dir", run,
-                   "total_steps=640", "num_envs=8", "unroll_length=10", "log_every_s=1000", "eval_runs=1",
-                   "eval_episodes=4")
+    rc, out, _ = cli(capsys, "train", "rl", "--model", "lstm", "--run-dir", run, "total_steps=640", "num_envs=8",
+                     "unroll_length=10", "log_every_s=1000", "eval_runs=1", "eval_episodes=4",
+                     "extra_checkpoints=320")
     assert rc == 0 and (run / "last.pt").is_file()
+    assert out.startswith("preset: cpu (the default") and "rl repeat_first lstm:" in out
+    assert f"run dir {run}\n" in out and "done: return" in out
     rc, out, _ = cli(capsys, "eval", run, "--episodes", "3", "--runs", "2")
     assert rc == 0
     metrics = json.loads(out)
-    assert isinstance(metrics, dict) and metrics
-    rc, _, err = cli(capsys, "eval", run, "--mode", "carry")
-    assert rc == 2 and "--mode: only for language-model runs" in err
+    assert metrics["checkpoint"] == "last" and metrics["runs"] == 2 and metrics["episodes"] == 3
+    rc, out, _ = cli(capsys, "eval", run, "--episodes", "3", "--runs", "1", "--checkpoint", "step-320")
+    assert rc == 0 and json.loads(out)["step"] == 320
+    for argv, message in ((["--mode", "carry"], "--mode: only for language-model runs"),
+                          (["--split", "valid"], "--split: "),
+                          (["--checkpoint", "best"], "--checkpoint: "),
+                          (["--checkpoint", "step-7"], "--checkpoint: ")):
+        rc, _, err = cli(capsys, "eval", run, *argv)
+        assert rc == 2 and err.startswith(f"fastweights: error: {message}") and err.count("\n") == 1, err
+    rc, _, err = cli(capsys, "eval", run, "--checkpoint", "best")
+    assert "keeps ['last', 'step-320'] (no best" in err

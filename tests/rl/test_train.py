@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import signal
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch
 from fastweights.rl import RLConfig, evaluate_run, main_train, resolve_rl_config, train
 from fastweights.rl.config import rl_config_from_dict, rl_config_to_dict
 from fastweights.train.config import ConfigError
+from fastweights.train.interrupt import Interrupted
 from fastweights.train.runs import read_json
 
 TINY = ["env=repeat_previous", "env_options={\"length\": 6, \"delay\": 1}", "num_envs=4", "unroll_length=5",
@@ -50,6 +52,31 @@ def test_resume_continues_exactly(tmp_path, model):
         assert torch.equal(a[k], b[k]), k
     assert metric_rows(tmp_path / "a") == metric_rows(tmp_path / "b")
     assert straight["eval"] == resumed["eval"]
+
+
+def test_signal_finishes_the_update_then_saves(tmp_path, monkeypatch):
+    """SIGTERM inside update 3 (checkpoints every 2): the update is finished, a checkpoint written at update 3,
+    and the resumed run equals the uninterrupted one."""
+    rl_train = importlib.import_module("fastweights.rl.train")  # the module (fastweights.rl.train is the function)
+    straight = train(tiny_config("delta_net"), tmp_path / "a", quiet=True)
+    real, calls = rl_train.learner_loss, [0]
+
+    def loss_then_signal(*args):
+        calls[0] += 1
+        if calls[0] == 3:
+            signal.raise_signal(signal.SIGTERM)
+        return real(*args)
+
+    monkeypatch.setattr(rl_train, "learner_loss", loss_then_signal)
+    run_dir = tmp_path / "b"
+    with pytest.raises(Interrupted) as exc:
+        train(tiny_config("delta_net"), run_dir, quiet=True)
+    monkeypatch.undo()
+    assert str(exc.value) == (f"interrupted (SIGTERM) at update 3/6: saved {run_dir / 'last.pt'}; resume with: "
+                              f"fastweights train rl --resume {run_dir}")
+    assert torch.load(run_dir / "last.pt", weights_only=False)["update"] == 3
+    resumed = train(tiny_config("delta_net"), run_dir, resume=True, quiet=True)
+    assert metric_rows(tmp_path / "a") == metric_rows(run_dir) and straight["eval"] == resumed["eval"]
 
 
 def test_run_directory_contents(tmp_path):

@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import random
+import signal
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from fastweights.cli import main
 from fastweights.models.lm import LMConfig, build_lm
 from fastweights.tasks.lm import Vocabulary, unigram_perplexity
 from fastweights.train.config import ConfigError, LMTrainConfig, resolve_config
+from fastweights.train.interrupt import Interrupted
 from fastweights.train.lm import (
     evaluate_lm,
     evaluate_lm_run,
@@ -136,13 +138,37 @@ def test_training_learns_and_writes_a_run(corpus_dir, tmp_path):
     assert meta["parameters"] == results["parameters"] and meta["world_size"] == 1
 
 
+@pytest.mark.parametrize("where", ["interval end", "mid-interval"])
 @pytest.mark.parametrize("carry_state", [False, True], ids=["segments", "carry"])
-def test_resume_is_bit_exact(corpus_dir, tmp_path, carry_state):
+def test_resume_is_bit_exact(corpus_dir, tmp_path, monkeypatch, carry_state, where):
+    """Stopped after step 4 (a validation), or by SIGTERM inside step 4 (between validations: the checkpoint holds
+    step 3 with the sums of the metrics row in progress), then resumed: the uninterrupted run bit for bit."""
+    from fastweights.train import lm as lm_train
+
     cfg = tiny_cfg(corpus_dir, tmp_path, dropout=0.1, carry_state=carry_state, model="delta_rnn")
     full, cut = tmp_path / "full", tmp_path / "cut"
     train_lm(cfg, full, quiet=True)
-    train_lm(cfg, cut, quiet=True, stop_after_steps=4)
-    assert load_checkpoint(cut / "last.pt")["step"] == 4 and not (cut / "results.json").exists()
+    if where == "interval end":
+        train_lm(cfg, cut, quiet=True, stop_after_steps=4)
+        assert load_checkpoint(cut / "last.pt")["step"] == 4
+    else:
+        real, calls = lm_train.train_batch, [0]
+
+        def batch_then_signal(*args):
+            out = real(*args)
+            calls[0] += 1
+            if calls[0] == 4:
+                signal.raise_signal(signal.SIGTERM)
+            return out
+
+        monkeypatch.setattr(lm_train, "train_batch", batch_then_signal)
+        with pytest.raises(Interrupted) as exc:
+            train_lm(cfg, cut, quiet=True)
+        monkeypatch.undo()
+        assert str(exc.value) == (f"interrupted (SIGTERM) at step 3/6: saved {cut / 'last.pt'}; resume with: "
+                                  f"fastweights train lm --resume {cut}")
+        assert load_checkpoint(cut / "last.pt")["step"] == 3 and len(metric_rows(cut)) == 1
+    assert not (cut / "results.json").exists()
     if carry_state:  # the carried state at the boundary is in the checkpoint
         assert load_checkpoint(cut / "last.pt")["ranks"][0]["state"] is not None
     train_lm(cfg, cut, quiet=True, resume=True)

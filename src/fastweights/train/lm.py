@@ -66,8 +66,17 @@ from ..tasks.lm import (
     unigram_perplexity,
 )
 from .config import ConfigError, LMTrainConfig, config_from_dict, config_to_dict
-from .progress import Progress
-from .runs import MetricsLog, load_checkpoint, read_json, run_metadata, save_checkpoint, write_json
+from .interrupt import StopSignals, interrupted, was_forced
+from .progress import DurationEstimate, Progress, format_count, format_duration, format_number, plural
+from .runs import (
+    MetricsLog,
+    continues_from_checkpoint,
+    load_checkpoint,
+    read_json,
+    run_metadata,
+    save_checkpoint,
+    write_json,
+)
 from .schedule import warmup_cosine
 
 EVAL_MODES = ("sliding", "carry", "segments")
@@ -424,10 +433,20 @@ def validate(model: LanguageModel, ids: Tensor, cfg: LMTrainConfig, device: torc
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def resume_command(run_dir: Path, dist: DistInfo) -> str:
+    """The command line that continues the language-model run in ``run_dir``."""
+    launch = f"torchrun --nproc_per_node={dist.world_size} -m fastweights.cli" if dist.enabled else "fastweights"
+    return f"{launch} train lm --resume {run_dir}"
+
+
 def train_lm(cfg: LMTrainConfig, run_dir: Path, *, resume: bool = False, stop_after_steps: int | None = None,
              quiet: bool = False, command: list[str] | None = None) -> dict[str, Any]:
-    """Train ``cfg`` in ``run_dir`` (see the module docstring); with ``resume`` continue from ``run_dir/last.pt``.
+    """Train ``cfg`` in ``run_dir`` (see the module docstring); with ``resume`` continue from ``run_dir/last.pt`` (a
+    run directory without a checkpoint yet starts from the beginning).
 
+    Ctrl-C or SIGTERM saves a checkpoint at the last step boundary (one process; under ``torchrun`` the last
+    ``eval_interval`` checkpoint stays) and raises :class:`~fastweights.train.interrupt.Interrupted`, whose message
+    says where the run stands and how to resume it; the resumed run equals an uninterrupted one.
     ``stop_after_steps`` ends this call early (as an interruption would) after that many updates in total.
     ``command`` is recorded in meta.json (default ``sys.argv``). Returns the results (best validation, and, once
     ``max_steps`` are done, the test metrics of the best checkpoint; those also go to ``results.json``).
@@ -437,30 +456,37 @@ def train_lm(cfg: LMTrainConfig, run_dir: Path, *, resume: bool = False, stop_af
     run_dir = Path(run_dir)
     dist = dist_info()
     local_batch_size(cfg, dist)
-    if not resume and (run_dir / "config.json").exists():
-        raise FileExistsError(f"run_dir: {run_dir} already holds a run; continue it with --resume {run_dir} "
-                              f"or choose another --run-dir")
-    if resume and not (run_dir / "last.pt").is_file():
-        raise FileNotFoundError(f"resume: {run_dir} has no last.pt checkpoint to resume from")
+    again = resume_command(run_dir, dist)
+    continues = continues_from_checkpoint(run_dir, resume, again)
+    if (run_dir / "config.json").is_file() and not continues and not quiet and dist.is_main:
+        print(f"note: {run_dir} holds no checkpoint yet: the run starts there from the beginning", flush=True)
+    if not continues and dist.is_main:  # first, so that a run stopped while its data loads can be resumed
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", config_to_dict(cfg))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    corpus = load_lm_data(cfg)
-    batcher = make_stream_batcher(cfg, corpus.train, dist) if cfg.carry_state else None
-    device = run_device(cfg.device, dist)
-    owns_group = _init_process_group(dist, device)
-    try:
-        return _train(cfg, run_dir, corpus, batcher, device, dist, resume=resume, stop_after_steps=stop_after_steps,
-                      quiet=quiet or not dist.is_main, command=command)
-    finally:
-        if owns_group:
-            import torch.distributed as td
+    with StopSignals() as signals:
+        try:
+            corpus = load_lm_data(cfg)
+        except KeyboardInterrupt as e:
+            raise interrupted(e, "before the first training step", False, run_dir / "last.pt", again) from None
+        batcher = make_stream_batcher(cfg, corpus.train, dist) if cfg.carry_state else None
+        device = run_device(cfg.device, dist)
+        owns_group = _init_process_group(dist, device)
+        try:
+            return _train(cfg, run_dir, corpus, batcher, device, dist, signals, continues=continues,
+                          stop_after_steps=stop_after_steps, quiet=quiet or not dist.is_main, command=command,
+                          again=again)
+        finally:
+            if owns_group:
+                import torch.distributed as td
 
-            td.destroy_process_group()
+                td.destroy_process_group()
 
 
 def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamBatcher | None,
-           device: torch.device, dist: DistInfo, *, resume: bool, stop_after_steps: int | None, quiet: bool,
-           command: list[str] | None) -> dict[str, Any]:
+           device: torch.device, dist: DistInfo, signals: StopSignals, *, continues: bool,
+           stop_after_steps: int | None, quiet: bool, command: list[str] | None, again: str) -> dict[str, Any]:
     # -- model and optimiser (the same init on every process; DDP also broadcasts process 0's weights)
     torch.manual_seed(cfg.seed)
     raw_model = build_lm(lm_model_config(cfg, corpus.vocab_size)).to(device)
@@ -474,13 +500,16 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
     n_params = count_parameters(raw_model)
     log = MetricsLog(run_dir) if dist.is_main else None
 
-    # -- state of the loop: fresh, or from last.pt
+    # -- state of the loop: fresh, or from last.pt. `sums` add up the steps since the last metrics row
+    # (loss, steps, tokens, seconds); `validated`: the validation of `step` is done (or not due).
     step, best, elapsed, tokens_seen, state = 0, {"valid_loss": float("inf"), "step": 0}, 0.0, 0, None
-    if resume:
+    sums, validated = (0.0, 0, 0, 0.0), True
+    if continues:
         ckpt = load_checkpoint(run_dir / "last.pt")
         raw_model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         step, best, elapsed, tokens_seen = ckpt["step"], ckpt["best"], ckpt["elapsed"], ckpt["tokens_seen"]
+        sums, validated = ckpt.get("sums", sums), ckpt.get("validated", True)  # older checkpoints: at validations
         if len(ckpt["ranks"]) == dist.world_size:
             mine = ckpt["ranks"][dist.rank]
             torch.set_rng_state(mine["torch_rng"])
@@ -490,13 +519,13 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
         else:  # another number of processes: other dropout streams; carried states restart from zero
             torch.manual_seed(cfg.seed + 7919 * (dist.rank + 1) + step)
             if not quiet:
-                print(f"note: {run_dir} was saved by {len(ckpt['ranks'])} process(es), resumed on "
-                      f"{dist.world_size}: dropout masks and carried states (if any) restart", flush=True)
+                print(f"note: {run_dir} was saved by {plural(len(ckpt['ranks']), 'process', 'processes')}, resumed "
+                      f"on {dist.world_size}: dropout masks and carried states (if any) restart", flush=True)
         if log is not None:
-            log.truncate(step)  # rows written after the checkpoint belong to lost work
+            log.truncate(step if validated else step - 1)  # rows written after the checkpoint belong to lost work
     elif dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", config_to_dict(cfg))
+        if log is not None:
+            log.truncate(0)
         write_json(run_dir / "meta.json", {
             **run_metadata(cfg.seed, command), "parameters": n_params, "data": corpus.summary(),
             "world_size": dist.world_size, "device": str(device),
@@ -504,101 +533,129 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
 
     train_tokens = corpus.train.numel()
     if not quiet:
-        mode = (f"carried state over {cfg.batch_size} streams ({len(batcher)} windows per pass)" if batcher
-                else "random segments")
-        print(f"lm {cfg.model}: {n_params:,} parameters; {corpus.summary()}; global batch {cfg.batch_size} x "
-              f"{cfg.tgt_len} tokens, {mode}, {dist.world_size} process(es) on {device}; run dir {run_dir}",
-              flush=True)
+        mode = (f"carried state over {cfg.batch_size} streams ({format_count(len(batcher))} windows per pass)"
+                if batcher else "random segments")
+        at = f"; resumed at step {format_count(step)}" if continues else ""
+        print(f"lm {cfg.model}: {format_count(n_params)} parameters; {corpus.summary()}; global batch "
+              f"{cfg.batch_size} x {cfg.tgt_len} tokens, {mode}, {format_count(cfg.max_steps)} steps, "
+              f"{plural(dist.world_size, 'process', 'processes')} on {device}{at}; run dir {run_dir}", flush=True)
+
+    def this_process() -> dict[str, Any]:  # what each process adds to a checkpoint, as of the last step boundary
+        return {"torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "state": _map_state(state, lambda t: t.detach().cpu())}
+
+    def payload(ranks: list[Any] | None) -> dict[str, Any]:
+        return {"model": raw_model.state_dict(), "optimizer": opt.state_dict(), "step": step, "best": best,
+                "elapsed": elapsed, "tokens_seen": tokens_seen, "sums": sums, "validated": validated,
+                "config": config_to_dict(cfg), "world_size": dist.world_size, "ranks": ranks}
 
     # -- the loop
     last_step = cfg.max_steps if stop_after_steps is None else min(cfg.max_steps, stop_after_steps)
-    bar = Progress(cfg.max_steps, prefix="step", every_s=cfg.log_every_s) if not quiet else None
-    shown = 0.0
-    loss_sum, loss_steps, interval_tokens, interval_time = 0.0, 0, 0, 0.0
+    bar = Progress(cfg.max_steps, prefix="step", every_s=cfg.log_every_s, initial=step) if not quiet else None
+    estimate = DurationEstimate(cfg.max_steps, step, unit="step",
+                                extra=f"; validation every {format_count(cfg.eval_interval)} steps adds to it")
+    boundary = this_process()
     model.train()
-    t0 = time.perf_counter()
-    while step < last_step:
-        lr = lr_at(step, cfg)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        x, y, new_streams = train_batch(cfg, corpus.train, step, dist, batcher)
-        if new_streams:
-            state = None
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-            nll, new_state = model(x.to(device), state, targets=y.to(device))
-        loss = nll.float().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip > 0:
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.clip)
-        opt.step()
-        state = detach_state(new_state) if batcher is not None else None  # truncated BPTT
-        step += 1
-        loss_sum += loss.item()
-        loss_steps += 1
-        tokens_seen += cfg.batch_size * x.shape[1]
-        interval_tokens += cfg.batch_size * x.shape[1]
-        if bar is not None and (time.perf_counter() - shown >= bar.every_s or step == last_step):
-            shown = time.perf_counter()
-            run_time = interval_time + shown - t0
-            bar.update(step, loss=loss_sum / loss_steps, lr=lr, tok_per_s=interval_tokens / max(run_time, 1e-9))
-        if step % cfg.eval_interval and step != cfg.max_steps:
-            continue
-        # -- every eval_interval steps: validate, log a row, checkpoint
-        interval_time += time.perf_counter() - t0
-        elapsed += interval_time
-        train_loss = _all_mean([loss_sum / loss_steps], dist, device)[0]
-        if not math.isfinite(train_loss):
-            raise RuntimeError(f"training diverged: train loss {train_loss} at step {step}; lower lr or raise "
-                               f"warmup_steps")
-        valid = validate(raw_model, corpus.valid, cfg, device, dist)
-        row = {"step": step, "epochs": tokens_seen / train_tokens, "train_loss": train_loss,
-               "train_ppl": _ppl(train_loss), "valid_loss": valid["loss"], "valid_ppl": valid["ppl"], "lr": lr,
-               "tokens_per_s": interval_tokens / interval_time, "elapsed_s": elapsed}
-        is_best = valid["loss"] < best["valid_loss"]
-        if is_best:
-            best = {"valid_loss": valid["loss"], "valid_ppl": valid["ppl"], "step": step}
-        mine = {"torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "state": _map_state(state, lambda t: t.detach().cpu())}
-        ranks = _gather(mine, dist)
-        if dist.is_main:
-            payload = {"model": raw_model.state_dict(), "optimizer": opt.state_dict(), "step": step, "best": best,
-                       "elapsed": elapsed, "tokens_seen": tokens_seen, "config": config_to_dict(cfg),
-                       "world_size": dist.world_size, "ranks": ranks}
-            log.log(row)  # the row first: resume truncates rows newer than last.pt
-            if is_best:
-                save_checkpoint(run_dir / "best.pt", payload)
-            save_checkpoint(run_dir / "last.pt", payload)
+    try:
+        while True:
+            if not validated:  # every eval_interval steps and at the end: validate, log a row, checkpoint
+                loss_sum, loss_steps, interval_tokens, interval_time = sums
+                train_loss = _all_mean([loss_sum / loss_steps], dist, device)[0]
+                if not math.isfinite(train_loss):
+                    raise RuntimeError(f"training diverged: train loss {train_loss} at step {step}; lower lr or "
+                                       f"raise warmup_steps")
+                valid = validate(raw_model, corpus.valid, cfg, device, dist)
+                ranks = _gather(boundary, dist)
+                with signals.held():
+                    row = {"step": step, "epochs": tokens_seen / train_tokens, "train_loss": train_loss,
+                           "train_ppl": _ppl(train_loss), "valid_loss": valid["loss"], "valid_ppl": valid["ppl"],
+                           "lr": lr_at(step - 1, cfg), "tokens_per_s": interval_tokens / interval_time,
+                           "elapsed_s": elapsed + interval_time}
+                    is_best = valid["loss"] < best["valid_loss"]
+                    if log is not None:
+                        log.log(row)  # the row first: resume truncates rows newer than last.pt
+                    elapsed += interval_time
+                    sums, validated = (0.0, 0, 0, 0.0), True
+                    if is_best:
+                        best = {"valid_loss": valid["loss"], "valid_ppl": valid["ppl"], "step": step}
+                    if dist.is_main:
+                        if is_best:
+                            save_checkpoint(run_dir / "best.pt", payload(ranks))
+                        save_checkpoint(run_dir / "last.pt", payload(ranks))
+                if bar is not None:
+                    bar.close()
+                    eta = f", ETA {format_duration(bar.eta(step))}" if step < cfg.max_steps else ""
+                    print(f"step {format_count(step)}: train loss {train_loss:.4f} (ppl {row['train_ppl']:.2f}), "
+                          f"valid loss {valid['loss']:.4f} (ppl {valid['ppl']:.2f}), "
+                          f"{format_number(row['tokens_per_s'])} tokens/s{' (best)' if is_best else ''}{eta}",
+                          flush=True)
+            if step >= last_step:
+                break
+            t0 = time.perf_counter()
+            x, y, new_streams = train_batch(cfg, corpus.train, step, dist, batcher)
+            if new_streams:
+                state = None
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                nll, new_state = model(x.to(device), state, targets=y.to(device))
+            loss = nll.float().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip > 0:
+                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.clip)
+            with signals.held():  # the update and the counters that describe it, all or nothing
+                lr = lr_at(step, cfg)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                opt.step()
+                state = detach_state(new_state) if batcher is not None else None  # truncated BPTT
+                step += 1
+                tokens_seen += cfg.batch_size * x.shape[1]
+                loss_sum, loss_steps, interval_tokens, interval_time = sums
+                sums = (loss_sum + loss.item(), loss_steps + 1, interval_tokens + cfg.batch_size * x.shape[1],
+                        interval_time + time.perf_counter() - t0)
+                validated = not (step % cfg.eval_interval == 0 or step == cfg.max_steps)
+                boundary = this_process()
+            if bar is not None:
+                bar.update(step, loss=sums[0] / sums[1], lr=lr, tokens_per_s=sums[2] / sums[3])
+                line = estimate.tick(step)
+                if line is not None:
+                    bar.close()
+                    print(line, flush=True)
         if bar is not None:
             bar.close()
-            print(f"step {step}: train loss {train_loss:.4f} (ppl {row['train_ppl']:.2f}), valid loss "
-                  f"{valid['loss']:.4f} (ppl {valid['ppl']:.2f}), {row['tokens_per_s']:.0f} tokens/s"
-                  f"{' (best)' if is_best else ''}", flush=True)
-        loss_sum, loss_steps, interval_tokens, interval_time = 0.0, 0, 0, 0.0
-        t0 = time.perf_counter()
-    if bar is not None:
-        bar.close()
-    if log is not None:
-        log.close()
-
-    results: dict[str, Any] = {"best_valid": best, "steps_done": step, "train_time_s": elapsed,
-                               "tokens_seen": tokens_seen, "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
-                               "parameters": n_params, "world_size": dist.world_size}
-    if dist.enabled:
-        digests = _gather(parameter_digest(raw_model), dist)
-        if dist.is_main:
-            results["ranks_identical"] = len(set(digests)) == 1
-    if step >= cfg.max_steps and dist.is_main and (run_dir / "best.pt").exists():
-        results["unigram_ppl"] = {s: unigram_perplexity(corpus.train, corpus.split(s), corpus.vocab_size)
-                                  for s in ("valid", "test")}
-        results["test"] = evaluate_lm_run(run_dir, "test", "segments", corpus=corpus, device=str(device))
-        write_json(run_dir / "results.json", results)
-        if not quiet:
-            print(f"test (best-validation checkpoint of step {best['step']}, non-overlapping segments of "
-                  f"{cfg.eval_tgt_len}): ppl {results['test']['ppl']:.2f} "
-                  f"(unigram {results['unigram_ppl']['test']:.1f}); the paper's protocol: fastweights eval {run_dir} "
-                  f"--mode {'carry' if cfg.carry_state else 'sliding'}", flush=True)
+        results: dict[str, Any] = {"best_valid": best, "steps_done": step, "train_time_s": elapsed,
+                                   "tokens_seen": tokens_seen, "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
+                                   "parameters": n_params, "world_size": dist.world_size}
+        if dist.enabled:
+            digests = _gather(parameter_digest(raw_model), dist)
+            if dist.is_main:
+                results["ranks_identical"] = len(set(digests)) == 1
+        if step >= cfg.max_steps and dist.is_main and (run_dir / "best.pt").exists():
+            results["unigram_ppl"] = {s: unigram_perplexity(corpus.train, corpus.split(s), corpus.vocab_size)
+                                      for s in ("valid", "test")}
+            results["test"] = evaluate_lm_run(run_dir, "test", "segments", corpus=corpus, device=str(device))
+            write_json(run_dir / "results.json", results)
+            if not quiet:
+                print(f"done: test ppl {results['test']['ppl']:.2f} (unigram {results['unigram_ppl']['test']:.1f}; "
+                      f"best-validation checkpoint of step {format_count(best['step'])}, non-overlapping segments of "
+                      f"{cfg.eval_tgt_len}), {format_duration(elapsed)} of training; run dir {run_dir}; the paper's "
+                      f"protocol: fastweights eval {run_dir} --mode {'carry' if cfg.carry_state else 'sliding'}",
+                      flush=True)
+    except KeyboardInterrupt as e:
+        if bar is not None:
+            bar.close()
+        # under torchrun the processes stop at different points: a checkpoint needs them all, so none is written
+        saved = not was_forced(e) and not dist.enabled
+        if saved:
+            with signals.held():
+                save_checkpoint(run_dir / "last.pt", payload([boundary]))
+        where = (f"at step {format_count(step)}/{format_count(cfg.max_steps)}" if step < cfg.max_steps or
+                 not validated else "in the test evaluation after the last step")
+        raise interrupted(e, where, saved, run_dir / "last.pt", again) from None
+    finally:
+        if log is not None:
+            log.close()
     return results
 
 
