@@ -309,6 +309,23 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_epilog(task: str | None, command: str) -> str:
+    """The ``key=value`` keys of ``task``'s configuration for ``--help``, from the dataclass fields themselves."""
+    if task is None:
+        return f"key=value keys: `fastweights {command} TASK --help` lists those of TASK."
+    from .train.config import DEFAULT_PRESET, config_class, describe_fields, load_preset
+
+    if task == "rl":
+        from .rl.config import RLConfig as cls
+    else:
+        cls = config_class(task)
+    default = load_preset(cls(task=task), task, DEFAULT_PRESET)
+    paper = load_preset(cls(task=task), task, "paper")
+    return (f"key=value keys of {task} (anywhere after the task; --preset sets them first). Columns: key, type, "
+            f"value in the default {DEFAULT_PRESET} preset, meaning (the paper preset's value where it differs):\n"
+            + describe_fields(default, paper, "paper"))
+
+
 def _add_task_args(p: argparse.ArgumentParser, *, data: bool = True,
                    tasks: tuple[str, ...] = ("code-exec", "listops")) -> None:
     p.add_argument("task", choices=tasks)
@@ -320,8 +337,10 @@ def _add_task_args(p: argparse.ArgumentParser, *, data: bool = True,
     p.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(help_task: str | None = None) -> argparse.ArgumentParser:
+    """The command's parser; ``help_task``: the task whose keys ``train/data/compare TASK --help`` lists."""
     p = argparse.ArgumentParser(prog="fastweights", description="Fast weight programmers in PyTorch.")
+    keys = {"formatter_class": argparse.RawDescriptionHelpFormatter}
     p.add_argument("--version", action="version", version=f"fastweights {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("info", help="registered models and available kernels").set_defaults(func=_info)
@@ -332,12 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_demo)
 
-    g = sub.add_parser("data", help="write an algorithmic data set in the official file format")
+    g = sub.add_parser("data", help="write an algorithmic data set in the official file format",
+                       epilog=_keys_epilog(help_task, "data"), **keys)
     _add_task_args(g, data=False)
     g.add_argument("--out", required=True, help="output directory")
     g.set_defaults(func=_data)
 
-    t = sub.add_parser("train", help="train a model on a benchmark (lm: a language model, also under torchrun)")
+    t = sub.add_parser("train", help="train a model on a benchmark (lm: a language model, also under torchrun)",
+                       epilog=_keys_epilog(help_task, "train"), **keys)
     _add_task_args(t, tasks=("code-exec", "listops", "lm", "rl"))
     t.add_argument("--env", default=None,
                    help="rl: repeat_first | repeat_previous | count_recall | <Game>NoFrameskip-v4 | gym:<id>")
@@ -353,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_train)
 
     c = sub.add_parser("compare", help="train models x seeds with one preset (resumable, --jobs at a time); "
-                                        "table of mean ± std and curves with seed bands")
+                                        "table of mean ± std and curves with seed bands",
+                       epilog=_keys_epilog(help_task, "compare"), **keys)
     _add_task_args(c)
     c.add_argument("--models", default="lstm,linear_transformer,delta_net,delta_rnn")
     c.add_argument("--preset", default="cpu")
@@ -417,7 +439,12 @@ def main(argv: list[str] | None = None) -> int:
         from .bench.ops_bench import main as bench_main
 
         return bench_main(argv[1:])
-    parser = build_parser()
+    help_task = None
+    if argv[:1] in (["train"], ["data"], ["compare"]) and {"-h", "--help"} & set(argv):
+        help_task = next((a for a in argv[1:] if a in ("code-exec", "listops", "lm", "rl")), None)
+        if argv[0] != "train" and help_task in ("lm", "rl"):
+            help_task = None  # argparse refuses the task itself
+    parser = build_parser(help_task)
     # key=value overrides may come after options (argparse's positionals would stop at the first option)
     args, extra = parser.parse_known_args(argv)
     stray = [x for x in extra if x.startswith("-") or "=" not in x or not hasattr(args, "overrides")]

@@ -277,6 +277,46 @@ def _split_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def type_name(tp: Any) -> str:
+    """How a field's type reads in ``--help``: ``int``, ``float|none``, ``int list``, ``json``."""
+    base, optional = _split_optional(tp)
+    if typing.get_origin(base) is list:
+        name = "int list"
+    elif typing.get_origin(base) is dict or base is dict:
+        name = "json"
+    else:
+        name = getattr(base, "__name__", str(base))
+    return f"{name}|none" if optional else name
+
+
+def format_value(value: Any) -> str:
+    """A value as it is typed in a ``key=value`` override."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":"))
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "[]"
+    return str(value)
+
+
+def describe_fields(cfg: Any, other: Any | None = None, other_name: str = "paper") -> str:
+    """Every field of the configuration ``cfg`` on a line: name, type, value in ``cfg`` (the default) and its
+    ``help``; ``other`` (another preset of the same class) adds ``(other_name: value)`` where it differs."""
+    hints = typing.get_type_hints(type(cfg))
+    rows = []
+    for f in dataclasses.fields(cfg):
+        value = format_value(getattr(cfg, f.name))
+        meaning = f.metadata["help"]
+        if other is not None and getattr(other, f.name) != getattr(cfg, f.name):
+            meaning += f" ({other_name}: {format_value(getattr(other, f.name))})"
+        rows.append((f.name, type_name(hints[f.name]), value, meaning))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"  {n:<{widths[0]}}  {t:<{widths[1]}}  {v:<{widths[2]}}  {m}" for n, t, v, m in rows)
+
+
 def parse_value(name: str, text: str, cls: type | None = None) -> Any:
     """Convert the text of a ``key=value`` override to the type of field ``name`` of ``cls`` (default
     :class:`TrainConfig`)."""
