@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 
@@ -49,6 +51,17 @@ def test_demo_loss_falls(capsys):
     assert len(losses) == 4
     assert losses[-1] < 0.85 * losses[0], losses
     assert "loss" in capsys.readouterr().out
+
+
+def test_demo_ends_with_a_verdict():
+    out = subprocess.run([sys.executable, "-m", "fastweights.cli", "demo", "--steps", "30", "--model", "delta_net"],
+                         capture_output=True, text=True, check=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout
+    last = out.splitlines()[-1]
+    m = re.fullmatch(r"(solved|not solved): accuracy (\d\.\d{3}) on [\d,]+ new tokens \(chance 0\.125; solved means "
+                     r">= 0\.9\) after 30 steps of delta_net, \S+(; more steps may solve it \(--steps 60\))?", last)
+    assert m, last
+    assert (m.group(1) == "solved") == (float(m.group(2)) >= 0.9) == (m.group(3) is None)
 
 
 def test_memory_command_reports_both_paths(capsys):

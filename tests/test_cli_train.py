@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def dry_run_output(out: str) -> tuple[dict, str, int]:
     """The resolved config (JSON), the data line and the parameter count of a ``--dry-run``."""
     config_text, data_line, param_line = out.rsplit("\n", 3)[:3]
     assert data_line.startswith("data: ") and param_line.startswith("parameters: ")
-    return json.loads(config_text), data_line, int(param_line.removeprefix("parameters: "))
+    return json.loads(config_text), data_line, int(param_line.removeprefix("parameters: ").replace(",", ""))
 
 
 def console_script() -> Path:
@@ -100,7 +101,7 @@ def paper_code_exec_data(cli_env):
 @pytest.mark.parametrize("model", PAPER_MODELS)
 def test_paper_preset_parameters_code_exec(capsys, monkeypatch, paper_code_exec_data, model):
     # the data (whose training split fixes the vocabularies) is loaded once by the fixture, not per model
-    monkeypatch.setattr(algorithmic, "load_task_data", lambda cfg: paper_code_exec_data)
+    monkeypatch.setattr(algorithmic, "load_task_data", lambda cfg, **kwargs: paper_code_exec_data)
     rc, out, err = cli(capsys, "train", "code-exec", "--model", model, "--num-vars", "3", "--preset", "paper",
                        "--dry-run")
     assert rc == 0, err
@@ -297,6 +298,19 @@ def test_plot_writes_a_png(capsys, tmp_path, two_runs):
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rc, _, err = cli(capsys, "plot", tmp_path / "nope", "--out", out_png)
     assert_one_line_error(rc, err, "nope")
+
+
+def test_plot_refuses_unknown_metrics_and_mixed_tasks(capsys, tmp_path, two_runs):
+    rc, _, err = cli(capsys, "plot", *two_runs, "--out", tmp_path / "a.png", "--metrics", "valid_acc,foo")
+    assert_one_line_error(rc, err, "metrics: unknown metric(s) ['foo']", "train_loss, valid_loss, valid_acc, "
+                          "valid_print_acc, tokens_per_s, elapsed_s")
+    other = tmp_path / "listops-run"
+    shutil.copytree(two_runs[1], other)
+    cfg = read_json(other / "config.json")
+    (other / "config.json").write_text(json.dumps({**cfg, "task": "listops"}))
+    rc, _, err = cli(capsys, "plot", two_runs[0], other, "--out", tmp_path / "b.png")
+    assert_one_line_error(rc, err, "runs of different tasks (code-exec, listops) do not share an axis")
+    assert not (tmp_path / "a.png").exists() and not (tmp_path / "b.png").exists()
 
 
 def test_meta_records_the_command_of_main(capsys, tmp_path):

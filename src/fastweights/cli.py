@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .train.progress import format_count, plural
 
 
 def _info(_: argparse.Namespace) -> int:
@@ -39,7 +40,7 @@ def _info(_: argparse.Namespace) -> int:
     from .ops import available_implementations
 
     print(f"fastweights {__version__}  (torch {torch.__version__}, python {platform.python_version()}, "
-          f"{torch.get_num_threads()} threads, cuda available: {torch.cuda.is_available()})")
+          f"{plural(torch.get_num_threads(), 'thread')}, cuda available: {torch.cuda.is_available()})")
     print("\nmodels (registry names):")
     for name in available_layers():
         print(f"  {name}")
@@ -68,7 +69,7 @@ def _data(args: argparse.Namespace) -> int:
     cfg = resolve_config(args.task, None, args.overrides, **_task_flags(args))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for path in write_task_data(cfg, out):
+    for path in write_task_data(cfg, out, progress=True):
         print(path)
     return 0
 
@@ -137,7 +138,7 @@ def _train_lm(args: argparse.Namespace) -> int:
             model = build_lm(lm_model_config(cfg, corpus.vocab_size))
         print(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True))
         print(f"data: {corpus.summary()}")
-        print(f"parameters: {count_parameters(model)}")
+        print(f"parameters: {format_count(count_parameters(model))}")
         return 0
     _announce_preset(args, preset)
     train_lm(cfg, Path(args.run_dir) if args.run_dir else _default_run_dir(cfg, preset), command=args.command_line)
@@ -163,7 +164,7 @@ def _train_rl(args: argparse.Namespace) -> int:
         out = main_train(args.env, args.model, preset, args.overrides, device=args.device, dry_run=True)
         print(json.dumps(out["config"], indent=2, sort_keys=True))
         print(f"environment: observation {out['obs_shape']}, {out['num_actions']} actions")
-        print(f"parameters: {out['parameters']}")
+        print(f"parameters: {format_count(out['parameters'])}")
         return 0
     _announce_preset(args, preset)
     main_train(args.env, args.model, preset, args.overrides, run_dir=args.run_dir, device=args.device,
@@ -194,11 +195,11 @@ def _train(args: argparse.Namespace) -> int:
 
         from .models import count_parameters
 
-        data, _, model = build(cfg)
+        data, _, model = build(cfg, progress=True)
         print(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True))
         print(f"data: {data.source} ({', '.join(f'{k} {v.src.shape[0]}' for k, v in data.splits.items())}; "
               f"vocabulary {data.vocab_size}, classes {data.num_classes})")
-        print(f"parameters: {count_parameters(model)}")
+        print(f"parameters: {format_count(count_parameters(model))}")
         return 0
     _announce_preset(args, preset)
     train(cfg, Path(args.run_dir) if args.run_dir else _default_run_dir(cfg, preset), command=args.command_line)
@@ -278,7 +279,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .train.algorithmic import evaluate_run
 
     _refuse_lm_only_flags(args, run_dir)
-    metrics = evaluate_run(run_dir, args.split, checkpoint=args.checkpoint, device=args.device)
+    metrics = evaluate_run(run_dir, args.split, checkpoint=args.checkpoint, device=args.device, progress=True)
     print(json.dumps({"split": args.split, "checkpoint": args.checkpoint, **metrics}, indent=2))
     return 0
 
@@ -299,13 +300,8 @@ def _generate(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace) -> int:
     from .train.plots import plot_runs
 
-    run_dirs = [Path(d) for d in args.run_dirs]
-    metrics = args.metrics
-    if metrics is None:
-        tasks = {_run_task(d) if (d / "config.json").is_file() else None for d in run_dirs}
-        metrics = {"lm": "valid_ppl,train_loss", "rl": "episode_return,loss"}.get(tasks.pop() if len(tasks) == 1
-                                                                                  else None, "valid_acc,train_loss")
-    print(plot_runs(run_dirs, Path(args.out), tuple(metrics.split(","))))
+    metrics = None if args.metrics is None else tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    print(plot_runs([Path(d) for d in args.run_dirs], Path(args.out), metrics))
     return 0
 
 

@@ -345,3 +345,10 @@ def test_metrics():
     assert ce.sequence_accuracy(logits, tgt) == 1.0
     with pytest.raises(ValueError, match="pred"):
         ce.sequence_accuracy(pred[:, :2], tgt)
+
+
+def test_generate_dataset_reports_progress():
+    seen: list[int] = []
+    data = ce.generate_dataset(3, (6, 3, 3), seed=1, code_length=4, progress=seen.append)
+    assert seen == list(range(1, 13))  # every generated program, the dropped last one of each split included
+    assert [len(data[s]) for s in ("train", "valid", "test")] == [5, 2, 2]

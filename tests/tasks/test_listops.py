@@ -246,3 +246,10 @@ def test_accuracy():
     assert lo.accuracy(logits, labels) == 1.0
     with pytest.raises(ValueError, match="pred_labels"):
         lo.accuracy(torch.tensor([0, 9]), labels)
+
+
+def test_generate_dataset_reports_progress():
+    seen: list[int] = []
+    data = lo.generate_dataset(3, (4, 2, 2), seed=1, progress=seen.append)
+    assert seen == list(range(1, 9))  # every kept tree, over all splits
+    assert [len(data[s]) for s in ("train", "valid", "test")] == [4, 2, 2]

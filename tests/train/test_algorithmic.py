@@ -353,7 +353,7 @@ def test_a_run_directory_without_checkpoint_is_resumed_or_reused(tiny_cfg, tmp_p
     cfg = tiny_cfg(epochs=1)
     full = train(cfg, tmp_path / "full", quiet=True)
 
-    def interrupted_build(cfg):
+    def interrupted_build(cfg, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(algorithmic, "build", interrupted_build)

@@ -171,3 +171,80 @@ def test_progress_terminal_updates_one_line():
     text = out.getvalue()
     assert text.startswith("\r") and text.endswith("\n") and text.count("\n") == 1
     assert "#" * 20 in text
+
+
+class _Clock:
+    """A fake ``time.perf_counter`` that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_shows_rate_elapsed_and_eta(monkeypatch):
+    from fastweights.train import progress
+
+    clock = _Clock()
+    monkeypatch.setattr(progress.time, "perf_counter", clock)
+    out = io.StringIO()
+    bar = Progress(100, prefix="epoch 1/2", stream=out, every_s=0.0, initial=20)  # 20 done before (resumed)
+    clock.now += 30.0
+    bar.update(50, loss=0.5, tokens_per_s=10820.3)  # 30 steps in 30 s: 1 step/s, 50 left
+    assert out.getvalue() == ("epoch 1/2  50/100 loss 0.5, tokens/s 10,820, 1 step/s, elapsed 30s, ETA 50s\n")
+    clock.now += 570.0
+    bar.update(60)  # 40 steps in 600 s: 15 s per step
+    assert out.getvalue().splitlines()[-1] == "epoch 1/2  60/100 15 s/step, elapsed 10m 00s, ETA 10m 00s"
+
+
+def test_progress_delay_keeps_quick_work_silent(monkeypatch):
+    from fastweights.train import progress
+
+    clock = _Clock()
+    monkeypatch.setattr(progress.time, "perf_counter", clock)
+    out = io.StringIO()
+    bar = Progress(10, prefix="eval", stream=out, every_s=0.0, delay_s=3.0)
+    bar.update(5)
+    assert out.getvalue() == ""
+    clock.now += 4.0
+    bar.update(6)
+    assert out.getvalue().startswith("eval  6/10 1.5 step/s, elapsed 4.0s, ETA 2.7s")
+
+
+def test_duration_estimate_leaves_out_the_first_update(monkeypatch):
+    from fastweights.train import progress
+
+    clock = _Clock()
+    monkeypatch.setattr(progress.time, "perf_counter", clock)
+    est = progress.DurationEstimate(1000, unit="step", min_updates=3, min_seconds=1e9)
+    clock.now += 50.0  # the first update: compilation and warm-up, left out
+    assert est.tick(1) is None
+    for done in (2, 3):
+        clock.now += 2.0
+        assert est.tick(done) is None
+    clock.now += 2.0
+    assert est.tick(4) == ("estimated duration: 33m 20s in all, 33m 12s to go (1,000 steps at 2 s per step, timed "
+                           "over 3 steps on this machine)")
+    assert est.tick(5) is None  # announced once
+
+
+@pytest.mark.parametrize(("fn", "args", "text"), [
+    ("format_count", (470677,), "470,677"),
+    ("format_number", (10820.3,), "10,820"),
+    ("format_number", (0.123456,), "0.1235"),
+    ("format_number", (2.5e-05,), "2.5e-05"),
+    ("format_number", (12,), "12"),
+    ("plural", (1, "thread"), "1 thread"),
+    ("plural", (2, "thread"), "2 threads"),
+    ("plural", (1, "process", "processes"), "1 process"),
+    ("plural", (4, "process", "processes"), "4 processes"),
+    ("format_duration", (8.25,), "8.2s"),
+    ("format_duration", (3725,), "1h 02m"),
+    ("format_duration", (190,), "3m 10s"),
+    ("format_duration", (2 * 86400 + 3 * 3600,), "2d 03h"),
+])
+def test_number_formats(fn, args, text):
+    from fastweights.train import progress
+
+    assert getattr(progress, fn)(*args) == text

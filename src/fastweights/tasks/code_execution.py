@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -231,6 +231,7 @@ def generate_dataset(
     seed: int = 42,
     code_length: int = 100,
     official_sizes: bool = True,
+    progress: Callable[[int], object] | None = None,
 ) -> dict[str, list[Example]]:
     """Generate the train/valid/test splits sequentially from one ``random.Random(seed)``.
 
@@ -240,6 +241,7 @@ def generate_dataset(
     Both settings consume the RNG identically, so the kept programs are the same.
 
     Every program is re-executed with :func:`execute` and must reproduce the generator's targets.
+    ``progress`` is called with the number of programs generated so far (all splits).
 
     Returns:
         ``{"train": [...], "valid": [...], "test": [...]}``, each a list of ``(src_tokens, tgt_tokens)``.
@@ -248,10 +250,14 @@ def generate_dataset(
     _check_code_length(code_length)
     rng = random.Random(seed)
     data: dict[str, list[Example]] = {}
+    done = 0
     for split, size in zip(SPLITS, check_sizes(sizes)):
         examples: list[Example] = []
         for i in range(size):
             src, tgt = generate_example(rng, num_vars, code_length)
+            done += 1
+            if progress is not None:
+                progress(done)
             if official_sizes and i == size - 1:
                 continue  # generated (to keep the RNG stream) but not written, as in the official generator
             if execute(src) != tgt:

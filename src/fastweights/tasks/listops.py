@@ -21,7 +21,7 @@ File format: one example per line, ``<length> <target> <tokens...>``, ``length``
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -143,12 +143,14 @@ def generate_tree(rng: random.Random) -> tuple[list[str], int, int]:
 
 
 def generate_dataset(
-    depth: int, sizes: Sequence[int] = (10000, 1000, 1000), seed: int = 42
+    depth: int, sizes: Sequence[int] = (10000, 1000, 1000), seed: int = 42,
+    progress: Callable[[int], object] | None = None,
 ) -> dict[str, list[Example]]:
     """Generate train/valid/test sequentially from one ``random.Random(seed)`` by rejection on the exact depth.
 
     ``depth`` is the paper's depth (10 or 15); trees of official depth ``depth + 1`` are kept. With the defaults this
     regenerates the official ``dep11`` data (all ``size`` examples are kept, unlike code execution).
+    ``progress`` is called with the number of trees kept so far (all splits).
 
     Returns:
         ``{"train": [...], "valid": [...], "test": [...]}``, each a list of ``(tokens, label)``.
@@ -162,6 +164,8 @@ def generate_dataset(
             tokens, value, tree_d = generate_tree(rng)
             if tree_d == target:
                 examples.append((tokens, value))
+                if progress is not None:
+                    progress(sum(map(len, data.values())) + len(examples))
         data[split] = examples
     return data
 

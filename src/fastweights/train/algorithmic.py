@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,18 +71,29 @@ def _generated_dir(cfg: TrainConfig) -> Path:
     return cache_dir() / "data" / f"listops-depth{cfg.depth}-{sizes}"
 
 
-def write_task_data(cfg: TrainConfig, out_dir: Path) -> list[Path]:
-    """Generate the data of ``cfg`` and write it in the official file format."""
+def write_task_data(cfg: TrainConfig, out_dir: Path, *, progress: bool = False) -> list[Path]:
+    """Generate the data of ``cfg`` and write it in the official file format (``progress``: a progress line on
+    stderr)."""
     sizes = (cfg.train_size, cfg.valid_size, cfg.test_size)
+    what = "programs" if cfg.task == "code-exec" else "trees"
+    bar = Progress(sum(sizes), prefix=f"generating {cfg.task} {what}", stream=sys.stderr, unit=what[:-1],
+                   delay_s=1.0) if progress else None
+    update = bar.update if bar is not None else None
     if cfg.task == "code-exec":
-        data = code_execution.generate_dataset(cfg.num_vars, sizes, seed=cfg.data_seed, code_length=cfg.code_length)
-        return code_execution.write_dataset(data, out_dir, cfg.num_vars)
-    data = listops.generate_dataset(cfg.depth, sizes, seed=cfg.data_seed)
-    return listops.write_dataset(data, out_dir, cfg.depth)
+        data = code_execution.generate_dataset(cfg.num_vars, sizes, seed=cfg.data_seed, code_length=cfg.code_length,
+                                               progress=update)
+        paths = code_execution.write_dataset(data, out_dir, cfg.num_vars)
+    else:
+        data = listops.generate_dataset(cfg.depth, sizes, seed=cfg.data_seed, progress=update)
+        paths = listops.write_dataset(data, out_dir, cfg.depth)
+    if bar is not None:
+        bar.close()
+    return paths
 
 
-def load_task_data(cfg: TrainConfig) -> TaskData:
-    """Read ``cfg.data`` (official format) or generate into the cache on first use, then encode."""
+def load_task_data(cfg: TrainConfig, *, progress: bool = False) -> TaskData:
+    """Read ``cfg.data`` (official format) or generate into the cache on first use (``progress``: a progress line
+    on stderr while generating), then encode."""
     if cfg.data is not None:
         data_dir = Path(cfg.data)
         if not data_dir.is_dir():
@@ -90,7 +102,7 @@ def load_task_data(cfg: TrainConfig) -> TaskData:
         data_dir = _generated_dir(cfg)
         if not (data_dir / ".complete").exists():
             data_dir.mkdir(parents=True, exist_ok=True)
-            write_task_data(cfg, data_dir)
+            write_task_data(cfg, data_dir, progress=progress)
             (data_dir / ".complete").touch()  # marks a finished generation (an interrupted one is redone)
     if cfg.task == "code-exec":
         raw = code_execution.read_dataset(data_dir, cfg.num_vars)
@@ -147,13 +159,17 @@ def loss_fn(task: str, logits: Tensor, tgt: Tensor) -> Tensor:
 
 @torch.no_grad()
 def evaluate(model, task: str, split: Split, batch_size: int, device: torch.device,
-             noop_index: int | None = None) -> dict[str, float]:
+             noop_index: int | None = None, progress: str | None = None) -> dict[str, float]:
     """Loss and the paper's metric on one split: code execution ``acc`` = sequence-level exact match (plus
-    ``print_acc`` on the printed values); ListOps ``acc`` = accuracy at the last token."""
+    ``print_acc`` on the printed values); ListOps ``acc`` = accuracy at the last token. ``progress``: the label
+    of a progress line on stderr, shown when the evaluation takes more than a few seconds."""
     model.eval()
     n = split.src.shape[0]
+    bar = Progress(n, prefix=progress, stream=sys.stderr, unit="example", delay_s=3.0) if progress else None
     loss_sum, tokens, correct_seq, print_right, print_total = 0.0, 0, 0, 0, 0
     for i in range(0, n, batch_size):
+        if bar is not None:
+            bar.update(i)
         src, tgt, lengths = (x[i:i + batch_size].to(device) for x in (split.src, split.tgt, split.lengths))
         logits = batch_logits(model, task, src, lengths).float()
         if task == "code-exec":
@@ -172,6 +188,8 @@ def evaluate(model, task: str, split: Split, batch_size: int, device: torch.devi
             loss_sum += F.cross_entropy(logits, tgt, reduction="sum").item()
             tokens += tgt.shape[0]
             correct_seq += int((logits.argmax(-1) == tgt).sum())
+    if bar is not None:
+        bar.close()
     model.train()
     out = {"loss": loss_sum / max(tokens, 1), "acc": correct_seq / max(n, 1)}
     if task == "code-exec":
@@ -207,8 +225,10 @@ def epoch_order(seed: int, epoch: int, n: int) -> Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
-def build(cfg: TrainConfig) -> tuple[TaskData, ModelConfig, torch.nn.Module]:
-    data = load_task_data(cfg)
+def build(cfg: TrainConfig, *, progress: bool = False) -> tuple[TaskData, ModelConfig, torch.nn.Module]:
+    """The data (generated on first use; ``progress``: a progress line on stderr meanwhile), model configuration
+    and freshly initialised model of ``cfg``."""
+    data = load_task_data(cfg, progress=progress)
     mcfg = model_config(cfg, data)
     seed_everything(cfg.seed)
     model = build_model(mcfg)
@@ -248,7 +268,7 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, stop_after_e
     device = torch.device(cfg.device)
     with StopSignals() as signals:
         try:
-            data, _, model = build(cfg)
+            data, _, model = build(cfg, progress=not quiet)
         except KeyboardInterrupt as e:
             raise interrupted(e, "before the first training step", False, run_dir / "last.pt", again) from None
         return _train_loop(cfg, run_dir, data, model, device, signals, continues=continues,
@@ -348,7 +368,8 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
                     saved_at = time.monotonic()
             if bar is not None:
                 bar.close()
-            valid = evaluate(model, cfg.task, data.splits["valid"], cfg.eval_batch_size, device, data.noop_index)
+            valid = evaluate(model, cfg.task, data.splits["valid"], cfg.eval_batch_size, device, data.noop_index,
+                             progress=None if quiet else "validation")
             with signals.held():
                 row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / steps_per_epoch,
                        "valid_loss": valid["loss"], "valid_acc": valid["acc"]}
@@ -374,7 +395,7 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
         results: dict[str, Any] = {"best_valid": best, "epochs_done": epoch, "train_time_s": elapsed,
                                    "parameters": count_parameters(model)}
         if epoch >= cfg.epochs and (run_dir / "best.pt").exists():
-            results["test"] = evaluate_run(run_dir, "test", data=data, device=cfg.device)
+            results["test"] = evaluate_run(run_dir, "test", data=data, device=cfg.device, progress=not quiet)
             write_json(run_dir / "results.json", results)
             if not quiet:
                 print(f"done: test acc {results['test']['acc']:.4f} ({cfg.task}, best-validation checkpoint of epoch "
@@ -393,8 +414,9 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
 
 
 def evaluate_run(run_dir: Path, split: str = "test", *, checkpoint: str = "best", data: TaskData | None = None,
-                 device: str | None = None) -> dict[str, float]:
-    """Evaluate the ``best`` (or ``last``) checkpoint of a run on ``split``."""
+                 device: str | None = None, progress: bool = False) -> dict[str, float]:
+    """Evaluate the ``best`` (or ``last``) checkpoint of a run on ``split`` (``progress``: a progress line on
+    stderr when it takes a while)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"run_dir: {run_dir} is not a run directory (no config.json)")
@@ -409,4 +431,4 @@ def evaluate_run(run_dir: Path, split: str = "test", *, checkpoint: str = "best"
     ckpt = load_checkpoint(run_dir / f"{checkpoint}.pt", map_location=cfg.device)
     model.load_state_dict(ckpt["model"])
     return evaluate(model, cfg.task, data.splits[split], cfg.eval_batch_size, torch.device(cfg.device),
-                    data.noop_index)
+                    data.noop_index, progress=f"eval {split}" if progress else None)

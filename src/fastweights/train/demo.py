@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import ModelConfig, build_model, count_parameters
+from .progress import format_count, format_duration, plural
 
 
 def delayed_recall_batch(batch: int, length: int, vocab: int, delay: int, generator: torch.Generator):
@@ -23,17 +24,22 @@ def delayed_recall_batch(batch: int, length: int, vocab: int, delay: int, genera
     return tokens, targets
 
 
+#: Accuracy on new sequences from which the demo counts the task as solved (chance is 1 / vocab).
+SOLVED_ACCURACY = 0.9
+
+
 def run_demo(steps: int = 200, model: str = "delta_rnn", seed: int = 0, batch: int = 32, length: int = 32,
              vocab: int = 8, delay: int = 3, log_every: int = 25) -> list[float]:
-    """Train and print the loss as it falls; returns the logged losses."""
+    """Train and print the loss as it falls, then a verdict line: the accuracy on new sequences and whether that
+    solves the task (at least :data:`SOLVED_ACCURACY`). Returns the logged losses."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     cfg = ModelConfig(model=model, vocab_size=vocab, num_classes=vocab, d_model=64, num_layers=2, num_heads=4,
                       dropout=0.0)
     net = build_model(cfg)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    print(f"demo: {model}, {count_parameters(net):,} parameters, delayed recall (delay {delay}, vocab {vocab}, "
-          f"chance accuracy {1 / vocab:.3f}), {steps} steps of batch {batch} x {length} tokens")
+    print(f"demo: {model}, {format_count(count_parameters(net))} parameters, delayed recall (delay {delay}, vocab "
+          f"{vocab}, chance accuracy {1 / vocab:.3f}), {steps} steps of batch {batch} x {length} tokens")
     losses = []
     start = time.perf_counter()
     for step in range(1, steps + 1):
@@ -47,6 +53,17 @@ def run_demo(steps: int = 200, model: str = "delta_rnn", seed: int = 0, batch: i
             mask = targets >= 0
             acc = (logits.argmax(-1)[mask] == targets[mask]).float().mean().item()
             losses.append(loss.item())
-            print(f"step {step:5d}  loss {loss.item():.4f}  accuracy {acc:.3f}  ({time.perf_counter() - start:.1f} s)",
-                  flush=True)
+            print(f"step {step:5d}  loss {loss.item():.4f}  accuracy {acc:.3f}  "
+                  f"({format_duration(time.perf_counter() - start)})", flush=True)
+    tokens, targets = delayed_recall_batch(4 * batch, length, vocab, delay, gen)  # sequences not trained on
+    net.eval()
+    with torch.no_grad():
+        pred = net(tokens)[0].argmax(-1)
+    mask = targets >= 0
+    acc = (pred[mask] == targets[mask]).float().mean().item()
+    verdict = "solved" if acc >= SOLVED_ACCURACY else "not solved"
+    hint = "" if acc >= SOLVED_ACCURACY else f"; more steps may solve it (--steps {2 * steps})"
+    print(f"{verdict}: accuracy {acc:.3f} on {format_count(int(mask.sum()))} new tokens (chance {1 / vocab:.3f}; "
+          f"solved means >= {SOLVED_ACCURACY}) after {plural(steps, 'step')} of {model}, "
+          f"{format_duration(time.perf_counter() - start)}{hint}", flush=True)
     return losses

@@ -24,29 +24,46 @@ def _series(rows: list[dict[str, str]], x_name: str, metric: str) -> tuple[list[
     return [x for x, _ in pairs], [y for _, y in pairs]
 
 
-def plot_runs(run_dirs: list[Path], out: Path, metrics: tuple[str, ...] = ("valid_acc", "train_loss")) -> Path:
-    """One panel per metric (x = epoch, or step for runs that log no epochs), one line per run labelled ``model``
-    (+ task when they differ)."""
-    plt = _pyplot()
+#: What ``plot_runs`` draws by default for runs of a task (algorithmic tasks: the others).
+DEFAULT_METRICS = {"lm": ("valid_ppl", "train_loss"), "rl": ("episode_return", "loss")}
+ALGORITHMIC_METRICS = ("valid_acc", "train_loss")
+
+
+def plot_runs(run_dirs: list[Path], out: Path, metrics: tuple[str, ...] | None = None) -> Path:
+    """One panel per metric (x = epoch, or step for runs that log no epochs), one line per run labelled ``model``.
+
+    The runs must be of one task (their metrics do not share an axis otherwise), and every metric a column of
+    every run's ``metrics.csv``; ``metrics`` None: the task's usual pair (:data:`DEFAULT_METRICS`)."""
     runs = []
     for d in map(Path, run_dirs):
         rows = MetricsLog(d, tensorboard=False).rows()
         if not (d / "config.json").is_file() or not rows:
             raise FileNotFoundError(f"run_dir: {d} has no config.json or no metrics yet")
         runs.append((read_json(d / "config.json"), rows))
-    tasks = {cfg["task"] for cfg, _ in runs}
+    tasks = sorted({cfg["task"] for cfg, _ in runs})
+    if len(tasks) > 1:
+        raise ConfigError(f"run_dirs: runs of different tasks ({', '.join(tasks)}) do not share an axis; plot each "
+                          f"task's runs on a figure of its own")
+    if metrics is None:
+        metrics = DEFAULT_METRICS.get(tasks[0], ALGORITHMIC_METRICS)
+    x_names = ("epoch", "step", "update")
+    valid = [c for c in runs[0][1][0] if c not in x_names and all(c in rows[0] for _, rows in runs)]
+    unknown = [m for m in metrics if m not in valid]
+    if unknown or not metrics:
+        raise ConfigError(f"metrics: unknown metric(s) {unknown or metrics}; the metrics.csv of "
+                          f"{'these runs' if len(runs) > 1 else 'this run'} has: {', '.join(valid)}")
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
     x_name = "epoch" if all("epoch" in rows[0] for _, rows in runs) else "step"  # LM runs log steps
     for ax, metric in zip(axes[0], metrics):
         for cfg, rows in runs:
             xs, ys = _series(rows, x_name, metric)
-            label = cfg["model"] if len(tasks) == 1 else f"{cfg['task']} {cfg['model']}"
-            ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=label)
+            ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=cfg["model"])
         ax.set_xlabel(x_name)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(", ".join(sorted(tasks)))
+    fig.suptitle(tasks[0])
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

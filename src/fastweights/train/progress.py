@@ -65,17 +65,19 @@ class Progress:
     line (a later ``update`` starts a new one, so one bar can span a whole run with lines printed in between).
 
     ``initial``: units already done when the bar starts (a resumed run); the rate and the ETA count only what this
-    bar has seen. ``unit`` names what is counted (``step``, ``example``, ``case``).
+    bar has seen. ``unit`` names what is counted (``step``, ``example``, ``case``). ``delay_s``: nothing is shown
+    before that many seconds (a bar for what is usually quick stays silent unless it is not).
     """
 
     def __init__(self, total: int, prefix: str = "", stream: TextIO | None = None, every_s: float = 10.0,
-                 initial: int = 0, unit: str = "step") -> None:
+                 initial: int = 0, unit: str = "step", delay_s: float = 0.0) -> None:
         self.total, self.prefix, self.unit = total, prefix, unit
         self.stream = stream or sys.stdout
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.every_s = 0.2 if self.tty else every_s
         self.last = -math.inf
         self.start = time.perf_counter()
+        self.delay_s = delay_s
         self.initial = initial
         self.open_line = False
 
@@ -90,7 +92,7 @@ class Progress:
 
     def update(self, done: int, **fields: float | str) -> None:
         now = time.perf_counter()
-        if now - self.last < self.every_s and done < self.total:
+        if now - self.start < self.delay_s or (now - self.last < self.every_s and done < self.total):
             return
         self.last = now
         parts = [f"{k.replace('_per_s', '/s')} {format_number(v) if isinstance(v, (int, float)) else v}"
