@@ -124,7 +124,8 @@ def test_table_printed(report):
         assert [c["kind"], c["name"], "tiny", c["default"]["impl"]] in [r[:4] for r in rows]
 
 
-def test_memory_one_op(tmp_path):
+def test_memory_one_op(tmp_path, monkeypatch):
+    monkeypatch.setattr(ops_bench, "PEAK_MIN_BYTES", 0)  # fresh interpreters even at the tiny shape
     path = tmp_path / "m.json"
     # a parent larger than the children: ru_maxrss is inherited through fork+exec and used to hide the
     # children's peaks (every peak read 0 inside the benchmark)
@@ -172,8 +173,26 @@ def test_failed_memory_measurement_becomes_a_note(monkeypatch):
         raise subprocess.CalledProcessError(-9, "python", stderr="Traceback ...\nMemoryError: out of memory")
 
     monkeypatch.setattr(ops_bench, "run_isolated", killed)
+    monkeypatch.setattr(ops_bench, "measures_peak", lambda *shape: True)
     case = {"kind": "op", "name": "sum_rule", "shape": {"B": 1, "T": 4, "H": 1, "D": 4}, "notes": [],
             "naive": {"skipped": None, "memory": None}, "default": {"memory": None}}
     ops_bench.add_memory(case, None)
     assert case["naive"]["memory"] is None and case["default"]["memory"] is None
     assert case["notes"] == [f"memory of {side} failed: MemoryError: out of memory" for side in ("naive", "default")]
+
+
+def test_small_shapes_measure_saved_bytes_in_process(monkeypatch):
+    """No fresh interpreter below PEAK_MIN_BYTES: the saved bytes are exact anyway, the peak would be noise."""
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError("a fresh interpreter was started")
+
+    monkeypatch.setattr(ops_bench, "run_isolated_layer", no_subprocess)
+    assert not ops_bench.measures_peak(*ops_bench.SHAPES["tiny"])
+    assert ops_bench.measures_peak(*ops_bench.SHAPES["paper"])
+    B, T, H, D = ops_bench.SHAPES["tiny"]
+    case = {"kind": "layer", "name": "delta_net", "shape": {"B": B, "T": T, "H": H, "D": D}, "notes": [],
+            "naive": {"skipped": None, "memory": None}, "default": {"memory": None}}
+    ops_bench.add_memory(case, None)
+    naive, default = case["naive"]["memory"], case["default"]["memory"]
+    assert naive["peak_bytes"] is None and default["peak_bytes"] is None
+    assert naive["saved_bytes"] > default["saved_bytes"] > 0  # the naive loop keeps a state per step

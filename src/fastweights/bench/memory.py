@@ -10,6 +10,9 @@ Each measurement runs in a fresh subprocess and reports two numbers:
   includes temporaries and allocator slack).
 
     python -m fastweights.bench.memory --op delta_rnn --batch 8 --time 1024 --heads 8 --dim 64
+
+The defaults (``B=4 T=256 H=4 D=32``) take seconds; the naive loop's memory grows with ``B * T * H * D^2``, so the
+command above (a minute and over 4 GB for the naive loop) shows the gap at a realistic size.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import json
 import resource
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import torch
 
 from ..ops import feature_maps as fm
+from ..train.progress import Progress
 
 OPS = ("sum_rule", "delta_rule", "delta_rnn", "delta_lstm", "rec_delta")
 
@@ -152,14 +157,23 @@ def run_isolated_layer(name: str, impl: str | None, B: int, T: int, H: int, D: i
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fastweights memory", description=__doc__.split("\n\n")[0])
     p.add_argument("--op", choices=OPS, default="delta_rnn")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--time", type=int, default=1024)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--time", type=int, default=256)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--dim", type=int, default=32)
     p.add_argument("--impls", default="auto,reference", help="comma-separated; reference = naive step loop")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     a = p.parse_args(argv)
-    rows = [run_isolated(a.op, impl, a.batch, a.time, a.heads, a.dim) for impl in a.impls.split(",")]
+    impls = [x.strip() for x in a.impls.split(",") if x.strip()]
+    # one fresh interpreter per implementation, side by side: each reports its own process's peak
+    bar = Progress(len(impls), prefix=f"memory {a.op}", stream=sys.stderr, every_s=0.0, unit="measurement")
+    bar.update(0)
+    with ThreadPoolExecutor(max_workers=len(impls)) as pool:
+        futures = [pool.submit(run_isolated, a.op, impl, a.batch, a.time, a.heads, a.dim) for impl in impls]
+        for done, _ in enumerate(as_completed(futures), 1):
+            bar.update(done)
+    bar.close()
+    rows = [f.result() for f in futures]
     if a.json:
         print(json.dumps(rows, indent=2))
         return 0

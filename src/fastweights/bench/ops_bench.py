@@ -15,8 +15,11 @@ alike), it times
 ``forward`` (under ``torch.no_grad()``: inference) and ``forward_backward`` (forward with autograd, then
 ``out.square().sum().backward()``). Each is timed once as a warm-up (kernels compile, the allocator and the
 thread pools grow), then ``--repeat`` times; a repeat runs the call as often as needed to last
-``--min-time`` and records the time per call. Tables use the minimum. Peak memory of forward+backward comes
-from :mod:`fastweights.bench.memory` (one fresh interpreter per measurement).
+``--min-time`` and records the time per call. Tables use the minimum. Memory of forward+backward comes from
+:mod:`fastweights.bench.memory`: the bytes saved for backward, and the peak resident memory in one fresh
+interpreter per measurement; at shapes where the naive loop's states (``B T H D^2`` floats) stay below
+``PEAK_MIN_BYTES`` the peak is below the resolution of resident memory, so only the saved bytes are measured there,
+in this process (seconds instead of a fresh interpreter each).
 
 The naive loop pays Python and dispatch costs at every step, so one forward+backward at ``lm`` can take
 minutes: before its first full call, one forward+backward on a ``PREFIX_STEPS``-step prefix is timed and
@@ -70,6 +73,8 @@ from datetime import datetime
 import torch
 from torch import Tensor, nn
 
+from ..train.progress import Progress
+from . import memory
 from .memory import OPS, make_inputs, run_isolated, run_isolated_layer
 
 # name -> (B, T, H, D)
@@ -94,6 +99,7 @@ PEAK_REPEATS = 5
 PEAK_SQUARE = (4, 256, 256, 256)  # bmm [n, M, K] x [n, K, N] as (n, M, K, N)
 PEAK_HEAD_FLOP = 2**26  # FLOPs per call of the head-size bmm: enough that one call is not dispatch-bound
 LOAD_SAMPLE_S = 0.5
+PEAK_MIN_BYTES = 16 * 2**20  # naive-loop states below this: no peak-RSS measurement (noise), saved bytes only
 
 
 # --------------------------------------------------------------------------------------------- FLOP model
@@ -341,10 +347,6 @@ def resolved_impl(op: str, q: Tensor) -> tuple[str, list[str]]:
     return (names[0] if names else getattr(fn, "__name__", "?")), [str(w.message) for w in caught]
 
 
-def _progress(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def bench_case(kind: str, name: str, shape: str, B: int, T: int, H: int, D: int, *, repeat: int,
                naive_max_seconds: float, min_time: float) -> dict:
     """Time the naive and the default implementation of one op or layer at one shape (see module doc)."""
@@ -417,10 +419,23 @@ def bench_case(kind: str, name: str, shape: str, B: int, T: int, H: int, D: int,
             "step_s": step_s, "max_abs_diff_forward": diff, "notes": notes}
 
 
+def measures_peak(B: int, T: int, H: int, D: int) -> bool:
+    """Whether the peak resident memory is measured at this shape (see ``PEAK_MIN_BYTES``)."""
+    return 4 * B * T * H * D * D >= PEAK_MIN_BYTES
+
+
 def add_memory(case: dict, threads: int | None) -> None:
-    """Fill ``case[side]["memory"]`` with ``saved_bytes`` / ``peak_bytes`` (fresh interpreter each)."""
+    """Fill ``case[side]["memory"]`` with ``saved_bytes`` / ``peak_bytes`` (fresh interpreter each; small shapes:
+    ``saved_bytes`` only, measured in this process, ``peak_bytes`` None)."""
     s = case["shape"]
     shape = (s["B"], s["T"], s["H"], s["D"])
+    if not measures_peak(*shape):
+        measure = memory.measure if case["kind"] == "op" else memory.measure_layer
+        for side, impl in (("naive", NAIVE), ("default", None)):
+            if not case[side].get("skipped"):
+                case[side]["memory"] = {"saved_bytes": measure(case["name"], impl, *shape)["saved_bytes"],
+                                        "peak_bytes": None}
+        return
     isolated = run_isolated if case["kind"] == "op" else run_isolated_layer
     sides = [(side, impl) for side, impl in (("naive", NAIVE), ("default", None)) if not case[side].get("skipped")]
     # the two interpreters run side by side: each reports its own process's peak, so they do not mix, and
@@ -615,21 +630,25 @@ def _run(ops: list[str], layers: list[str], shapes: list[tuple[str, tuple[int, i
     load_before = load_sample(load_sample_s)
     ticks_start, t_start = _cpu_ticks(), time.perf_counter()
     head_dims = sorted({shape[3] for _, shape in shapes})
-    _progress(f"matmul peak (D = {head_dims}) ...")
+    cases = [(kind, name, shape_name, shape) for shape_name, shape in shapes
+             for kind, names in (("op", ops), ("layer", layers)) for name in names]
+    bar = Progress(len(cases) + 2, prefix="bench", stream=sys.stderr, every_s=0.0, unit="case")
+    bar.update(0, next=f"matmul peak (D = {head_dims})")
     peaks_start = measure_peaks(head_dims, "start", min_time)
 
     results = []
-    for shape_name, (B, T, H, D) in shapes:
-        for kind, names in (("op", ops), ("layer", layers)):
-            for name in names:
-                _progress(f"{kind} {name} {shape_name} (B={B} T={T} H={H} D={D}) ...")
-                case = bench_case(kind, name, shape_name, B, T, H, D, repeat=repeat,
-                                  naive_max_seconds=naive_max_seconds, min_time=min_time)
-                if memory:
-                    add_memory(case, torch.get_num_threads() if threads is not None else None)
-                results.append(case)
+    for done, (kind, name, shape_name, (B, T, H, D)) in enumerate(cases, 1):
+        bar.update(done, next=f"{kind} {name} {shape_name} (B={B} T={T} H={H} D={D})")
+        case = bench_case(kind, name, shape_name, B, T, H, D, repeat=repeat, naive_max_seconds=naive_max_seconds,
+                          min_time=min_time)
+        if memory:
+            add_memory(case, torch.get_num_threads() if threads is not None else None)
+        results.append(case)
 
+    bar.update(len(cases) + 1, next="matmul peak again")
     peaks_end = measure_peaks(head_dims, "end", min_time)
+    bar.update(len(cases) + 2)
+    bar.close()
     during = {"busy_fraction": _busy_between(ticks_start, _cpu_ticks()),
               "seconds": time.perf_counter() - t_start}
     load_after = load_sample(load_sample_s)
@@ -645,6 +664,9 @@ def _run(ops: list[str], layers: list[str], shapes: list[tuple[str, tuple[int, i
                                  peaks[f"head_{case['shape']['D']}"]["gflops_max"])
 
     notes = []
+    if memory and any(not measures_peak(*shape) for _, shape in shapes):
+        notes.append(f"peak RSS not measured where the naive loop's states stay below "
+                     f"{PEAK_MIN_BYTES // 2**20} MiB (resident memory is too coarse there): saved bytes only")
     busy = load_before["busy_fraction"]
     if busy is not None and busy > 0.5 and torch.get_num_threads() > 1:
         # OpenMP threads that wait for a descheduled sibling turn multi-threaded timings into noise
