@@ -6,7 +6,8 @@ and the actual value.
 
 Value checks (``beta`` inside [0, 1]) need to read the tensor; on CUDA that is a device synchronisation.
 They therefore run by default only for CPU tensors. :func:`set_value_checks` switches them on or off
-everywhere (``True``/``False``) or back to the default (``None``).
+everywhere (``True``/``False``) or back to the default (``None``). Code traced by ``torch.compile`` skips them
+(reading a value would break the graph); shape, dtype and device checks still run while tracing.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def set_value_checks(enabled: bool | None) -> None:
 
 
 def _value_checks_for(t: Tensor) -> bool:
+    if torch.compiler.is_compiling():  # a data-dependent check would break the graph
+        return False
     if _VALUE_CHECKS is None:
         return t.device.type == "cpu"
     return _VALUE_CHECKS

@@ -57,8 +57,8 @@ def from_bh_major(a: np.ndarray) -> Tensor:
     return torch.from_numpy(a).transpose(1, 2)
 
 
-def keep_array(reset: Tensor | None, B: int, T: int, dtype: np.dtype) -> np.ndarray:
-    """``1 - reset`` as ``[B, T]`` (ones without a reset), for the kernels."""
+def keep_tensor(reset: Tensor | None, B: int, T: int, dtype: torch.dtype) -> Tensor:
+    """``1 - reset`` as a contiguous ``[B, T]`` tensor of ``dtype`` (ones without a reset), for the kernels."""
     if reset is None:
-        return np.ones((B, T), dtype=dtype)
-    return (~reset).to(torch.float64).numpy().astype(dtype)
+        return torch.ones(B, T, dtype=dtype)
+    return (~reset).to(dtype).contiguous()

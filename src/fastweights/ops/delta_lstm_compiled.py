@@ -33,14 +33,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ._common import check_chunk_size, check_float_tensor
 from ._compiled import (
     NUMBA_AVAILABLE,
     NUMBA_MISSING,
     from_bh_major,
-    keep_array,
+    keep_tensor,
     numba,
     supports_compiled,
     sync_threads,
@@ -370,49 +369,88 @@ def _backward_kernel(version, C, z, rk, rv, rbeta, keep, cpR, cpy, cpc, gy_out, 
 # ------------------------------------------------------------------------------------------ autograd glue
 
 
+# The recurrence is a pair of custom ops (forward, backward) with fake implementations (shapes only) and a
+# registered autograd: torch.compile treats the numba kernels as opaque nodes of its graph instead of tracing
+# into NumPy. The forward also returns the chunk-start states the backward needs.
+
+
 def _np_dtype(dtype: torch.dtype) -> type:
     return np.float64 if dtype == torch.float64 else np.float32
 
 
-class _DeltaLSTMRecurrence(torch.autograd.Function):
-    """``(z, rk, rv, rbeta, R0, y0, c0) -> (y [B, T, H, V], R_T [B, H, 3, V, V], y_T, c_T [B, H, V])``."""
+def _numpy(x: Tensor) -> np.ndarray:
+    return x.detach().contiguous().numpy()
 
-    @staticmethod
-    def forward(ctx, version, chunk_size, keep, z, rk, rv, rbeta, R0, y0, c0):
-        B, T, H, G, V = z.shape
-        dt = _np_dtype(z.dtype)
-        NC = -(-T // chunk_size)
-        arrays = [to_bh_major(x) for x in (z, rk, rv, rbeta)]
-        states = [s.detach().contiguous().numpy() for s in (R0, y0, c0)]
-        y = np.empty((B, H, T, V), dt)
-        R_T, y_T, c_T = np.empty((B, H, G, V, V), dt), np.empty((B, H, V), dt), np.empty((B, H, V), dt)
-        cpR, cpy, cpc = np.empty((B, H, NC, G, V, V), dt), np.empty((B, H, NC, V), dt), np.empty((B, H, NC, V), dt)
-        sync_threads()
-        _forward_kernel(version, chunk_size, *arrays, keep, *states, y, R_T, y_T, c_T, cpR, cpy, cpc)
-        ctx.version, ctx.chunk_size, ctx.keep = version, chunk_size, keep
-        ctx.save_for_backward(z, rk, rv, rbeta, torch.from_numpy(cpR), torch.from_numpy(cpy), torch.from_numpy(cpc))
-        # [B, T, H, V] contiguous, like the other implementations (callers may .view() it)
-        return from_bh_major(y).contiguous(), torch.from_numpy(R_T), torch.from_numpy(y_T), torch.from_numpy(c_T)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g_y, g_R, g_yT, g_cT):
-        z, rk, rv, rbeta, cpR, cpy, cpc = ctx.saved_tensors
-        B, T, H, G, V = z.shape
-        arrays = [to_bh_major(x) for x in (z, rk, rv, rbeta)]
-        gy_out = to_bh_major(g_y.to(z.dtype))
-        g_final = [g.detach().to(z.dtype).contiguous().numpy() for g in (g_R, g_yT, g_cT)]
-        npdt = _np_dtype(z.dtype)
-        gz, grk, grv = (np.empty((B, H, T, G, V), npdt) for _ in range(3))
-        grbeta = np.empty((B, H, T, G), npdt)
-        gR0, gy0, gc0 = np.empty((B, H, G, V, V), npdt), np.empty((B, H, V), npdt), np.empty((B, H, V), npdt)
-        sync_threads()
-        _backward_kernel(ctx.version, ctx.chunk_size, *arrays, ctx.keep, cpR.numpy(), cpy.numpy(), cpc.numpy(),
-                         gy_out, *g_final, gz, grk, grv, grbeta, gR0, gy0, gc0)
-        grads = (from_bh_major(gz), from_bh_major(grk), from_bh_major(grv), from_bh_major(grbeta),
-                 torch.from_numpy(gR0), torch.from_numpy(gy0), torch.from_numpy(gc0))
-        need = ctx.needs_input_grad[3:]
-        return (None, None, None, *(g if n else None for g, n in zip(grads, need)))
+@torch.library.custom_op("fastweights::delta_lstm_recurrence", mutates_args=())
+def _recurrence(version: int, chunk_size: int, keep: Tensor, z: Tensor, rk: Tensor, rv: Tensor, rbeta: Tensor,
+                R0: Tensor, y0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(z, rk, rv [B, T, H, 3, V], rbeta [B, T, H, 3], R0 [B, H, 3, V, V], y0, c0 [B, H, V])``, ``keep [B, T]``
+    -> ``(y [B, T, H, V], R_T, y_T, c_T, cpR [B, H, NC, 3, V, V], cpy, cpc [B, H, NC, V])``."""
+    B, T, H, G, V = z.shape
+    dt = _np_dtype(z.dtype)
+    NC = -(-T // chunk_size)
+    arrays = [to_bh_major(x) for x in (z, rk, rv, rbeta)]
+    y = np.empty((B, H, T, V), dt)
+    R_T, y_T, c_T = np.empty((B, H, G, V, V), dt), np.empty((B, H, V), dt), np.empty((B, H, V), dt)
+    cpR, cpy, cpc = np.empty((B, H, NC, G, V, V), dt), np.empty((B, H, NC, V), dt), np.empty((B, H, NC, V), dt)
+    sync_threads()
+    _forward_kernel(version, chunk_size, *arrays, _numpy(keep), *(_numpy(x) for x in (R0, y0, c0)), y, R_T, y_T, c_T,
+                    cpR, cpy, cpc)
+    # [B, T, H, V] contiguous, like the other implementations (callers may .view() it)
+    return (from_bh_major(y).contiguous(), *(torch.from_numpy(x) for x in (R_T, y_T, c_T, cpR, cpy, cpc)))
+
+
+@_recurrence.register_fake
+def _(version, chunk_size, keep, z, rk, rv, rbeta, R0, y0, c0):
+    B, T, H, G, V = z.shape
+    NC = -(-T // chunk_size)
+    return (z.new_empty(B, T, H, V), z.new_empty(B, H, G, V, V), z.new_empty(B, H, V), z.new_empty(B, H, V),
+            z.new_empty(B, H, NC, G, V, V), z.new_empty(B, H, NC, V), z.new_empty(B, H, NC, V))
+
+
+@torch.library.custom_op("fastweights::delta_lstm_recurrence_backward", mutates_args=())
+def _recurrence_backward(version: int, chunk_size: int, keep: Tensor, z: Tensor, rk: Tensor, rv: Tensor,
+                         rbeta: Tensor, cpR: Tensor, cpy: Tensor, cpc: Tensor, g_y: Tensor, g_R: Tensor,
+                         g_yT: Tensor, g_cT: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The gradients of z, rk, rv, rbeta, R0, y0, c0 from those of y, R_T, y_T, c_T."""
+    B, T, H, G, V = z.shape
+    arrays = [to_bh_major(x) for x in (z, rk, rv, rbeta)]
+    gy_out = to_bh_major(g_y.to(z.dtype))
+    g_final = [_numpy(g.to(z.dtype)) for g in (g_R, g_yT, g_cT)]
+    npdt = _np_dtype(z.dtype)
+    gz, grk, grv = (np.empty((B, H, T, G, V), npdt) for _ in range(3))
+    grbeta = np.empty((B, H, T, G), npdt)
+    gR0, gy0, gc0 = np.empty((B, H, G, V, V), npdt), np.empty((B, H, V), npdt), np.empty((B, H, V), npdt)
+    sync_threads()
+    _backward_kernel(version, chunk_size, *arrays, _numpy(keep), cpR.numpy(), cpy.numpy(), cpc.numpy(), gy_out,
+                     *g_final, gz, grk, grv, grbeta, gR0, gy0, gc0)
+    return (from_bh_major(gz), from_bh_major(grk), from_bh_major(grv), from_bh_major(grbeta),
+            torch.from_numpy(gR0), torch.from_numpy(gy0), torch.from_numpy(gc0))
+
+
+@_recurrence_backward.register_fake
+def _(version, chunk_size, keep, z, rk, rv, rbeta, cpR, cpy, cpc, g_y, g_R, g_yT, g_cT):
+    B, T, H, G, V = z.shape
+    # the real gradients are [B, H, T, ...] arrays seen batch-first: the same strides here
+    return (*(z.new_empty(B, H, T, G, V).transpose(1, 2) for _ in range(3)), z.new_empty(B, H, T, G).transpose(1, 2),
+            z.new_empty(B, H, G, V, V), z.new_empty(B, H, V), z.new_empty(B, H, V))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    version, chunk_size, keep, z, rk, rv, rbeta = inputs[:7]
+    ctx.version, ctx.chunk_size = version, chunk_size
+    ctx.save_for_backward(keep, z, rk, rv, rbeta, *output[4:])
+
+
+def _backward(ctx, g_y, g_R, g_yT, g_cT, *_checkpoints):
+    keep, z, rk, rv, rbeta, cpR, cpy, cpc = ctx.saved_tensors
+    grads = _recurrence_backward(ctx.version, ctx.chunk_size, keep, z, rk, rv, rbeta, cpR, cpy, cpc, g_y, g_R, g_yT,
+                                 g_cT)
+    return (None, None, None, *(g if need else None for g, need in zip(grads, ctx.needs_input_grad[3:])))
+
+
+_recurrence.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ------------------------------------------------------------------------------------------------ the op
@@ -448,7 +486,6 @@ def delta_lstm_compiled(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, rk: Tenso
                       beta.reshape(B, T, H * G), initial_state=W0.reshape(B, H * G, K, V), reset=reset,
                       output_final_state=True)
     z = z.view(B, T, H, G, V)
-    keep = keep_array(reset, B, T, _np_dtype(z.dtype))
-    y, R, y_last, c = _DeltaLSTMRecurrence.apply(version, C, keep, z, rk, rv, rbeta, R0, y0, c0)
+    y, R, y_last, c = _recurrence(version, C, keep_tensor(reset, B, T, z.dtype), z, rk, rv, rbeta, R0, y0, c0)[:4]
     final = DeltaLSTMState(W.view(B, H, G, K, V), R, y_last, c) if output_final_state else None
     return y.to(in_dtype), final

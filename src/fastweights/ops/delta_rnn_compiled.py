@@ -32,14 +32,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ._common import check_chunk_size, check_float_tensor
 from ._compiled import (
     NUMBA_AVAILABLE,
     NUMBA_MISSING,
     from_bh_major,
-    keep_array,
+    keep_tensor,
     supports_compiled,
     sync_threads,
     to_bh_major,
@@ -281,51 +280,80 @@ def _numpy(x: Tensor) -> np.ndarray:
     return x.detach().contiguous().numpy()
 
 
-_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+# The recurrence is a pair of custom ops (forward, backward) with fake implementations (shapes only) and a
+# registered autograd: torch.compile treats the numba kernels as opaque nodes of its graph instead of tracing
+# into NumPy. The forward also returns the chunk-start states the backward needs (Rcp, ycp).
 
 
-class _DeltaRNNRecurrence(torch.autograd.Function):
-    """``(z, rk, rv [B, T, H, V], rbeta [B, T, H], R0 [B, H, V, V], y0 [B, H, V])`` ->
-    ``(y [B, T, H, V], R_T [B, H, V, V], y_T [B, H, V])``; ``keep`` (numpy ``[B, T]``) is not differentiable."""
+@torch.library.custom_op("fastweights::delta_rnn_recurrence", mutates_args=())
+def _recurrence(v2: bool, C: int, keep: Tensor, z: Tensor, rk: Tensor, rv: Tensor, rbeta: Tensor, R0: Tensor,
+                y0: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(z, rk, rv [B, T, H, V], rbeta [B, T, H], R0 [B, H, V, V], y0 [B, H, V])``, ``keep [B, T]`` (1 - reset)
+    -> ``(y [B, T, H, V], R_T [B, H, V, V], y_T [B, H, V], Rcp [B, H, NC, V, V], ycp [B, H, NC, V])``."""
+    B, T, H, V = z.shape
+    NC = -(-T // C)
+    zn, rkn, rvn, rbn = (to_bh_major(x) for x in (z, rk, rv, rbeta))
+    dt = zn.dtype
+    ys = np.empty((B, H, T, V), dt)
+    RT = np.empty((B, H, V, V), dt)
+    yT = np.empty((B, H, V), dt)
+    Rcp = np.empty((B, H, NC, V, V), dt)
+    ycp = np.empty((B, H, NC, V), dt)
+    sync_threads()
+    _forward_kernel(v2, C, zn, rkn, rvn, rbn, _numpy(keep), _numpy(R0), _numpy(y0), ys, RT, yT, Rcp, ycp)
+    # batch-first and contiguous, like the other implementations' outputs
+    return (from_bh_major(ys).contiguous(), torch.from_numpy(RT), torch.from_numpy(yT), torch.from_numpy(Rcp),
+            torch.from_numpy(ycp))
 
-    @staticmethod
-    def forward(ctx, v2: bool, C: int, keep: np.ndarray, z: Tensor, rk: Tensor, rv: Tensor, rbeta: Tensor,
-                R0: Tensor, y0: Tensor):
-        B, T, H, V = z.shape
-        NC = -(-T // C)
-        zn, rkn, rvn, rbn = (to_bh_major(x) for x in (z, rk, rv, rbeta))
-        dt = zn.dtype
-        ys = np.empty((B, H, T, V), dt)
-        RT = np.empty((B, H, V, V), dt)
-        yT = np.empty((B, H, V), dt)
-        Rcp = np.empty((B, H, NC, V, V), dt)
-        ycp = np.empty((B, H, NC, V), dt)
-        sync_threads()
-        _forward_kernel(v2, C, zn, rkn, rvn, rbn, keep, _numpy(R0), _numpy(y0), ys, RT, yT, Rcp, ycp)
-        ctx.v2, ctx.C, ctx.keep = v2, C, keep
-        ctx.save_for_backward(z, rk, rv, rbeta, torch.from_numpy(Rcp), torch.from_numpy(ycp))
-        # batch-first and contiguous, like the other implementations' outputs
-        return from_bh_major(ys).contiguous(), torch.from_numpy(RT), torch.from_numpy(yT)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g_ys: Tensor, g_RT: Tensor, g_yT: Tensor):
-        z, rk, rv, rbeta, Rcp, ycp = ctx.saved_tensors
-        zn, rkn, rvn, rbn = (to_bh_major(x) for x in (z, rk, rv, rbeta))
-        dt = zn.dtype
-        gz, grk, grv = (np.empty_like(zn) for _ in range(3))
-        grbeta = np.empty_like(rbn)
-        B, H, _, V = zn.shape
-        gR0 = np.empty((B, H, V, V), dt)
-        gy0 = np.empty((B, H, V), dt)
-        sync_threads()
-        _backward_kernel(ctx.v2, ctx.C, zn, rkn, rvn, rbn, ctx.keep, Rcp.numpy(), ycp.numpy(),
-                         to_bh_major(g_ys.to(z.dtype)), _numpy(g_RT.to(z.dtype)), _numpy(g_yT.to(z.dtype)),
-                         gz, grk, grv, grbeta, gR0, gy0)
-        need = ctx.needs_input_grad
-        grads = (from_bh_major(gz), from_bh_major(grk), from_bh_major(grv), from_bh_major(grbeta),
-                 torch.from_numpy(gR0), torch.from_numpy(gy0))
-        return (None, None, None, *(g if need[3 + i] else None for i, g in enumerate(grads)))
+@_recurrence.register_fake
+def _(v2, C, keep, z, rk, rv, rbeta, R0, y0):
+    B, T, H, V = z.shape
+    NC = -(-T // C)
+    return (z.new_empty(B, T, H, V), z.new_empty(B, H, V, V), z.new_empty(B, H, V), z.new_empty(B, H, NC, V, V),
+            z.new_empty(B, H, NC, V))
+
+
+@torch.library.custom_op("fastweights::delta_rnn_recurrence_backward", mutates_args=())
+def _recurrence_backward(v2: bool, C: int, keep: Tensor, z: Tensor, rk: Tensor, rv: Tensor, rbeta: Tensor,
+                         Rcp: Tensor, ycp: Tensor, g_ys: Tensor, g_RT: Tensor, g_yT: Tensor
+                         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The gradients of z, rk, rv, rbeta, R0, y0 from those of y, R_T, y_T."""
+    zn, rkn, rvn, rbn = (to_bh_major(x) for x in (z, rk, rv, rbeta))
+    dt = zn.dtype
+    gz, grk, grv = (np.empty_like(zn) for _ in range(3))
+    grbeta = np.empty_like(rbn)
+    B, H, _, V = zn.shape
+    gR0 = np.empty((B, H, V, V), dt)
+    gy0 = np.empty((B, H, V), dt)
+    sync_threads()
+    _backward_kernel(v2, C, zn, rkn, rvn, rbn, _numpy(keep), Rcp.numpy(), ycp.numpy(), to_bh_major(g_ys.to(z.dtype)),
+                     _numpy(g_RT.to(z.dtype)), _numpy(g_yT.to(z.dtype)), gz, grk, grv, grbeta, gR0, gy0)
+    return (from_bh_major(gz), from_bh_major(grk), from_bh_major(grv), from_bh_major(grbeta),
+            torch.from_numpy(gR0), torch.from_numpy(gy0))
+
+
+@_recurrence_backward.register_fake
+def _(v2, C, keep, z, rk, rv, rbeta, Rcp, ycp, g_ys, g_RT, g_yT):
+    B, T, H, V = z.shape
+    # the real gradients are [B, H, T, ...] arrays seen batch-first: the same strides here
+    return (*(x.new_empty(B, H, T, V).transpose(1, 2) for x in (z, rk, rv)), rbeta.new_empty(B, H, T).transpose(1, 2),
+            z.new_empty(B, H, V, V), z.new_empty(B, H, V))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    v2, C, keep, z, rk, rv, rbeta, _, _ = inputs
+    ctx.v2, ctx.C = v2, C
+    ctx.save_for_backward(keep, z, rk, rv, rbeta, output[3], output[4])
+
+
+def _backward(ctx, g_ys, g_RT, g_yT, _g_Rcp, _g_ycp):
+    keep, z, rk, rv, rbeta, Rcp, ycp = ctx.saved_tensors
+    grads = _recurrence_backward(ctx.v2, ctx.C, keep, z, rk, rv, rbeta, Rcp, ycp, g_ys, g_RT, g_yT)
+    return (None, None, None, *(g if need else None for g, need in zip(grads, ctx.needs_input_grad[3:])))
+
+
+_recurrence.register_autograd(_backward, setup_context=_setup_context)
 
 
 @register("delta_rnn", "compiled", priority=20, supports=supports_compiled, missing=NUMBA_MISSING,
@@ -354,7 +382,6 @@ def delta_rnn_compiled(
         why = NUMBA_MISSING if not NUMBA_AVAILABLE else f"it runs on CPU tensors, got device {q.device}"
         raise RuntimeError(f"delta_rnn: the 'compiled' implementation is unavailable: {why}")
     z, W = delta_rule(q, k, v, beta, initial_state=W0, reset=reset, output_final_state=True)
-    keep = keep_array(reset, B, T, _NP_DTYPES[z.dtype])
-    y, R, y_last = _DeltaRNNRecurrence.apply(version == 2, C, keep, z, rk, rv, rbeta, R0, y0)
+    y, R, y_last, _, _ = _recurrence(version == 2, C, keep_tensor(reset, B, T, z.dtype), z, rk, rv, rbeta, R0, y0)
     final = DeltaRNNState(W, R, y_last) if output_final_state else None
     return y.to(in_dtype), final

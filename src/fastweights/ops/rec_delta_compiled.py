@@ -39,7 +39,7 @@ from ._compiled import (
     NUMBA_AVAILABLE,
     NUMBA_MISSING,
     from_bh_major,
-    keep_array,
+    keep_tensor,
     supports_compiled,
     sync_threads,
     to_bh_major,
@@ -276,56 +276,93 @@ def _backward_kernel(q, k, v, b, P, PT, keep, cpW, cpY, C, gout, gWf, gyf,
 # ------------------------------------------------------------------------------------------------ autograd
 
 
+# The recurrence is a pair of custom ops (forward, backward) with fake implementations (shapes only) and a
+# registered autograd: torch.compile treats the numba kernels as opaque nodes of its graph instead of tracing
+# into NumPy. The forward also returns the chunk-start states the backward needs.
+
+
 def _np_dtype(x: Tensor) -> type:
     return np.float64 if x.dtype == torch.float64 else np.float32
 
 
-class _RecDeltaCompiled(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, chunk_size: int, keep: np.ndarray, q: Tensor, k: Tensor, v: Tensor, b: Tensor, P: Tensor,
-                W0: Tensor, y0: Tensor):
-        B, T, H, D = q.shape
-        C = chunk_size
-        NC = math.ceil(T / C)
-        dt = _np_dtype(q)
-        Pn = P.detach().contiguous().numpy()
-        PT = np.ascontiguousarray(Pn.transpose(0, 2, 1))
-        out = np.empty((B, H, T, D), dt)
-        Wf = np.empty((B, H, D, D), dt)
-        yf = np.empty((B, H, D), dt)
-        cpW = np.empty((B, H, NC, D, D), dt)
-        cpY = np.empty((B, H, NC, D), dt)
-        sync_threads()
-        _forward_kernel(to_bh_major(q), to_bh_major(k), to_bh_major(v), b.detach().transpose(1, 2).contiguous().numpy(),
-                        PT, keep, W0.detach().contiguous().numpy(), y0.detach().contiguous().numpy(), C,
-                        out, Wf, yf, cpW, cpY)
-        ctx.chunk_size, ctx.keep = C, keep
-        ctx.save_for_backward(q, k, v, b, P, torch.from_numpy(cpW), torch.from_numpy(cpY))
-        return from_bh_major(out), torch.from_numpy(Wf), torch.from_numpy(yf)
+def _numpy(x: Tensor) -> np.ndarray:
+    return x.detach().contiguous().numpy()
 
-    @staticmethod
-    def backward(ctx, g_out: Tensor, g_W: Tensor, g_y: Tensor):
-        q, k, v, b, P, cpW, cpY = ctx.saved_tensors
-        B, T, H, D = q.shape
-        dt = _np_dtype(q)
-        Pn = P.detach().contiguous().numpy()
-        PT = np.ascontiguousarray(Pn.transpose(0, 2, 1))
-        gq = np.empty((B, H, T, D), dt)
-        gk = np.empty((B, H, T, D), dt)
-        gv = np.empty((B, H, T, D), dt)
-        gb = np.empty((B, H, T), dt)
-        gP = np.empty((B, H, 3 * D + 1, D), dt)
-        gW0 = np.empty((B, H, D, D), dt)
-        gy0 = np.empty((B, H, D), dt)
-        sync_threads()
-        _backward_kernel(to_bh_major(q), to_bh_major(k), to_bh_major(v), b.transpose(1, 2).contiguous().numpy(),
-                         Pn, PT, ctx.keep, cpW.numpy(), cpY.numpy(), ctx.chunk_size,
-                         to_bh_major(g_out.to(q.dtype)), g_W.detach().to(q.dtype).contiguous().numpy(),
-                         g_y.detach().to(q.dtype).contiguous().numpy(), gq, gk, gv, gb, gP, gW0, gy0)
-        need = ctx.needs_input_grad
-        grads = (from_bh_major(gq), from_bh_major(gk), from_bh_major(gv), torch.from_numpy(gb).transpose(1, 2),
-                 torch.from_numpy(gP.sum(axis=0)), torch.from_numpy(gW0), torch.from_numpy(gy0))
-        return (None, None, *(g if n else None for g, n in zip(grads, need[2:])))
+
+@torch.library.custom_op("fastweights::rec_delta_recurrence", mutates_args=())
+def _recurrence(chunk_size: int, keep: Tensor, q: Tensor, k: Tensor, v: Tensor, b: Tensor, P: Tensor, W0: Tensor,
+                y0: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(q, k, v [B, T, H, D], b [B, T, H], P [H, 3D + 1, D], W0 [B, H, D, D], y0 [B, H, D])``, ``keep [B, T]``
+    -> ``(y [B, T, H, D], W_T, y_T, cpW [B, H, NC, D, D], cpY [B, H, NC, D])``."""
+    B, T, H, D = q.shape
+    C = chunk_size
+    NC = math.ceil(T / C)
+    dt = _np_dtype(q)
+    PT = np.ascontiguousarray(_numpy(P).transpose(0, 2, 1))
+    out = np.empty((B, H, T, D), dt)
+    Wf = np.empty((B, H, D, D), dt)
+    yf = np.empty((B, H, D), dt)
+    cpW = np.empty((B, H, NC, D, D), dt)
+    cpY = np.empty((B, H, NC, D), dt)
+    sync_threads()
+    _forward_kernel(to_bh_major(q), to_bh_major(k), to_bh_major(v), to_bh_major(b), PT, _numpy(keep), _numpy(W0),
+                    _numpy(y0), C, out, Wf, yf, cpW, cpY)
+    return from_bh_major(out), *(torch.from_numpy(x) for x in (Wf, yf, cpW, cpY))
+
+
+@_recurrence.register_fake
+def _(chunk_size, keep, q, k, v, b, P, W0, y0):
+    B, T, H, D = q.shape
+    NC = math.ceil(T / chunk_size)
+    return (q.new_empty(B, H, T, D).transpose(1, 2), q.new_empty(B, H, D, D), q.new_empty(B, H, D),
+            q.new_empty(B, H, NC, D, D), q.new_empty(B, H, NC, D))
+
+
+@torch.library.custom_op("fastweights::rec_delta_recurrence_backward", mutates_args=())
+def _recurrence_backward(chunk_size: int, keep: Tensor, q: Tensor, k: Tensor, v: Tensor, b: Tensor, P: Tensor,
+                         cpW: Tensor, cpY: Tensor, g_out: Tensor, g_W: Tensor, g_y: Tensor
+                         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The gradients of q, k, v, b, P, W0, y0 from those of y, W_T, y_T."""
+    B, T, H, D = q.shape
+    dt = _np_dtype(q)
+    Pn = _numpy(P)
+    PT = np.ascontiguousarray(Pn.transpose(0, 2, 1))
+    gq = np.empty((B, H, T, D), dt)
+    gk = np.empty((B, H, T, D), dt)
+    gv = np.empty((B, H, T, D), dt)
+    gb = np.empty((B, H, T), dt)
+    gP = np.empty((B, H, 3 * D + 1, D), dt)
+    gW0 = np.empty((B, H, D, D), dt)
+    gy0 = np.empty((B, H, D), dt)
+    sync_threads()
+    _backward_kernel(to_bh_major(q), to_bh_major(k), to_bh_major(v), to_bh_major(b), Pn, PT, _numpy(keep),
+                     cpW.numpy(), cpY.numpy(), chunk_size, to_bh_major(g_out.to(q.dtype)), _numpy(g_W.to(q.dtype)),
+                     _numpy(g_y.to(q.dtype)), gq, gk, gv, gb, gP, gW0, gy0)
+    return (from_bh_major(gq), from_bh_major(gk), from_bh_major(gv), from_bh_major(gb),
+            torch.from_numpy(gP.sum(axis=0)), torch.from_numpy(gW0), torch.from_numpy(gy0))
+
+
+@_recurrence_backward.register_fake
+def _(chunk_size, keep, q, k, v, b, P, cpW, cpY, g_out, g_W, g_y):
+    B, T, H, D = q.shape
+    # the real gradients are [B, H, T, ...] arrays seen batch-first: the same strides here
+    return (*(q.new_empty(B, H, T, D).transpose(1, 2) for _ in range(3)), q.new_empty(B, H, T).transpose(1, 2),
+            torch.empty_like(P), q.new_empty(B, H, D, D), q.new_empty(B, H, D))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    chunk_size, keep, q, k, v, b, P = inputs[:7]
+    ctx.chunk_size = chunk_size
+    ctx.save_for_backward(keep, q, k, v, b, P, output[3], output[4])
+
+
+def _backward(ctx, g_out, g_W, g_y, _g_cpW, _g_cpY):
+    keep, q, k, v, b, P, cpW, cpY = ctx.saved_tensors
+    grads = _recurrence_backward(ctx.chunk_size, keep, q, k, v, b, P, cpW, cpY, g_out, g_W, g_y)
+    return (None, None, *(g if need else None for g, need in zip(grads, ctx.needs_input_grad[2:])))
+
+
+_recurrence.register_autograd(_backward, setup_context=_setup_context)
 
 
 @register("rec_delta", "compiled", priority=20, supports=supports_compiled, missing=NUMBA_MISSING,
@@ -347,6 +384,5 @@ def rec_delta_compiled(
     B, T = q.shape[:2]
     C = default_chunk_size(T) if chunk_size is None else check_chunk_size(chunk_size)
     P = torch.cat([rq, rk, rv, rb.unsqueeze(1)], dim=1)  # [H, 3D+1, D]; autograd splits its gradient back
-    keep = keep_array(reset, B, T, _np_dtype(q))
-    y, W, y_last = _RecDeltaCompiled.apply(C, keep, q, k, v, beta, P, W0, y0)
+    y, W, y_last, _, _ = _recurrence(C, keep_tensor(reset, B, T, q.dtype), q, k, v, beta, P, W0, y0)
     return y.to(in_dtype), (RecDeltaState(W, y_last) if output_final_state else None)
