@@ -27,7 +27,7 @@ MODEL_ARGS = ["d_model=16", "num_layers=1", "num_heads=2", "head_dim=none", "ff_
               "batch_size=8", "epochs=2", "dropout=0.1", "log_every_s=1000"]
 TINY = DATA_ARGS + MODEL_ARGS
 PAPER_MODELS = ("linear_transformer", "delta_net", "delta_rnn", "rdn", "transformer")
-PAPER_PARAMETERS = {  # spec: dry-run parameter counts of the paper preset
+PAPER_PARAMETERS = {  # paper.md A.11: dry-run parameter counts of the paper preset
     "code-exec": dict(zip(PAPER_MODELS, (3167001, 3183385, 3724057, 3233561, 3171609))),
     "listops": dict(zip(PAPER_MODELS, (3161098, 3177482, 3718154, 3227658, 3165706))),
 }

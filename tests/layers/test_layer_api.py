@@ -111,7 +111,7 @@ def test_feature_map_dims_and_favor_redraw():
 
 
 # Per-layer parameter counts of the LM small config (D=128, H=8, d=16), including the block's one
-# LayerNorm(128) = 256 parameters (spec A.11).
+# LayerNorm(128) = 256 parameters (paper.md A.11).
 LM_COUNTS = [
     ("linear_transformer", {}, 65_792),
     ("delta_net", {}, 66_816),

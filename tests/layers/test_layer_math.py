@@ -1,4 +1,4 @@
-"""Each layer against a naive per-(batch, head, step) loop written from the spec (paper orientation: fast
+"""Each layer against a naive per-(batch, head, step) loop written from paper.md (paper orientation: fast
 matrices ``W [V, K]``, read ``W q``). This pins the slow-projection piece layout and order, the activations,
 the read-after-write order and the output scale."""
 

@@ -1,4 +1,4 @@
-"""Language model (spec B.1, E.1, A.11, F.6): exact paper parameter counts, the tied adaptive softmax against an
+"""Language model (paper.md B.1, E.1, A.11, F.6): exact paper parameter counts, the tied adaptive softmax against an
 explicit two-level factorisation, step == forward and carried state == one call for every registry layer,
 resets, the paper's block and position handling, presets, init and input validation."""
 
@@ -25,7 +25,7 @@ from fastweights.models.lm import (
     paper_config,
 )
 
-# spec A.11, LM small config, WT103 vocabulary 267,735
+# paper.md A.11, LM small config, WT103 vocabulary 267,735
 PAPER_COUNTS = [
     ("transformer", {}, 44_018_394),
     ("linear_transformer", {}, 44_018_394),
@@ -46,7 +46,7 @@ def test_paper_parameter_counts(name, opts, expected):
     with torch.device("meta"):
         model = build_lm(paper_config(name, layer_options=opts))
     assert count_parameters(model) == expected
-    # breakdown (spec A.11): embedding 267735 x 128, output biases + 3 cluster weights/biases, FF 526,720 per layer
+    # breakdown (paper.md A.11): embedding 267735 x 128, output biases + 3 cluster weights/biases, FF 526,720 per layer
     assert model.embedding.weight.numel() == 34_270_080
     assert model.output.bias.numel() + model.output.cluster_weight.numel() + model.output.cluster_bias.numel() \
         == 267_735 + 3 * 128 + 3
@@ -317,7 +317,7 @@ def test_paper_block_adds_the_residual_to_the_normalised_input():
     torch.testing.assert_close(blocks["paper"](x)[0], blocks["paper"].norm1(x))
     torch.testing.assert_close(blocks["pre_ln"](x)[0], x)
     torch.testing.assert_close(blocks["post_ln"](x)[0], blocks["post_ln"].norm2(blocks["post_ln"].norm1(x)))
-    # full paper block written out (spec F.6)
+    # full paper block written out (paper.md F.6)
     block = randomised(blocks["paper"])
     h = block.norm1(x)
     h = h + block.layer(h)[0]

@@ -1,4 +1,4 @@
-"""Sequence models: exact parameter counts (spec A.11), step == forward, state carry-over, resets, the
+"""Sequence models: exact parameter counts (paper.md A.11), step == forward, state carry-over, resets, the
 ListOps head, equivalence of the transformer baseline with PyTorch's encoder, and input validation."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def test_algorithmic_parameter_counts(name):
     assert count_parameters(build_model(listops)) == LISTOPS[name]
 
 
-RL_CORES = [  # D=128, H=4, d=32, 2 layers, FF 512, input projection 257 -> 128 with bias (spec A.11, B.3)
+RL_CORES = [  # D=128, H=4, d=32, 2 layers, FF 512, input projection 257 -> 128 with bias (paper.md A.11, B.3)
     ("delta_net", {"sum_norm_eps": 1e-5}, 429_568),
     ("rdn", {}, 454_400),
     ("delta_rnn", {"feature_map": "softmax"}, 496_128),

@@ -102,7 +102,7 @@ def make_inputs(
             xs.append(sig(_randn(g, B, T, H)))
         st_names, st = ["initial_state"], [_randn(g, B, H, K, V)]
     elif case.op == "delta_rnn":
-        qk_map = sm if case.version == 1 else fm  # spec A.5: v1 uses softmax queries/keys
+        qk_map = sm if case.version == 1 else fm  # paper.md A.5: v1 uses softmax queries/keys
         names = ["q", "k", "v", "beta", "rk", "rv", "rbeta"]
         xs = [qk_map(_randn(g, B, T, H, K)), qk_map(_randn(g, B, T, H, K)), value_scale * _randn(g, B, T, H, V),
               sig(_randn(g, B, T, H)), sm(_randn(g, B, T, H, V)), value_scale * _randn(g, B, T, H, V),

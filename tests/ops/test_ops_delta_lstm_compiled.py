@@ -1,4 +1,4 @@
-"""The compiled (numba) Delta LSTM against the float64 reference, for every version (spec A.6).
+"""The compiled (numba) Delta LSTM against the float64 reference, for every version (paper.md A.6).
 
 Every comparison covers the output, every final-state component (W, R, y, c) and the gradients of every input
 and initial-state component for a random weighted sum of the output and the final states. The checkpointed

@@ -1,4 +1,4 @@
-"""Feature maps (spec A.2) and the implementation registry."""
+"""Feature maps (paper.md A.2) and the implementation registry."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 ``rec_delta`` has a single version, so every test covers all of its versions. The equivalence sweep runs for
 ``impl="compiled"`` and, in the same parametrization, for ``impl="checkpointed"`` (the pure-PyTorch path), so
-both non-reference paths stay covered. Timings are not asserted here (see the brief in docs/dev).
+both non-reference paths stay covered. Timings are not asserted here (docs/performance.md has them).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from _ops_helpers import (
     make_reset,
 )
 
-EPS = 1e-5  # sn_eps of Delta MLP / Delta Delta Net (spec A.3, A.4)
+EPS = 1e-5  # sn_eps of Delta MLP / Delta Delta Net (paper.md A.3, A.4)
 
 
 def elu1(x):
@@ -44,7 +44,7 @@ def mv(W, x):  # W [..., V, K] @ x [..., K]
 
 
 def delta_write(W, k, v, beta):
-    """Spec A.0: v_bar = W_{t-1} k; W_t = W_{t-1} + beta (v - v_bar) k^T."""
+    """paper.md A.0: v_bar = W_{t-1} k; W_t = W_{t-1} + beta (v - v_bar) k^T."""
     return W + beta[..., None, None] * (v - mv(W, k))[..., :, None] * k[..., None, :]
 
 
@@ -159,7 +159,7 @@ def test_matches_spec_oracle(case, impl):
 
 
 def test_delta_rnn_v2_first_step_has_a_recurrent_contribution():
-    """Spec F.4: softmax(y_0 = 0) is uniform, so y_1 = z_1 + R_1 (1/d) 1 != z_1."""
+    """paper.md F.4: softmax(y_0 = 0) is uniform, so y_1 = z_1 + R_1 (1/d) 1 != z_1."""
     _, xs, _, _ = make_inputs(RNN2, B=1, T=1, H=1, K=3, V=4)
     y, _ = call(RNN2, xs)
     q, k, v, beta, rk, rv, rbeta = xs
@@ -186,7 +186,7 @@ def test_delta_lstm_first_step_reads_a_uniform_softmax(version):
 
 
 def test_rec_delta_first_step_has_no_recurrent_contribution():
-    """Spec F.4: tanh(y_0 = 0) = 0, so step 1 is a plain delta step on softmax(q), softmax(k), v, sigmoid(b)."""
+    """paper.md F.4: tanh(y_0 = 0) = 0, so step 1 is a plain delta step on softmax(q), softmax(k), v, sigmoid(b)."""
     _, xs, _, _ = make_inputs(REC, B=1, T=1, H=2, K=3)
     y, _ = call(REC, xs)
     q, k, v, b = xs[:4]

@@ -1,4 +1,4 @@
-"""The RL agent: parameter counts against spec A.11, episode resets equal independent unrolls for every core,
+"""The RL agent: parameter counts against paper.md A.11, episode resets equal independent unrolls for every core,
 step-by-step acting equals the sequence forward, the per-step state-gradient cut, and input validation."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from fastweights.rl import Agent, AgentConfig, rl_cores
 
 ATARI = (4, 84, 84)
 
-# spec A.11 (18-action game): totals of the official models
+# paper.md A.11 (18-action game): totals of the official models
 ATARI_TOTALS = {
     "linear_transformer": 1_520_227, "delta_net": 1_521_251, "rdn": 1_546_083, "delta_rnn": 1_587_811,
     "feedforward": 1_094_134,
@@ -40,7 +40,7 @@ def test_core_parameter_counts_match_spec(core):
 
 def test_lstm_agent_total():
     # torso + LSTM core + heads on the 256-d LSTM output: 1 089 232 + 527 360 + (256*18+18) + 257.
-    # (spec A.11 lists 1 621 493, 18 more: that sum takes the policy head from 257 inputs; the official Net
+    # (paper.md A.11 lists 1 621 493, 18 more: that sum takes the policy head from 257 inputs; the official Net
     # builds both heads on the LSTM's 256 outputs.)
     assert count_parameters(atari_agent("lstm")) == 1_621_475
 

@@ -168,7 +168,7 @@ def test_reproducible_and_seed_dependent():
 
 
 def test_seed42_anchor():
-    # Pins the draw order: the seed-42 regeneration matches the official statistics (spec C.1, [CALC]) only when
+    # Pins the draw order: the seed-42 regeneration matches the official statistics (paper.md C.1, [CALC]) only when
     # every draw happens in the official order; these are the first programs of that regeneration.
     train = ce.generate_dataset(3, sizes=(6, 0, 0))["train"]
     assert " ".join(train[0][0][:15]) == "z = 1 ; z = 4 ; z ++ ; z = 8 ;"
@@ -183,10 +183,10 @@ def test_statistics_match_spec():
     targets = [t for _, tgt in train for t in tgt]
     noop = sum(t == ce.NOOP for t in targets) / len(targets)
     values = [int(t) for t in targets if t != ce.NOOP]
-    assert abs(statistics.mean(lengths) - 456) < 10  # spec: 456.1
-    assert 360 <= min(lengths) and max(lengths) <= 560  # spec: 377 .. 548
-    assert abs(noop - 0.936) < 0.01  # spec: 93.6 % of targets are '_'
-    assert abs(len(values) / len(train) - 29) < 2  # spec: ~29 printed values per program
+    assert abs(statistics.mean(lengths) - 456) < 10  # paper.md C.1: 456.1
+    assert 360 <= min(lengths) and max(lengths) <= 560  # paper.md C.1: 377 .. 548
+    assert abs(noop - 0.936) < 0.01  # paper.md C.1: 93.6 % of targets are '_'
+    assert abs(len(values) / len(train) - 29) < 2  # paper.md C.1: ~29 printed values per program
     assert ce.MIN_VALUE <= min(values) and max(values) <= ce.MAX_VALUE
 
 
@@ -305,7 +305,7 @@ def test_build_vocab(small):
 
 
 def test_official_vocab_sizes():
-    # The sizes behind the paper's parameter counts (spec A.11: in 22, out 25 for 3 variables).
+    # The sizes behind the paper's parameter counts (paper.md A.11: in 22, out 25 for 3 variables).
     ins, outs = ce.official_vocabs(3)
     assert len(ins) == 22 and len(outs) == 25
     assert "-8" not in outs and "-7" in outs and "16" in outs

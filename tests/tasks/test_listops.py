@@ -114,7 +114,7 @@ def test_reproducible_and_seed_dependent():
 
 
 def test_seed42_anchor():
-    # Pins the draw order: the seed-42 regeneration matches the official length statistics (spec C.2, [CALC]:
+    # Pins the draw order: the seed-42 regeneration matches the official length statistics (paper.md C.2, [CALC]:
     # depth 10 train mean 98.2, median 91, min 37, max 334) only when every draw happens in the official order.
     train = lo.generate_dataset(10, sizes=(3, 0, 0))["train"]
     assert [len(t) for t, _ in train] == [94, 85, 132]
@@ -126,7 +126,7 @@ def test_statistics_match_spec():
     train = lo.generate_dataset(10, sizes=(1000, 0, 0), seed=42)["train"]
     lengths = [len(t) for t, _ in train]
     labels = collections.Counter(label for _, label in train)
-    assert abs(statistics.mean(lengths) - 98.2) < 10  # spec: mean 98.2, median 91, min 37
+    assert abs(statistics.mean(lengths) - 98.2) < 10  # paper.md C.2: mean 98.2, median 91, min 37
     assert abs(statistics.median(lengths) - 91) < 10
     assert min(lengths) >= 30
     # Labels are skewed toward 0 and 9 (~18 % each; uniform would be 10 %).
@@ -213,7 +213,7 @@ def test_missing_file(tmp_path):
 
 def test_vocab(small):
     vocab = lo.input_vocab()
-    assert len(vocab) == 14 and len(set(vocab)) == 14  # spec C.2: input vocabulary 14
+    assert len(vocab) == 14 and len(set(vocab)) == 14  # paper.md C.2: input vocabulary 14
     built = lo.build_vocab(small["train"])
     assert set(built) == set(vocab)
     assert built[0] == small["train"][0][0][0]  # first-appearance order, like the official loader

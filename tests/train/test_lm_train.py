@@ -450,7 +450,7 @@ def test_cli_dry_run_paper_preset_parameter_counts(capsys, wt103_sized_dir, mode
     assert rc == 0, err
     _, data_line, param_line = out.rsplit("\n", 3)[:3]
     assert "vocabulary 267,735" in data_line
-    assert int(param_line.removeprefix("parameters: ").replace(",", "")) == expected  # spec A.11
+    assert int(param_line.removeprefix("parameters: ").replace(",", "")) == expected  # paper.md A.11
 
 
 @pytest.mark.parametrize(("args", "fragments"), [

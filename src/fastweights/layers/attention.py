@@ -1,4 +1,4 @@
-"""Causal multi-head softmax attention, the Transformer baseline (spec A.9), with a KV cache as its state."""
+"""Causal multi-head softmax attention, the Transformer baseline (paper.md A.9), with a KV cache as its state."""
 
 from __future__ import annotations
 

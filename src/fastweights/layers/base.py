@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from fastweights.ops import feature_maps as fm
 from fastweights.ops._common import check_reset
 
-# Names accepted by the ``feature_map`` option of the layers that allow a choice (spec A.2, A.10).
+# Names accepted by the ``feature_map`` option of the layers that allow a choice (paper.md A.2, A.10).
 FEATURE_MAP_NAMES = ("elu1_sum_norm", "elu1", "softmax", "dpfp", "favor")
 
 
@@ -95,7 +95,7 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class FeatureMap(nn.Module):
-    """Query/key feature map ``[..., d] -> [..., out_dim]`` chosen by name (spec A.2, A.10).
+    """Query/key feature map ``[..., d] -> [..., out_dim]`` chosen by name (paper.md A.2, A.10).
 
     * ``"elu1"``: ``ELU(x) + 1`` (the algorithmic/LM Linear Transformer).
     * ``"elu1_sum_norm"``: ``sn_eps(ELU(x) + 1)`` (Delta Net and the other delta-rule layers).

@@ -1,4 +1,4 @@
-"""Delta Delta Net: a Delta Net whose fast net is itself a Delta Net (spec A.4)."""
+"""Delta Delta Net: a Delta Net whose fast net is itself a Delta Net (paper.md A.4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Delta LSTM: six fast matrices, a delta-rule feed-forward and recurrent matrix per gate (spec A.6)."""
+"""Delta LSTM: six fast matrices, a delta-rule feed-forward and recurrent matrix per gate (paper.md A.6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Delta MLP: a deep feed-forward fast net whose every matrix follows the delta rule (spec A.3)."""
+"""Delta MLP: a deep feed-forward fast net whose every matrix follows the delta rule (paper.md A.3)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class DeltaMLP(FastWeightLayer):
 
     Args:
         d_model: model width C. num_heads: H. head_dim: d (default ``d_model // num_heads``).
-        fast_net_depth: L (default 1). fast_ff_dim: f (default ``4 * d_model // num_heads``, spec A.3).
+        fast_net_depth: L (default 1). fast_ff_dim: f (default ``4 * d_model // num_heads``, paper.md A.3).
         sum_norm_eps: epsilon of every sum normalisation (1e-5, as in the paper).
         output_scale: multiply the output by ``1/sqrt(d)`` (off in the paper). impl: op implementation.
 

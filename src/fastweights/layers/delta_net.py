@@ -1,4 +1,4 @@
-"""Delta Net: fast weights with the delta update rule (spec A.2)."""
+"""Delta Net: fast weights with the delta update rule (paper.md A.2)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class DeltaNet(FastWeightLayer):
     Slow net: bias-free Linear ``d_model -> H * (3d + 1)``, per head ``[q~ | k~ | v~ | b~]``;
     ``q, k = phi(q~), phi(k~)``, ``v = v~``, ``beta = sigmoid(b~)``.
 
-    Task presets (spec A.10): algorithmic defaults; LM adds ``output_scale=True``; RL uses
+    Task presets (paper.md A.10): algorithmic defaults; LM adds ``output_scale=True``; RL uses
     ``sum_norm_eps=1e-5``.
 
     Args:

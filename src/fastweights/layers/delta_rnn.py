@@ -1,4 +1,4 @@
-"""Delta RNN: a Delta Net feed-forward part plus a fast recurrent matrix (spec A.5)."""
+"""Delta RNN: a Delta Net feed-forward part plus a fast recurrent matrix (paper.md A.5)."""
 
 from __future__ import annotations
 
@@ -24,14 +24,14 @@ class DeltaRNN(FastWeightLayer):
     * version 2 (paper's main model): ``y_t = z_t + R_t softmax(y_{t-1})`` (linear output);
     * version 1 (appendix ablation): ``y_t = softmax(z_t + R_t y_{t-1})``.
 
-    Task presets (spec A.10): algorithmic v2 defaults; LM v2 adds ``output_scale=True``; RL uses
+    Task presets (paper.md A.10): algorithmic v2 defaults; LM v2 adds ``output_scale=True``; RL uses
     ``feature_map="softmax"``; LM v1 is ``version=1`` (softmax q, k by default, no scale).
 
     Args:
         d_model: model width C. num_heads: H. head_dim: d (default ``d_model // num_heads``).
         version: 2 (default) or 1.
         feature_map: q/k map, ``"elu1_sum_norm"``, ``"elu1"`` or ``"softmax"``; None = ``"elu1_sum_norm"``
-            for version 2 and ``"softmax"`` for version 1 (spec A.5).
+            for version 2 and ``"softmax"`` for version 1 (paper.md A.5).
         sum_norm_eps: epsilon of the sum normalisation. output_scale: multiply the output by ``1/sqrt(d)``.
         impl: implementation of :func:`fastweights.ops.delta_rnn` (None = default).
 

@@ -1,4 +1,4 @@
-"""Linear Transformer: fast weights with the sum (Hebbian) update rule (spec A.1)."""
+"""Linear Transformer: fast weights with the sum (Hebbian) update rule (paper.md A.1)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class LinearTransformer(FastWeightLayer):
     Slow net: bias-free Linear ``d_model -> H * 3d``, per head ``[q~ | k~ | v~]``; ``q, k = phi(q~), phi(k~)``
     with ``phi`` = ``feature_map``; ``v = v~``. No attention normalisation (denominator).
 
-    Task presets (spec A.10): algorithmic ``feature_map="elu1"`` (default); LM adds ``output_scale=True``;
+    Task presets (paper.md A.10): algorithmic ``feature_map="elu1"`` (default); LM adds ``output_scale=True``;
     RL uses ``feature_map="elu1_sum_norm", sum_norm_eps=1e-5``.
 
     Args:

@@ -48,7 +48,7 @@ def run_lstm(lstm: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor] | None, rese
 
 
 class LSTM(SequenceLayer):
-    """LSTM layer ``[B, T, d_model] -> [B, T, d_model]`` (the RL baseline's core, spec A.9).
+    """LSTM layer ``[B, T, d_model] -> [B, T, d_model]`` (the RL baseline's core, paper.md A.9).
 
     ``nn.LSTM(d_model, hidden_size, num_layers, batch_first=True)``; when ``hidden_size != d_model`` a bias-free
     Linear ``hidden_size -> d_model`` follows. ``num_heads``/``head_dim`` are accepted for a uniform constructor

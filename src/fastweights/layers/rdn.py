@@ -1,4 +1,4 @@
-"""Recurrent Delta Net (RDN): the slow net also reads the previous fast-net output (spec A.7)."""
+"""Recurrent Delta Net (RDN): the slow net also reads the previous fast-net output (paper.md A.7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Residual blocks around a sequence layer (spec B.2 pre-LN; A.9 post-LN for the PyTorch Transformer)."""
+"""Residual blocks around a sequence layer (paper.md B.2 pre-LN; A.9 post-LN for the PyTorch Transformer)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class PositionwiseFF(nn.Module):
 
 class ResidualBlock(nn.Module):
     """Pre-LN block: ``x + Drop(layer(LN(x)))`` then ``x + Drop(FF(LN(x)))`` (residual from the
-    un-normalised x, spec B.2/B.3).
+    un-normalised x, paper.md B.2/B.3).
 
     ``forward(x [B, T, D], state, reset) -> (x [B, T, D], layer state)``.
     """

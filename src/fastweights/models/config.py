@@ -1,4 +1,4 @@
-"""Configuration of the sequence models (spec B.2, A.9)."""
+"""Configuration of the sequence models (paper.md B.2, A.9)."""
 
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ class ModelConfig:
 
     Attributes:
         model: a layer name of :func:`fastweights.layers.available_layers` (``"delta_net"``, ``"transformer"``,
-            ``"lstm"``, ...). ``"transformer"`` builds the algorithmic PyTorch-Transformer layout of spec A.9
+            ``"lstm"``, ...). ``"transformer"`` builds the algorithmic PyTorch-Transformer layout of paper.md A.9
             (post-LN blocks, attention projections with bias, attention dropout = ``dropout``, final LayerNorm,
             always positional encoding by default); ``"lstm"`` builds the algorithmic LSTM model (Embedding
             ``emb_size`` -> dropout -> ``nn.LSTM(emb_size, hidden_size, num_layers)`` -> dropout -> Linear); every
-            other name builds pre-LN residual blocks around that layer (spec B.2) with no final LayerNorm.
+            other name builds pre-LN residual blocks around that layer (paper.md B.2) with no final LayerNorm.
         vocab_size: input vocabulary. num_classes: output classes.
         d_model, num_layers, num_heads, head_dim: stack sizes (head_dim None = d_model // num_heads).
         ff_factor, d_ff: feed-forward width ``d_ff`` (None = ``ff_factor * d_model``).

@@ -1,4 +1,4 @@
-"""Word-level language model of the paper's WikiText-103 experiments (spec B.1, E.1, A.11, F.6).
+"""Word-level language model of the paper's WikiText-103 experiments (paper.md B.1, E.1, A.11, F.6).
 
 ``tokens [B, T] -> scaled embedding (+ sinusoidal positions) -> N blocks -> dropout -> tied adaptive softmax``.
 
@@ -10,7 +10,7 @@
   paper (1/sqrt(d) output scale, the Linear Transformer's elu+1 map, bias-free attention) are filled in by
   :func:`lm_layer_options`.
 
-Position handling (spec B.1 item 2). The paper adds absolute sinusoids ``[sin(p w) | cos(p w)]`` (concatenated, not
+Position handling (paper.md B.1 item 2). The paper adds absolute sinusoids ``[sin(p w) | cos(p w)]`` (concatenated, not
 interleaved) with **reversed** positions: in a call over T tokens, token t gets ``p = T - 1 - t`` (the last token 0),
 optionally clamped at ``clamp_len``; its code restarts these positions at every segment, also when the fast
 weights are carried over. The paper's "+ full context" runs (the only ones that carry state) use no positional
@@ -71,7 +71,7 @@ def _bool(name: str, value: object) -> bool:
 
 @dataclass
 class LMConfig:
-    """A word-level language model (defaults: the paper's small WT103 configuration, spec E.1).
+    """A word-level language model (defaults: the paper's small WT103 configuration, paper.md E.1).
 
     Attributes:
         model: a layer name of :func:`fastweights.layers.available_layers`.
@@ -79,7 +79,7 @@ class LMConfig:
         d_model, n_layers, n_heads, head_dim: stack sizes (``head_dim`` None = ``d_model // n_heads``).
         d_ff: width of the feed-forward sublayer (``d_inner``).
         dropout: on the embeddings (after adding the positions), on every sublayer output, inside the FF
-            sublayer and on the final hidden state (spec B.1 item 5).
+            sublayer and on the final hidden state (paper.md B.1 item 5).
         dropatt: attention-weight dropout of the ``transformer`` layer (the paper: 0.0; no other layer has one).
         positional_encoding: ``"sinusoidal"`` (the paper's truncated-context models) or ``"none"`` (its
             "+ full context" models).
@@ -93,15 +93,15 @@ class LMConfig:
         div_val: only 1 (the paper's setting: every cluster uses ``d_model``-wide word vectors, hence no
             projections and nothing for ``tie_projs`` to tie).
         tie_weight: the output word weights are the input embedding (the paper: True).
-        block: ``"paper"`` (the official ``--pre_lnorm`` DecoderLayer, spec F.6: ``h = LN(x)``,
+        block: ``"paper"`` (the official ``--pre_lnorm`` DecoderLayer, paper.md F.6: ``h = LN(x)``,
             ``h = h + Drop(layer(h))``, ``out = h + Drop(FF(LN(h)))``), ``"pre_ln"`` (textbook pre-LN, residual from the
             un-normalised x) or ``"post_ln"`` (``LN(x + Drop(layer(x)))``; the paper's "+ full context" runs and its
             Transformer baseline). With ``transformer``, ``"paper"`` applies the same F.6 structure; the official
             attention with ``--pre_lnorm`` instead takes q from the un-normalised input and adds the residual to it
-            (spec A.9), which is not reproduced (the paper's baseline ran post-LN).
+            (paper.md A.9), which is not reproduced (the paper's baseline ran post-LN).
         final_norm: a LayerNorm before the output layer (the paper: none).
         init_std: N(0, init_std) init of Linear/Embedding weights and cluster weights, N(1, init_std) LayerNorm
-            gains, zero biases (spec B.1 item 6; RDN recurrent weights and ``nn.LSTM`` keep their own init);
+            gains, zero biases (paper.md B.1 item 6; RDN recurrent weights and ``nn.LSTM`` keep their own init);
             None keeps PyTorch's default init.
         layer_options: keyword options of the layer, on top of :func:`lm_layer_options`'s LM defaults
             (e.g. ``{"version": 1}``, ``{"fast_net_depth": 2}``, ``{"feature_map": "dpfp"}``).
@@ -185,7 +185,7 @@ class LMConfig:
 
 
 def lm_layer_options(config: LMConfig) -> dict[str, Any]:
-    """The options the LM passes to ``build_layer``: the paper's LM settings (spec A.1-A.9, A.10, F.5) overridden
+    """The options the LM passes to ``build_layer``: the paper's LM settings (paper.md A.1-A.9, A.10, F.5) overridden
     by ``config.layer_options``.
 
     * ``linear_transformer``: ``feature_map="elu1"`` (no sum normalisation), ``output_scale=True`` (no denominator:
@@ -216,7 +216,7 @@ def lm_layer_options(config: LMConfig) -> dict[str, Any]:
 def lm_positional_encoding(positions: Tensor, dim: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """Transformer-XL absolute sinusoids: ``positions [...]`` -> ``[..., dim]`` =
     ``[sin(p w_0), ..., sin(p w_{dim/2-1}) | cos(p w_0), ..., cos(p w_{dim/2-1})]`` with ``w_j = 10000^(-2j/dim)``
-    (concatenated halves, not interleaved; spec B.1)."""
+    (concatenated halves, not interleaved; paper.md B.1)."""
     inv_freq = torch.pow(10000.0, -torch.arange(0, dim, 2, device=positions.device, dtype=torch.float64) / dim)
     angles = positions.to(torch.float64)[..., None] * inv_freq
     return torch.cat([angles.sin(), angles.cos()], dim=-1).to(dtype)
@@ -340,7 +340,7 @@ class AdaptiveLogSoftmax(nn.Module):
 
 
 class PaperLMBlock(nn.Module):
-    """The official LM ``DecoderLayer`` with ``--pre_lnorm`` (spec B.1 item 3, F.6).
+    """The official LM ``DecoderLayer`` with ``--pre_lnorm`` (paper.md B.1 item 3, F.6).
 
     ``h = LN1(x)``; ``h = h + Drop(layer(h))`` (the residual is added to the *normalised* input);
     ``out = h + Drop(FF(LN2(h)))`` (a proper pre-LN residual). ``forward(x [B, T, D], state, reset) -> (out, state)``.
@@ -401,7 +401,7 @@ class LanguageModel(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, std: float = 0.02) -> None:
-        """The paper's LM init (spec B.1 item 6): Linear and Embedding weights and the cluster weights N(0, std),
+        """The paper's LM init (paper.md B.1 item 6): Linear and Embedding weights and the cluster weights N(0, std),
         LayerNorm gains N(1, std), all biases 0. RDN recurrent weights and ``nn.LSTM`` keep their own init."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -514,7 +514,7 @@ class LanguageModel(nn.Module):
         end of each call, so one token cannot know its position in a longer call).
         """
         if self.config.positional_encoding == "sinusoidal" and self.config.position_order == "reversed":
-            raise ValueError("step: positions are reversed within each call (position_order='reversed', spec B.1), "
+            raise ValueError("step: positions are reversed within each call (position_order='reversed', paper.md B.1), "
                              "so a single step cannot reproduce a longer forward; use position_order='forward' or "
                              "positional_encoding='none' for step decoding, or re-run the window with forward()")
         tokens_t = _check_tokens(tokens_t, self.config.vocab_size, name="tokens_t", layout="[B]")
@@ -531,12 +531,12 @@ def build_lm(config: LMConfig) -> LanguageModel:
 
 def paper_config(model: str, vocab_size: int = WT103_VOCAB_SIZE, *, full_context: bool = False,
                  **overrides: Any) -> LMConfig:
-    """The paper's small WT103 configuration (spec E.1): 16 layers, D 128, 8 heads of 16, d_inner 2048, dropout
+    """The paper's small WT103 configuration (paper.md E.1): 16 layers, D 128, 8 heads of 16, d_inner 2048, dropout
     0.1, dropatt 0.0, tied adaptive softmax (20000, 40000, 200000; div_val 1), N(0, 0.02) init, reversed
     sinusoidal positions (``clamp_len`` 256 as in its evaluation; no effect on 256-token segments).
 
     Block: ``"paper"`` (``--pre_lnorm``) for the fast-weight models; ``"post_ln"`` for ``transformer`` (its
-    baseline script has no ``--pre_lnorm``, spec A.9) and for ``full_context=True`` (the "+ full context" rows:
+    baseline script has no ``--pre_lnorm``, paper.md A.9) and for ``full_context=True`` (the "+ full context" rows:
     post-LN and no positional encoding, state carried across segments). ``overrides`` replace any field.
     """
     base = LMConfig(model, vocab_size, d_model=128, n_layers=16, n_heads=8, head_dim=16, d_ff=2048, dropout=0.1,

@@ -1,5 +1,5 @@
-"""Token-in, logits-out sequence models: a stack of residual blocks around one layer type (spec B.2), the
-algorithmic PyTorch-Transformer baseline and the algorithmic LSTM model (spec A.9)."""
+"""Token-in, logits-out sequence models: a stack of residual blocks around one layer type (paper.md B.2), the
+algorithmic PyTorch-Transformer baseline and the algorithmic LSTM model (paper.md A.9)."""
 
 from __future__ import annotations
 
@@ -121,8 +121,8 @@ class _TokenModel(nn.Module):
 class SequenceModel(_TokenModel):
     """Embedding (not scaled) -> [sinusoidal PE] -> N residual blocks -> [final LN] -> Linear head.
 
-    Fast-weight and other layers: pre-LN :class:`ResidualBlock` s, no final LayerNorm (spec B.2). The
-    ``transformer`` model: post-LN blocks, final LayerNorm, attention with biases (spec A.9).
+    Fast-weight and other layers: pre-LN :class:`ResidualBlock` s, no final LayerNorm (paper.md B.2). The
+    ``transformer`` model: post-LN blocks, final LayerNorm, attention with biases (paper.md A.9).
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -176,7 +176,7 @@ class SequenceModel(_TokenModel):
 
 
 class LSTMModel(_TokenModel):
-    """Algorithmic LSTM baseline (spec A.9): Embedding(emb_size) -> Drop -> ``nn.LSTM(emb_size, hidden_size,
+    """Algorithmic LSTM baseline (paper.md A.9): Embedding(emb_size) -> Drop -> ``nn.LSTM(emb_size, hidden_size,
     num_layers)`` -> Drop -> Linear(hidden_size, num_classes). State: ``ModelState(position, (LSTMState,))``."""
 
     def __init__(self, config: ModelConfig) -> None:

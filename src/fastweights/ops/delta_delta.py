@@ -1,4 +1,4 @@
-"""Delta Delta Net: a Delta Net whose fast net is itself a Delta Net (spec A.4).
+"""Delta Delta Net: a Delta Net whose fast net is itself a Delta Net (paper.md A.4).
 
 Level 1: ``M_t [D, 3D+1]`` (key-major) follows the delta rule on ``(q, k, v, beta)``; its read-out
 ``g_t = M_t^T q_t`` is split into ``[q' | k' | v' | b']``. Level 2: ``W_t [D, D]`` follows the delta rule on

@@ -1,4 +1,4 @@
-"""Delta LSTM: six fast matrices, one feed-forward (W^g) and one recurrent (R^g) per gate (spec A.6).
+"""Delta LSTM: six fast matrices, one feed-forward (W^g) and one recurrent (R^g) per gate (paper.md A.6).
 
 Gates ``g`` in (input i, update u, output o), coupled forget gate ``1 - i``, no peepholes. Per step:
 
@@ -145,7 +145,7 @@ def delta_lstm(
     Args:
         q, k: ``[B, T, H, 3, K]`` feature-mapped; v: ``[B, T, H, 3, V]``; beta: ``[B, T, H, 3]`` in [0, 1].
         rk: ``[B, T, H, 3, V]`` (softmaxed); rv: ``[B, T, H, 3, V]``; rbeta: ``[B, T, H, 3]`` in [0, 1].
-        version: 1-4 (spec A.6; 4 is the paper's main model).
+        version: 1-4 (paper.md A.6; 4 is the paper's main model).
         initial_state: ``DeltaLSTMState(W [B,H,3,K,V], R [B,H,3,V,V], y [B,H,V], c [B,H,V])`` or None.
         reset: bool ``[B, T]``; True at ``t`` zeroes every state component before step ``t``.
         impl: ``"compiled"`` (numba; the default on CPU when installed), ``"checkpointed"`` (pure PyTorch)

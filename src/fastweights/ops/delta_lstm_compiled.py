@@ -1,4 +1,4 @@
-"""Compiled CPU implementation (numba) of the Delta LSTM (spec A.6), registered as ``impl="compiled"``.
+"""Compiled CPU implementation (numba) of the Delta LSTM (paper.md A.6), registered as ``impl="compiled"``.
 
 The feed-forward part ``z^g_t = W^g_t^T q^g_t`` does not depend on the recurrence, so it runs through the
 chunked :func:`delta_rule` exactly as in the ``checkpointed`` implementation. The recurrent part (the three

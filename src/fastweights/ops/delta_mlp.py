@@ -1,4 +1,4 @@
-"""Delta MLP: a deep feed-forward fast net whose every matrix follows the delta rule (spec A.3).
+"""Delta MLP: a deep feed-forward fast net whose every matrix follows the delta rule (paper.md A.3).
 
 For fast layer ``l = 0..L-1`` (per head, ``h_0`` = the raw query, ``D`` the head size, ``F`` the fast
 hidden size):

@@ -1,4 +1,4 @@
-"""Delta RNN: a Delta Net feed-forward part plus a fast recurrent matrix (spec A.5).
+"""Delta RNN: a Delta Net feed-forward part plus a fast recurrent matrix (paper.md A.5).
 
 Per step (key-major ``W [K, V]``, ``R [V, V]``):
 

@@ -1,4 +1,4 @@
-"""Compiled CPU implementation of the Delta RNN (numba; spec A.5).
+"""Compiled CPU implementation of the Delta RNN (numba; paper.md A.5).
 
 The feed-forward part ``z_t = W_t^T q_t`` does not depend on the recurrence and runs, as in the
 ``checkpointed`` implementation, through the chunked :func:`delta_rule`. Only the (R, y) recursion is compiled.

@@ -1,4 +1,4 @@
-"""Delta update rule — Delta Net's fast weights (spec A.0, A.2).
+"""Delta update rule — Delta Net's fast weights (paper.md A.0, A.2).
 
 ``S_t = S_{t-1} + beta_t k_t (v_t - S_{t-1}^T k_t)^T`` (the old value is read *before* the write),
 ``o_t = S_t^T q_t`` (the query reads the state *after* the write). Key-major ``S [B, H, K, V]``.

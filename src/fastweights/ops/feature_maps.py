@@ -1,4 +1,4 @@
-"""Feature maps applied to queries and keys (spec A.2, A.10).
+"""Feature maps applied to queries and keys (paper.md A.2, A.10).
 
 All maps act on the last axis. They compute in at least float32 and cast back, so that half-precision
 inputs keep strictly positive features (a zero key would make sum normalisation divide by zero).
@@ -33,7 +33,7 @@ def sum_norm(x: Tensor, eps: float = 0.0) -> Tensor:
 
 
 def elu_sum_norm(x: Tensor, eps: float = 0.0) -> Tensor:
-    """``sum_norm(elu_plus_one(x), eps)``: the Delta Net default (spec A.2)."""
+    """``sum_norm(elu_plus_one(x), eps)``: the Delta Net default (paper.md A.2)."""
     return sum_norm(elu_plus_one(x), eps)
 
 

@@ -1,4 +1,4 @@
-"""Recurrent Delta Net (RDN): every slow output also depends on the previous fast-net output (spec A.7).
+"""Recurrent Delta Net (RDN): every slow output also depends on the previous fast-net output (paper.md A.7).
 
 Per step, with ``a = tanh(y_{t-1})`` (``y_0 = 0``, so there is no recurrent contribution at t = 1):
 

@@ -1,4 +1,4 @@
-"""Compiled CPU implementation (numba) of the Recurrent Delta Net (:mod:`.rec_delta`, spec A.7).
+"""Compiled CPU implementation (numba) of the Recurrent Delta Net (:mod:`.rec_delta`, paper.md A.7).
 
 The whole layer is one nonlinear recurrence, so both the forward and the hand-derived backward run as
 machine-code time loops, parallel over the B x H pairs (``prange``). Memory follows the checkpointed path:

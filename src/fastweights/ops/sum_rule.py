@@ -1,4 +1,4 @@
-"""Sum (Hebbian) update rule — the Linear Transformer's fast weights (spec A.1).
+"""Sum (Hebbian) update rule — the Linear Transformer's fast weights (paper.md A.1).
 
 ``S_t = S_{t-1} + k_t v_t^T``; ``o_t = S_t^T q_t``. Key-major state ``S [B, H, K, V]``.
 """

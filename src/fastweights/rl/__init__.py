@@ -1,4 +1,4 @@
-"""Reinforcement learning with fast weight programmers (spec B.3, C.4, E.3): a recurrent actor-critic agent whose
+"""Reinforcement learning with fast weight programmers (paper.md B.3, C.4, E.3): a recurrent actor-critic agent whose
 core is any registry layer, V-trace (IMPALA) losses, a synchronous learner with run directories and resume,
 the paper's evaluation protocol, NumPy memory tasks and the Atari preprocessing of the paper (through ale-py).
 

@@ -1,4 +1,4 @@
-"""Recurrent actor-critic agent of the paper's Atari experiments (spec B.3, A.9, A.10, A.11), with any registry
+"""Recurrent actor-critic agent of the paper's Atari experiments (paper.md B.3, A.9, A.10, A.11), with any registry
 layer as its core.
 
     obs -> torso (IMPALA deep ResNet for 84x84x4 frames, MLP for vectors) -> ReLU'd features F
@@ -11,13 +11,13 @@ Cores (``AgentConfig.core``):
 * ``"lstm"``: ``nn.LSTM(core input, lstm_hidden=256)``, 1 layer (the paper's LSTM baseline);
 * any other registry layer (``delta_net``, ``linear_transformer``, ``delta_rnn``, ``rdn``, ``delta_lstm``,
   ``delta_mlp``, ``delta_delta_net``): Linear(core input -> D, bias) -> ``num_layers`` pre-LN residual blocks
-  [layer + FF ``d_ff``] (spec B.3; D=128, 2 layers, 4 heads x 32, FF 512 by default) with the RL feature maps of
-  spec A.10 (sum-normalised with eps 1e-5 for Delta Net/LT, softmax for Delta RNN) unless ``layer_options`` says
+  [layer + FF ``d_ff``] (paper.md B.3; D=128, 2 layers, 4 heads x 32, FF 512 by default) with the RL feature maps of
+  paper.md A.10 (sum-normalised with eps 1e-5 for Delta Net/LT, softmax for Delta RNN) unless ``layer_options`` says
   otherwise. ``"transformer"`` is refused: its KV cache would grow without bound along an RL stream.
 
 Layout: **batch first** like the rest of the library: ``obs [B, T, ...]``, ``done [B, T]``. ``done[b, t]`` is True
 when ``obs[b, t]`` is the first observation of a new episode: the core state of row b is zeroed before step t
-(spec F.13: the official code multiplies every state by (1 - done)) and the previous reward/action inputs are
+(paper.md F.13: the official code multiplies every state by (1 - done)) and the previous reward/action inputs are
 zeroed there too, so an episode never sees anything of the one before it.
 """
 
@@ -35,7 +35,7 @@ from ..layers.lstm import run_lstm
 from ..layers.registry import available_layers, build_layer, layer_options
 from ..models.blocks import ResidualBlock
 
-#: Per-core layer options of the paper's RL layers (spec A.10), applied unless ``layer_options`` overrides them.
+#: Per-core layer options of the paper's RL layers (paper.md A.10), applied unless ``layer_options`` overrides them.
 RL_LAYER_DEFAULTS: dict[str, dict[str, Any]] = {
     "delta_net": {"sum_norm_eps": 1e-5},
     "linear_transformer": {"feature_map": "elu1_sum_norm", "sum_norm_eps": 1e-5},
@@ -55,7 +55,7 @@ def rl_cores() -> list[str]:
 
 @dataclass
 class AgentConfig:
-    """Sizes of an :class:`Agent` (defaults: the paper's Atari agent, spec B.3 / E.3).
+    """Sizes of an :class:`Agent` (defaults: the paper's Atari agent, paper.md B.3 / E.3).
 
     Attributes:
         core: ``"feedforward"``, ``"lstm"`` or a fast-weight registry layer (see :func:`rl_cores`).
@@ -63,9 +63,9 @@ class AgentConfig:
         num_actions: size of the discrete action space.
         torso: ``"impala"`` (frames), ``"mlp"`` (vectors) or ``"auto"`` (impala for 3-d observations).
         torso_dim: torso output width (256 on Atari). mlp_layers: hidden Linear+ReLU layers of the MLP torso.
-        d_model, num_layers, num_heads, head_dim, d_ff, dropout: the fast-weight core (spec B.3).
+        d_model, num_layers, num_heads, head_dim, d_ff, dropout: the fast-weight core (paper.md B.3).
         lstm_hidden: LSTM core width (256 in the paper).
-        prev_action: also feed a one-hot of the previous action to the core (the paper does not: spec F.13).
+        prev_action: also feed a one-hot of the previous action to the core (the paper does not: paper.md F.13).
         layer_options: options of the core layer on top of :data:`RL_LAYER_DEFAULTS`.
     """
 
@@ -135,7 +135,7 @@ class _ImpalaResidual(nn.Module):
 
 
 class ImpalaTorso(nn.Module):
-    """IMPALA "deep" ResNet (spec B.3): for 16, 32, 32 channels: Conv3x3 -> MaxPool3x3/2 -> 2 residual blocks;
+    """IMPALA "deep" ResNet (paper.md B.3): for 16, 32, 32 channels: Conv3x3 -> MaxPool3x3/2 -> 2 residual blocks;
     then ReLU -> flatten -> Linear -> ReLU. Input uint8 (or float) ``[N, C, H, W]``, scaled by 1/255."""
 
     def __init__(self, in_shape: tuple[int, int, int], out_dim: int = 256, channels: tuple[int, ...] = (16, 32, 32)
@@ -175,7 +175,7 @@ class RLCore(nn.Module):
     """The recurrent core: ``forward(x [B, T, in_dim], state, reset [B, T]) -> (y [B, T, out_dim], state)``.
 
     ``cut_state_grad=True`` runs the core one step at a time and detaches the state after every step: what the
-    official code's fast-weight kernels do (they return no gradient for their initial state, spec F.9). The
+    official code's fast-weight kernels do (they return no gradient for their initial state, paper.md F.9). The
     LSTM core is never cut (the official LSTM baseline back-propagates through the whole unroll).
     """
 

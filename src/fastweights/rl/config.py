@@ -1,7 +1,7 @@
 """Configuration of an RL run: :class:`RLConfig`, presets ``configs/rl-<preset>.json`` and ``key=value``
 overrides (the parser of :mod:`fastweights.train.config`).
 
-Resolution order: dataclass defaults (the paper's Atari setting, spec E.3) < preset file < overrides < flags.
+Resolution order: dataclass defaults (the paper's Atari setting, paper.md E.3) < preset file < overrides < flags.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ TASK = "rl"
 
 @dataclass
 class RLConfig:
-    """Everything an RL run needs. Defaults: the paper's Atari setting (spec B.3, C.4, E.3) with a synchronous
+    """Everything an RL run needs. Defaults: the paper's Atari setting (paper.md B.3, C.4, E.3) with a synchronous
     learner (``num_envs`` streams = the 32 trajectories of a batch)."""
 
     task: str = option(TASK, "reinforcement learning (set by the command)")
@@ -47,8 +47,8 @@ class RLConfig:
     unroll_length: int = option(50, "agent steps per trajectory of an update")
     total_steps: int = option(200_000_000, "agent steps of the whole run (each 4 frames on Atari)")
     cut_state_grad_every_step: bool = option(False, "detach the core state after every step (the official "
-                                                    "code, spec F.9)")
-    # loss (spec E.3)
+                                                    "code, paper.md F.9)")
+    # loss (paper.md E.3)
     discount: float = option(0.99, "discount factor")
     baseline_cost: float = option(0.5, "weight of the value loss")
     entropy_cost: float = option(0.01, "weight of the entropy bonus")
@@ -56,14 +56,14 @@ class RLConfig:
     clip_rho: float = option(1.0, "V-trace: clip of the importance weights of the value targets")
     clip_c: float = option(1.0, "V-trace: clip of the trace coefficients")
     clip_pg_rho: float = option(1.0, "V-trace: clip of the importance weights of the policy gradient")
-    # optimiser (spec E.3)
+    # optimiser (paper.md E.3)
     lr: float = option(6e-4, "learning rate of RMSProp")
     rms_alpha: float = option(0.99, "RMSProp's decay of the squared gradients")
     rms_eps: float = option(0.01, "RMSProp's epsilon")
     rms_momentum: float = option(0.0, "RMSProp's momentum")
     grad_norm_clip: float = option(40.0, "global gradient-norm clipping; 0 = off")
     lr_decay: bool = option(True, "decay the learning rate linearly to 0 at total_steps")
-    # evaluation (spec C.4): greedy, eval_runs x eval_episodes episodes
+    # evaluation (paper.md C.4): greedy, eval_runs x eval_episodes episodes
     eval_episodes: int = option(30, "episodes per evaluation run")
     eval_runs: int = option(5, "independent evaluation runs (mean and std over them)")
     eval_greedy: bool = option(True, "greedy actions in evaluation (false: sampled)")

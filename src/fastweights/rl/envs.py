@@ -13,7 +13,7 @@ Environments:
 
 * memory tasks in NumPy (no dependency, vectorised, CPU-fast; each needs memory to be solved):
   :class:`RepeatFirst`, :class:`RepeatPrevious`, :class:`CountRecall`;
-* Atari through ``ale-py`` (:class:`AtariEnv`) with the paper's preprocessing (spec C.4);
+* Atari through ``ale-py`` (:class:`AtariEnv`) with the paper's preprocessing (paper.md C.4);
 * any registered gymnasium id with a discrete action space (:class:`GymnasiumEnv`), e.g. popgym's tasks.
 
 :func:`make_env` builds one from a name (see its docstring).
@@ -265,7 +265,7 @@ def _game_name(name: str) -> str:
 
 
 class AtariEnv(BatchedEnv):
-    """Atari 2600 games as in the paper (spec C.4: torchbeast's wrappers on ``<Game>NoFrameskip-v4``), through
+    """Atari 2600 games as in the paper (paper.md C.4: torchbeast's wrappers on ``<Game>NoFrameskip-v4``), through
     ``ale_py.vector_env.AtariVectorEnv`` (threaded C++ preprocessing, no OpenCV needed):
 
     * sticky actions off, minimal action set (as ``NoFrameskip-v4``);
@@ -275,7 +275,7 @@ class AtariEnv(BatchedEnv):
     * 84x84 grey frames, stack of ``frame_stack`` (4), observation uint8 ``[4, 84, 84]`` (oldest frame first);
     * episodic life (``episodic_life=True``): a lost life ends the episode (``done``) but the game goes on; the
       game itself restarts only at game over. ``info["game_returns"]`` lists the returns of whole games.
-    * rewards are NOT clipped here (the learner clips them, spec E.3); returns are raw game scores.
+    * rewards are NOT clipped here (the learner clips them, paper.md E.3); returns are raw game scores.
 
     * FIRE after a lost life (``fire_after_life_loss=True``, games whose second action is FIRE): torchbeast's
       wrappers press FIRE when an episode restarts after a lost life; here the first action of that new episode is

@@ -1,4 +1,4 @@
-"""V-trace off-policy targets and the IMPALA losses (Espeholt et al. 2018; spec E.3), batch first ``[B, T]``.
+"""V-trace off-policy targets and the IMPALA losses (Espeholt et al. 2018; paper.md E.3), batch first ``[B, T]``.
 
 For an unroll ``s = 0..T-1`` with rewards ``r_s``, per-step discounts ``g_s`` (``gamma``, or 0 where the episode
 ended with action ``s``), values ``V_s = V(x_s)`` and the bootstrap value ``V_T``::
@@ -128,7 +128,7 @@ def impala_loss(target_logits: Tensor, values: Tensor, bootstrap_value: Tensor, 
 
 def rmsprop(params, lr: float, *, alpha: float = 0.99, eps: float = 0.01, momentum: float = 0.0
             ) -> torch.optim.RMSprop:
-    """The paper's optimiser (spec E.3): RMSProp with alpha 0.99, eps 0.01, momentum 0."""
+    """The paper's optimiser (paper.md E.3): RMSProp with alpha 0.99, eps 0.01, momentum 0."""
     return torch.optim.RMSprop(params, lr=lr, alpha=alpha, eps=eps, momentum=momentum)
 
 

@@ -1,4 +1,4 @@
-"""Tasks of the paper: code execution (spec C.1), sequential ListOps (spec C.2) and language modelling (spec C.3).
+"""Tasks of the paper (paper.md C.1-C.3): code execution, sequential ListOps and language modelling.
 
 Both algorithmic generators reproduce the official ones draw for draw, so the default ``seed=42`` regenerates the
 paper's data; both read and write the official file formats. See :mod:`fastweights.tasks.code_execution` and

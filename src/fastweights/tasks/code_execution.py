@@ -1,4 +1,4 @@
-"""Code execution ("learning to execute") task of Irie et al. (2021), spec C.1.
+"""Code execution ("learning to execute") task of Irie et al. (2021), paper.md C.1.
 
 A program is a sequence of ``code_length`` statements over ``num_vars`` integer variables (the first ``num_vars`` of
 ``x y z a b``), written as space-separated tokens::
@@ -8,7 +8,7 @@ A program is a sequence of ``code_length`` statements over ``num_vars`` integer 
 The target sequence is aligned 1:1 with the tokens: every token has the no-op target ``_`` except the ``;`` that ends
 an *executed* print, whose target is the printed integer (as a string). The model classifies every position.
 
-Generator (spec C.1), reproduced draw for draw from one ``random.Random``, so ``seed=42`` regenerates the official
+Generator (paper.md C.1), reproduced draw for draw from one ``random.Random``, so ``seed=42`` regenerates the official
 data set:
 
 * statement 1 is an assignment, the last one a print; the ones in between are uniform over
@@ -281,8 +281,8 @@ def execute(tokens: Sequence[str]) -> list[str]:
     (by an executed assignment) before they are read, incremented or printed, also inside a false conditional,
     since the generator never produces anything else.
 
-    Conditional-assignment quirk (spec C.1): inside a true conditional, ``v = c ;`` only takes effect if ``v`` is not
-    yet defined; a false conditional assignment does not define ``v``.
+    Conditional-assignment quirk (paper.md C.1): inside a true conditional, ``v = c ;`` only takes effect if ``v`` is
+    not yet defined; a false conditional assignment does not define ``v``.
 
     Raises:
         ValueError: a malformed program; the message names the token position (0-based).

@@ -1,10 +1,10 @@
-"""Sequential ListOps task of Irie et al. (2021), spec C.2.
+"""Sequential ListOps task of Irie et al. (2021), paper.md C.2.
 
 An example is a prefix expression over the digits 0-9 with the operators ``[MIN``, ``[MAX`` and ``[FIRST``, each
 closed by ``]`` (no parenthesis tokens), e.g. ``[MAX 3 [MIN 7 2 ] 5 ]`` -> 5. The model reads it left to right and
 classifies the value (10 classes) at the last token.
 
-Generator (spec C.2), reproduced draw for draw from one ``random.Random``, so ``seed=42`` regenerates the official
+Generator (paper.md C.2), reproduced draw for draw from one ``random.Random``, so ``seed=42`` regenerates the official
 data: a node at depth ``d`` (root ``d = 1``) draws ``r = random()`` if ``d < 20`` (else ``r = 1``) and becomes a leaf
 ``choice(0..9)`` if ``r > 0.25`` and ``d > 1`` (so the root is always an operator, leaves have probability 0.75
 below it); otherwise it draws ``randint(2, 5)`` arguments, generates them recursively, then draws the operator

@@ -1,4 +1,4 @@
-"""Language-modelling data (spec C.3, E.1): corpora, vocabulary, on-disk cache, batching and a unigram baseline.
+"""Language-modelling data (paper.md C.3, E.1): corpora, vocabulary, on-disk cache, batching and a unigram baseline.
 
 Corpora
 -------
@@ -11,7 +11,7 @@ Corpora
   Twelfth Night test.
 * :func:`load_corpus` picks one of the above from a ``--data`` style argument.
 
-Tokens follow the Transformer-XL corpus reader that the paper's code uses (spec C.3):
+Tokens follow the Transformer-XL corpus reader that the paper's code uses (paper.md C.3):
 
 * **word level**: each line is split on whitespace (``tokenizer="whitespace"``, case kept) and ``<eos>`` is appended
   to **every** line, empty lines included (they become a lone ``<eos>``). WikiText is already tokenised

@@ -1,4 +1,4 @@
-"""Training and evaluation on the algorithmic benchmarks: code execution and sequential ListOps (spec C.1,
+"""Training and evaluation on the algorithmic benchmarks: code execution and sequential ListOps (paper.md C.1,
 C.2, E.2). Read top to bottom: data -> model -> loop -> evaluation.
 
 Code execution is per-position classification (cross-entropy at every non-pad position, metric =

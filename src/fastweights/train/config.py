@@ -36,7 +36,7 @@ def option(default: Any, help: str) -> Any:
 @dataclass
 class TrainConfig:
     """Everything a training run needs. Field groups: task/data, model, optimisation, run. The defaults are the
-    paper's setting (spec E.2); every field's ``help`` is what ``fastweights train TASK --help`` shows."""
+    paper's setting (paper.md E.2); every field's ``help`` is what ``fastweights train TASK --help`` shows."""
 
     # task and data
     task: str = option("code-exec", "the benchmark: code-exec or listops (set by the command)")
@@ -49,7 +49,7 @@ class TrainConfig:
     test_size: int = option(1000, "test examples to generate")
     code_length: int = option(100, "code execution: statements per program")
     data_seed: int = option(42, "seed of the data generator")
-    # model (spec E.2)
+    # model (paper.md E.2)
     d_model: int = option(256, "width of the residual stream")
     num_layers: int = option(4, "residual blocks (lstm: LSTM layers)")
     num_heads: int = option(16, "heads of every fast-weight or attention layer")
@@ -62,7 +62,7 @@ class TrainConfig:
     hidden_size: int | None = option(None, "lstm model: hidden size; none = d_model")
     layer_options: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "keyword options of the layer as JSON, e.g. {\"version\": 1}"})
-    # optimisation (spec E.2)
+    # optimisation (paper.md E.2)
     lr: float = option(3e-4, "learning rate of Adam (the peak, with warm-up or cosine schedule)")
     beta1: float = option(0.9, "Adam's decay of the first moment")
     beta2: float = option(0.995, "Adam's decay of the second moment")
@@ -131,20 +131,20 @@ class TrainConfig:
 @dataclass
 class LMTrainConfig:
     """Everything a language-modelling run needs (``task = "lm"``). Defaults: the paper's WikiText-103 small
-    setting (spec B.1, E.1); ``configs/lm-cpu.json`` is the CPU-sized preset.
+    setting (paper.md B.1, E.1); ``configs/lm-cpu.json`` is the CPU-sized preset.
 
     Batch sizes are **global**: with ``torchrun`` the ``batch_size`` segments (or stream columns) of a step are
     split evenly across the processes (``batch_size`` must be divisible by the world size).
     """
 
-    # task and data (spec C.3)
+    # task and data (paper.md C.3)
     task: str = option("lm", "language modelling (set by the command)")
     model: str = option("delta_net", "registry name of the layer (`fastweights info` lists them)")
     data: str | None = option(None, "none = the embedded corpus; else a WikiText-103 or plain-text directory")
     level: str = option("word", "tokens: word or char")
     tokenizer: str | None = option(None, "word splitting: whitespace or punctuation; none = punctuation for the "
                                          "embedded corpus, whitespace for directories")
-    # model (spec B.1, E.1); see fastweights.models.lm.LMConfig
+    # model (paper.md B.1, E.1); see fastweights.models.lm.LMConfig
     d_model: int = option(128, "width of the residual stream")
     n_layers: int = option(16, "residual blocks")
     n_heads: int = option(8, "heads of every fast-weight or attention layer")
@@ -166,7 +166,7 @@ class LMTrainConfig:
     init_std: float | None = option(0.02, "standard deviation of the normal initialisation; none = PyTorch's")
     layer_options: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "keyword options of the layer as JSON, e.g. {\"version\": 1}"})
-    # optimisation (spec E.1)
+    # optimisation (paper.md E.1)
     lr: float = option(2.5e-4, "peak learning rate of Adam")
     beta1: float = option(0.9, "Adam's decay of the first moment")
     beta2: float = option(0.999, "Adam's decay of the second moment")

@@ -1,10 +1,10 @@
-"""Language modelling: training, evaluation and generation (spec C.3, E.1; in the style of nanoGPT's train.py).
+"""Language modelling: training, evaluation and generation (paper.md C.3, E.1; in the style of nanoGPT's train.py).
 
 Read top to bottom: processes and devices -> data -> model -> learning rate -> evaluation -> the training loop ->
 evaluating a finished run -> generation.
 
 Training (:func:`train_lm`). Adam with a linear warm-up and a cosine decay to 0 at ``max_steps``, global-norm
-gradient clipping (spec E.1: lr 2.5e-4, 2000 warm-up steps, clip 0.25). By default every step draws
+gradient clipping (paper.md E.1: lr 2.5e-4, 2000 warm-up steps, clip 0.25). By default every step draws
 ``batch_size`` windows of ``tgt_len + 1`` tokens at random positions of the training split and each starts from a
 zero state: the paper's truncated-context training. With ``carry_state`` the split is cut into ``batch_size``
 contiguous streams read in order (:class:`~fastweights.tasks.lm.StreamBatcher`, Transformer-XL's ordered
@@ -250,7 +250,7 @@ def lm_model_config(cfg: LMTrainConfig, vocab_size: int) -> LMConfig:
 
 
 def lr_at(step: int, cfg: LMTrainConfig) -> float:
-    """Learning rate of update ``step`` (0-based; spec E.1): ``lr * (step + 1) / warmup_steps`` during the warm-up,
+    """Learning rate of update ``step`` (0-based; paper.md E.1): ``lr * (step + 1) / warmup_steps`` during the warm-up,
     then ``lr * (1 + cos(pi * step / max_steps)) / 2`` (``CosineAnnealingLR(T_max=max_steps)`` on the global step)."""
     return warmup_cosine(step, cfg.lr, cfg.warmup_steps, cfg.max_steps)
 
@@ -370,7 +370,7 @@ def evaluate_lm(model: LanguageModel, ids: Tensor, mode: str = "segments", *, co
     Every token but the first is scored once (``N - 1`` tokens) under each mode:
 
     * ``"sliding"``: token ``j`` is predicted from exactly ``ids[max(0, j - context):j]``, as by a separate forward
-      over that window from a zero state (spec C.3's stride-1 evaluation). Windows of ``context`` tokens are run in
+      over that window from a zero state (paper.md C.3's stride-1 evaluation). Windows of ``context`` tokens are run in
       batches of ``batch_size`` and only their last position is scored: ``context`` times the work of ``segments``.
     * ``"carry"``: one stream with the state carried through the whole of ``ids``, run in chunks of ``context``
       tokens (memory only; the result equals one forward over ``ids`` for step-decodable models, see
