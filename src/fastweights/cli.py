@@ -315,8 +315,11 @@ def _keys_epilog(task: str | None, command: str) -> str:
         from .rl.config import RLConfig as cls
     else:
         cls = config_class(task)
-    default = load_preset(cls(task=task), task, DEFAULT_PRESET)
     paper = load_preset(cls(task=task), task, "paper")
+    if command == "data":  # no preset: the official data sets by default
+        return (f"key=value keys of {task} (the data keys matter here). Columns: key, type, default (the paper's "
+                f"data), meaning:\n" + describe_fields(cls(task=task)))
+    default = load_preset(cls(task=task), task, DEFAULT_PRESET)
     return (f"key=value keys of {task} (anywhere after the task; --preset sets them first). Columns: key, type, "
             f"value in the default {DEFAULT_PRESET} preset, meaning (the paper preset's value where it differs):\n"
             + describe_fields(default, paper, "paper"))

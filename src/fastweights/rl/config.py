@@ -27,7 +27,7 @@ class RLConfig:
     env_options: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "keyword options of the environment as JSON, e.g. {\"length\": 10}"})
     # agent (see fastweights.rl.agent.AgentConfig)
-    model: str = option("delta_net", "the core: lstm or a registry name of a fast-weight layer")
+    model: str = option("delta_net", "the core: feedforward, lstm or a fast-weight layer's registry name")
     torso: str = option("auto", "observation encoder: impala (frames), mlp (vectors) or auto (by observation "
                                 "shape)")
     torso_dim: int = option(256, "width of the torso's output")

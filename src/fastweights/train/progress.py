@@ -126,14 +126,14 @@ class DurationEstimate:
     """The estimated duration of a run, from timing its first updates on the running machine.
 
     The first update is left out (it pays one-time costs: kernels compile, buffers grow); then updates are timed
-    until ``min_updates`` are done or ``min_seconds`` have passed. :meth:`tick` returns the announcement once, when
-    the estimate is ready.
+    until ``min_updates`` (at most a quarter of those left) are done or ``min_seconds`` have passed. :meth:`tick`
+    returns the announcement once, when the estimate is ready.
     """
 
-    def __init__(self, total: int, done: int = 0, *, unit: str = "update", min_updates: int = 5,
+    def __init__(self, total: int, done: int = 0, *, unit: str = "update", min_updates: int = 50,
                  min_seconds: float = 5.0, extra: str = "") -> None:
         self.total, self.unit, self.extra = total, unit, extra
-        self.min_updates, self.min_seconds = min_updates, min_seconds
+        self.min_updates, self.min_seconds = min(min_updates, max(1, (total - done) // 4)), min_seconds
         self.first = done + 1  # the timing starts after this update
         self.t0: float | None = None
         self.done_line: str | None = None
