@@ -33,7 +33,7 @@ import torch
 from ..layers.base import detach_state
 from ..models import count_parameters
 from ..train.config import ConfigError
-from ..train.interrupt import StopSignals, interrupted, was_forced
+from ..train.interrupt import StopSignals, interrupted, save_and_stop
 from ..train.progress import DurationEstimate, Progress, format_count, format_duration, format_number
 from ..train.runs import (
     MetricsLog,
@@ -358,13 +358,10 @@ def _train_loop(cfg: RLConfig, run_dir: Path, env: BatchedEnv, agent: Agent, dev
     except KeyboardInterrupt as e:
         if bar is not None:
             bar.close()
-        saved = not was_forced(e)
-        if saved:
-            with signals.held():
-                save_checkpoint(run_dir / "last.pt", payload())
         where = (f"at update {format_count(update)}/{format_count(total)}" if update < total
                  else "in the final evaluation")
-        raise interrupted(e, where, saved, run_dir / "last.pt", again) from None
+        raise save_and_stop(e, signals, lambda: save_checkpoint(run_dir / "last.pt", payload()), where,
+                            run_dir / "last.pt", again) from None
     finally:
         log.close()
     return results

@@ -23,7 +23,7 @@ from torch import Tensor
 from ..models import ModelConfig, build_model, count_parameters
 from ..tasks import code_execution, listops
 from .config import TrainConfig, config_from_dict, config_to_dict
-from .interrupt import StopSignals, interrupted, was_forced
+from .interrupt import StopSignals, interrupted, save_and_stop
 from .progress import DurationEstimate, Progress, format_count, format_duration, plural
 from .runs import (
     MetricsLog,
@@ -403,11 +403,8 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
     except KeyboardInterrupt as e:
         if bar is not None:
             bar.close()
-        saved = not was_forced(e)
-        if saved:
-            with signals.held():
-                save_checkpoint(run_dir / "last.pt", payload())
-        raise interrupted(e, where(), saved, run_dir / "last.pt", again) from None
+        raise save_and_stop(e, signals, lambda: save_checkpoint(run_dir / "last.pt", payload()), where(),
+                            run_dir / "last.pt", again) from None
     finally:
         log.close()
     return results

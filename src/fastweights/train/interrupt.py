@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -114,3 +114,15 @@ def interrupted(e: BaseException, where: str, saved: bool, checkpoint: Path, res
                            f"{resume_command}", signum)
     return Interrupted(f"interrupted ({how}) {where}, before the first checkpoint; start again with: "
                        f"{resume_command}", signum)
+
+
+def save_and_stop(e: BaseException, signals: StopSignals, save: Callable[[], None] | None, where: str,
+                  checkpoint: Path, resume_command: str) -> Interrupted:
+    """What a training loop does with interrupt ``e``: ``save()`` its checkpoint from the last step boundary
+    (signals held; skipped when ``save`` is None or a second signal forced the stop mid-update) and return the
+    :class:`Interrupted` to raise."""
+    saved = save is not None and not was_forced(e)
+    if saved:
+        with signals.held():
+            save()
+    return interrupted(e, where, saved, checkpoint, resume_command)

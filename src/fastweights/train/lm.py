@@ -66,7 +66,7 @@ from ..tasks.lm import (
     unigram_perplexity,
 )
 from .config import ConfigError, LMTrainConfig, config_from_dict, config_to_dict
-from .interrupt import StopSignals, interrupted, was_forced
+from .interrupt import StopSignals, interrupted, save_and_stop
 from .progress import DurationEstimate, Progress, format_count, format_duration, format_number, plural
 from .runs import (
     MetricsLog,
@@ -645,14 +645,11 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
     except KeyboardInterrupt as e:
         if bar is not None:
             bar.close()
-        # under torchrun the processes stop at different points: a checkpoint needs them all, so none is written
-        saved = not was_forced(e) and not dist.enabled
-        if saved:
-            with signals.held():
-                save_checkpoint(run_dir / "last.pt", payload([boundary]))
         where = (f"at step {format_count(step)}/{format_count(cfg.max_steps)}" if step < cfg.max_steps or
                  not validated else "in the test evaluation after the last step")
-        raise interrupted(e, where, saved, run_dir / "last.pt", again) from None
+        # under torchrun the processes stop at different points: a checkpoint needs them all, so none is written
+        save = None if dist.enabled else lambda: save_checkpoint(run_dir / "last.pt", payload([boundary]))
+        raise save_and_stop(e, signals, save, where, run_dir / "last.pt", again) from None
     finally:
         if log is not None:
             log.close()
