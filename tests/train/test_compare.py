@@ -108,5 +108,5 @@ def test_seed_band_plot_is_written_for_the_grid(tmp_path):
     compare("code-exec", ["lstm"], "cpu", [*TINY, "epochs=2"], out, seeds=[1, 2])
     png = out / "curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(FileNotFoundError, match="no config.json or no metrics"):
+    with pytest.raises(FileNotFoundError, match=r"no config\.json or no metrics"):
         plot_seed_bands({"lstm": [out / "lstm-seed1", tmp_path / "missing"]}, tmp_path / "x.png")
