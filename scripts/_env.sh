@@ -1,5 +1,7 @@
-# Shared by quickstart.sh and test.sh: create .venv and install fastweights with its dev extras.
-# Idempotent: a stamp file records what was installed; nothing is reinstalled unless pyproject.toml changed.
+# Shared by quickstart.sh and test.sh: create .venv and install fastweights with the extras in
+# FASTWEIGHTS_EXTRAS (default dev: everything the tests need; the quickstart asks only for cpu,plot).
+# Idempotent: a stamp file records what was installed; nothing is reinstalled unless pyproject.toml or the
+# extras changed (an environment with dev already has cpu and plot).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${FASTWEIGHTS_VENV:-$ROOT/.venv}"
@@ -23,9 +25,13 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   fi
 fi
 
+EXTRAS="${FASTWEIGHTS_EXTRAS:-dev}"
 STAMP="$VENV/.fastweights-installed"
-WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ] || ! "$PY" -c "import fastweights" 2>/dev/null; then
-  "$PY" -m pip install --quiet -e "$ROOT[dev]"
-  echo "$WANT" > "$STAMP"
+HASH="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+HAVE="$(cat "$STAMP" 2>/dev/null || true)"
+# the stamp is "<pyproject hash> <extras>"; dev includes the cpu and plot extras
+if [ "${HAVE%% *}" != "$HASH" ] || ! "$PY" -c "import fastweights" 2>/dev/null \
+   || { [ "${HAVE#* }" != "$EXTRAS" ] && [ "${HAVE#* }" != "dev" ]; }; then
+  "$PY" -m pip install --quiet -e "$ROOT[$EXTRAS]"
+  echo "$HASH $EXTRAS" > "$STAMP"
 fi

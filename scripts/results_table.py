@@ -1,6 +1,9 @@
-"""Render the CPU columns of docs/results.md from the run directories written by results_algorithmic.sh.
+"""Render the algorithmic table of docs/results.md from the grid written by results_algorithmic.sh.
 
     python scripts/results_table.py runs/results
+
+Each cell: test accuracy in % of the best-validation checkpoint, mean ± sample std over seeds (n seeds), then
+the mean training wall time per run. The learning curves are each setting's curves.png.
 """
 
 from __future__ import annotations
@@ -9,33 +12,39 @@ import json
 import sys
 from pathlib import Path
 
-TASKS = [("code-exec-3", "code execution, 3 variables", "code-exec --num-vars 3"),
-         ("code-exec-5", "code execution, 5 variables", "code-exec --num-vars 5"),
-         ("listops-10", "ListOps, depth 10", "listops --depth 10"),
-         ("listops-15", "ListOps, depth 15", "listops --depth 15")]
+SETTINGS = [("code-exec-3", "code execution, 3 variables"), ("code-exec-5", "code execution, 5 variables"),
+            ("listops-10", "ListOps, depth 10"), ("listops-15", "ListOps, depth 15")]
 MODELS = ["lstm", "transformer", "linear_transformer", "delta_net", "delta_rnn", "rdn"]
+
+
+def cell(row: dict | None) -> str:
+    if row is None:
+        return "not run"
+    n = len(row["test_acc"])
+    acc = f"{100 * row['test_acc_mean']:.1f}"
+    if n > 1:
+        acc += f" ± {100 * row['test_acc_std']:.1f} ({n})"
+    return f"{acc}; {row['train_time_s_mean'] / 60:.1f} min"
 
 
 def main(root: str) -> None:
     base = Path(root)
-    print("| model | " + " | ".join(t[1] for t in TASKS) + " |")
-    print("|---|" + "---|" * len(TASKS))
+    found = {}
+    for key, _ in SETTINGS:
+        path = base / key / "summary.json"
+        if path.is_file():
+            found[key] = {r["model"]: r for r in json.loads(path.read_text())["rows"]}
+    print("| model | " + " | ".join(name for _, name in SETTINGS) + " |")
+    print("|---|" + "---|" * len(SETTINGS))
     for model in MODELS:
-        cells = []
-        for key, _, _ in TASKS:
-            found = list((base / key).glob(f"*-{model}/results.json"))
-            if not found:
-                cells.append("not run")
-                continue
-            r = json.loads(found[0].read_text())
-            test = r["test"]
-            extra = f", print {100 * test['print_acc']:.1f}" if "print_acc" in test else ""
-            cells.append(f"{100 * test['acc']:.1f} (valid {100 * r['best_valid']['acc']:.1f}{extra}); "
-                         f"{r['train_time_s'] / 60:.1f} min")
-        print(f"| {model} | " + " | ".join(cells) + " |")
+        print(f"| {model} | " + " | ".join(cell(found.get(key, {}).get(model)) for key, _ in SETTINGS) + " |")
     print()
-    for _key, name, args in TASKS:
-        print(f"- {name}: `fastweights train {args} --model MODEL --preset cpu threads=1`")
+    for key, name in SETTINGS:
+        for model in MODELS:
+            row = found.get(key, {}).get(model)
+            if row is not None:
+                seeds = ", ".join(f"{s}: {100 * a:.1f}" for s, a in zip(row["seeds"], row["test_acc"]))
+                print(f"- {name}, {model}: per seed {seeds}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
-"""`fastweights compare`: several models, one table, reuse of finished runs."""
+"""`fastweights compare`: a models x seeds grid, one table of mean ± std, reuse and resumption of runs."""
 
 from __future__ import annotations
+
+import statistics
 
 import pytest
 import torch
 
-from fastweights.train.compare import compare, format_table
+from fastweights.train.algorithmic import train
+from fastweights.train.compare import compare, format_table, plan_grid
+from fastweights.train.config import resolve_config
+from fastweights.train.runs import read_json
 
 TINY = ["train_size=30", "valid_size=10", "test_size=10", "code_length=4", "d_model=16", "num_layers=1",
         "num_heads=2", "batch_size=8", "epochs=1", "threads=1"]
@@ -23,13 +28,55 @@ def test_compare_trains_each_model_and_reuses_finished_runs(tmp_path, capsys):
     out = tmp_path / "cmp"
     rows = compare("code-exec", ["lstm", "delta_net"], "cpu", TINY, out)
     assert [r["model"] for r in rows] == ["lstm", "delta_net"]
-    assert all(0.0 <= r["test_acc"] <= 1.0 for r in rows)
+    assert all(0.0 <= r["test_acc_mean"] <= 1.0 and r["test_acc_std"] == 0.0 for r in rows)
+    assert (out / "lstm-seed11" / "results.json").is_file()  # the preset's seed names the run
     summary = (out / "summary.md").read_text()
     assert "| lstm |" in summary and "| delta_net |" in summary
     capsys.readouterr()
     again = compare("code-exec", ["lstm", "delta_net"], "cpu", TINY, out)
     assert "reusing" in capsys.readouterr().out
     assert again == rows
+
+
+def test_compare_seeds_give_mean_and_sample_std_of_the_runs(tmp_path):
+    out = tmp_path / "cmp"
+    (row,) = compare("code-exec", ["delta_net"], "cpu", [*TINY, "epochs=2", "lr=0.01"], out, seeds=[1, 2, 3])
+    accs = [read_json(out / f"delta_net-seed{s}" / "results.json")["test"]["acc"] for s in (1, 2, 3)]
+    assert row["seeds"] == [1, 2, 3] and row["test_acc"] == accs
+    assert row["test_acc_mean"] == pytest.approx(statistics.fmean(accs))
+    assert row["test_acc_std"] == pytest.approx(statistics.stdev(accs))
+    configs = [read_json(out / f"delta_net-seed{s}" / "config.json") for s in (1, 2, 3)]
+    assert [c["seed"] for c in configs] == [1, 2, 3]
+    assert read_json(out / "summary.json")["rows"][0]["test_acc"] == accs
+
+
+def test_compare_with_two_jobs_runs_separate_processes_with_the_same_results(tmp_path):
+    one = compare("code-exec", ["lstm", "delta_net"], "cpu", TINY, tmp_path / "one", seeds=[5])
+    two = compare("code-exec", ["lstm", "delta_net"], "cpu", TINY, tmp_path / "two", seeds=[5], jobs=2)
+    assert [r["test_acc"] for r in two] == [r["test_acc"] for r in one]  # same seed: identical runs
+    assert (tmp_path / "two" / "logs" / "lstm-seed5.log").is_file()
+
+
+def test_plan_grid_resumes_checkpointed_runs_and_restarts_unstarted_ones(tmp_path):
+    out = tmp_path / "cmp"
+    cfg = resolve_config("code-exec", "cpu", [*TINY, "epochs=2", "seed=1"], model="lstm")
+    train(cfg, out / "lstm-seed1", stop_after_epochs=1, quiet=True)  # interrupted after one epoch
+    cfg2 = resolve_config("code-exec", "cpu", [*TINY, "epochs=2", "seed=2"], model="lstm")
+    train(cfg2, out / "lstm-seed2", stop_after_epochs=1, quiet=True)
+    (out / "lstm-seed2" / "last.pt").unlink()  # as if killed before its first checkpoint
+    (out / "lstm-seed2" / "best.pt").unlink()
+    runs = plan_grid("code-exec", ["lstm"], [1, 2, 3], "cpu", [*TINY, "epochs=2"], out)
+    assert [r.state for r in runs] == ["resume", "new", "new"]
+    (row,) = compare("code-exec", ["lstm"], "cpu", [*TINY, "epochs=2"], out, seeds=[1, 2, 3])
+    assert len(row["test_acc"]) == 3
+    assert [int(r["epoch"]) for r in _rows(out / "lstm-seed1")] == [1, 2]  # resumed, not restarted
+    assert [int(r["epoch"]) for r in _rows(out / "lstm-seed2")] == [1, 2]  # restarted from scratch
+
+
+def _rows(run_dir):
+    from fastweights.train.runs import MetricsLog
+
+    return MetricsLog(run_dir, tensorboard=False).rows()
 
 
 def test_compare_refuses_a_directory_with_another_configuration(tmp_path):
@@ -39,8 +86,27 @@ def test_compare_refuses_a_directory_with_another_configuration(tmp_path):
         compare("code-exec", ["lstm"], "cpu", [*TINY, "lr=0.01"], out)
 
 
-def test_format_table_has_one_row_per_model():
-    rows = [{"model": "m", "parameters": 10, "valid_acc": 0.5, "best_epoch": 2, "test_acc": 0.25,
-             "test_print_acc": 0.75, "train_time_s": 90.0}]
+def test_compare_refuses_bad_seeds_and_jobs(tmp_path):
+    with pytest.raises(ValueError, match="seeds: expected distinct"):
+        compare("code-exec", ["lstm"], "cpu", TINY, tmp_path, seeds=[1, 1])
+    with pytest.raises(ValueError, match="jobs: expected a positive integer, got 0"):
+        compare("code-exec", ["lstm"], "cpu", TINY, tmp_path, jobs=0)
+
+
+def test_format_table_shows_mean_std_and_seeds():
+    rows = [{"model": "m", "parameters": 10, "seeds": [1, 2], "test_acc": [0.5, 0.7], "test_acc_mean": 0.6,
+             "test_acc_std": 0.1414, "valid_acc_mean": 0.65, "test_print_acc_mean": 0.75, "train_time_s_mean": 90.0}]
     table = format_table("code-exec", "cpu", rows)
-    assert "| m | 10 | 0.500 (2) | 0.250 | 0.750 | 1.5 min |" in table
+    assert "| m | 10 | 60.0 ± 14.1 (2) | 50.0, 70.0 | 65.0 | 75.0 | 1.5 min |" in table
+
+
+def test_seed_band_plot_is_written_for_the_grid(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fastweights.train.plots import plot_seed_bands
+
+    out = tmp_path / "cmp"
+    compare("code-exec", ["lstm"], "cpu", [*TINY, "epochs=2"], out, seeds=[1, 2])
+    png = out / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(FileNotFoundError, match=r"no config\.json or no metrics"):
+        plot_seed_bands({"lstm": [out / "lstm-seed1", tmp_path / "missing"]}, tmp_path / "x.png")

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import SequenceLayer, check_bool, check_nonnegative_float, check_positive_int, resolve_head_dim
+from .base import SequenceLayer, check_bool, check_nonnegative_float, resolve_head_dim
 
 
 class KVCache(NamedTuple):
@@ -54,7 +54,8 @@ class SoftmaxAttention(SequenceLayer):
     def initial_state(self, batch_size: int, device: torch.device | str | None = None,
                       dtype: torch.dtype | None = None) -> KVCache:
         """Empty cache: ``k, v [B, H, 0, d]``, ``visible [B, 0]``."""
-        batch_size = check_positive_int("batch_size", batch_size)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
+            raise ValueError(f"batch_size: expected an int >= 0, got {batch_size!r}")
         pdev, pdt = self._param_device_dtype()
         device, dtype = (pdev if device is None else device), (pdt if dtype is None else dtype)
         empty = torch.zeros(batch_size, self.num_heads, 0, self.head_dim, device=device, dtype=dtype)

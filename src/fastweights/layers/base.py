@@ -193,12 +193,24 @@ class SequenceLayer(nn.Module):
             ``(y [B, T, C], final_state)``.
         """
         x = check_input(x, self.d_model)
+        if x.shape[1] == 0:  # as the ops: a call must make at least one step (B = 0 is fine)
+            raise ValueError(f"x: expected at least one time step, got T = 0 (shape {_fmt(x.shape)})")
+        self._check_dtype(x, "x")
         reset = check_reset(reset, x.shape[0], x.shape[1], x.device)
         return self._forward(x, state, reset)
+
+    def _check_dtype(self, x: Tensor, name: str) -> None:
+        """The input's dtype must be the parameters' (under autocast any floating dtype: autocast casts)."""
+        p = next(self.parameters(), None)
+        if p is None or x.dtype == p.dtype or torch.is_autocast_enabled(x.device.type):
+            return
+        raise TypeError(f"{name}: expected dtype {p.dtype} (the layer's parameters), got {x.dtype}; convert the "
+                        f"input (x.to({p.dtype})) or the layer (layer.to({x.dtype}))")
 
     def step(self, x_t: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         """One time step: ``x_t [B, C] -> (y_t [B, C], new_state)``; identical to the full forward."""
         x_t = check_input(x_t, self.d_model, name="x_t", layout="[B, C]")
+        self._check_dtype(x_t, "x_t")
         y, state = self._forward(x_t[:, None], state, None)
         return y[:, 0], state
 
@@ -228,7 +240,7 @@ class FastWeightLayer(SequenceLayer):
 
     def _heads(self, p: Tensor) -> Tensor:
         """``[B, T, H * P] -> [B, T, H, P]``."""
-        return p.view(*p.shape[:-1], self.num_heads, -1)
+        return p.view(*p.shape[:-1], self.num_heads, p.shape[-1] // self.num_heads)  # -1 fails for 0 elements
 
     def _fast(self, p: Tensor, state: Any, reset: Tensor | None) -> tuple[Tensor, Any]:
         raise NotImplementedError

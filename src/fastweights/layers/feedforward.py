@@ -27,4 +27,7 @@ class FeedForward(SequenceLayer):
         return ()
 
     def _forward(self, x: Tensor, state: tuple[()] | None, reset: Tensor | None) -> tuple[Tensor, tuple[()]]:
+        if state is not None and state != ():
+            raise TypeError(f"state: the feed-forward layer has no state; expected None or (), got "
+                            f"{type(state).__name__}")
         return self.linear(x), ()

@@ -33,6 +33,14 @@ def run_lstm(lstm: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor] | None, rese
         state = (zeros, zeros)
     elif not isinstance(state, tuple) or len(state) != 2:
         raise TypeError(f"state: expected an LSTMState (h, c), got {type(state).__name__}")
+    want = (lstm.num_layers, B, lstm.hidden_size)
+    for name, t in zip(("h", "c"), state):
+        if not isinstance(t, Tensor) or tuple(t.shape) != want:
+            got = f"shape {list(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"state.{name}: expected shape [num_layers, B, hidden] = {list(want)}, got {got}")
+        if t.dtype != x.dtype or t.device != x.device:
+            raise ValueError(f"state.{name}: expected dtype {x.dtype} on {x.device} (as x), "
+                             f"got {t.dtype} on {t.device}")
     h, c = state
     if reset is None:
         out, (h, c) = lstm(x, (h, c))

@@ -102,6 +102,8 @@ def plot_seed_bands(groups: dict[str, list[Path]], out: Path,
             if len(runs) > 1:
                 ax.fill_between(xs, [min(c) for c in columns], [max(c) for c in columns], alpha=0.2,
                                 color=line.get_color(), linewidth=0)
+        if "loss" in metric:  # losses span decades: one diverging model would flatten every other curve
+            ax.set_yscale("log")
         ax.set_xlabel(x_name)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
