@@ -16,7 +16,7 @@ import torch
 
 from fastweights.cli import main
 from fastweights.train import algorithmic
-from fastweights.train.config import resolve_config
+from fastweights.train.config import preset_path, resolve_config
 from fastweights.train.runs import read_json
 
 #: Tiny data and model (a 2-epoch run takes well under a second).
@@ -137,7 +137,7 @@ def test_cpu_preset_dry_run(capsys, task):
     rc, out, err = cli(capsys, "train", task, "--model", "delta_net", "--preset", "cpu", *DATA_ARGS, "--dry-run")
     assert rc == 0, err
     cfg, _, _ = dry_run_output(out)
-    preset = read_json(Path(__file__).resolve().parents[1] / "configs" / f"{task}-cpu.json")
+    preset = json.loads(preset_path(task, "cpu").read_text())
     for key, value in preset.items():
         if not key.startswith("_") and key not in ("train_size", "valid_size", "test_size", "code_length"):
             assert cfg[key] == value, key
