@@ -12,14 +12,17 @@ A run directory holds::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import pickle
 import platform
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +62,66 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    if not Path(path).is_file():
+    """Read a checkpoint written by :func:`save_checkpoint` without running code from the file.
+
+    ``torch.load(weights_only=True)`` rebuilds tensors and plain containers only, plus the few types that this
+    project's checkpoints hold (:func:`checkpoint_types`); anything else in the file is refused, so a checkpoint
+    from elsewhere cannot execute code when loaded. Raises ``FileNotFoundError`` or a one-line ``ValueError``.
+    """
+    path = Path(path)
+    if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no such file: {path}")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        with _allowing(checkpoint_types()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()
+        raise ValueError(f"checkpoint: {path} holds an object of a type that fastweights checkpoints do not use; "
+                         f"refused to unpickle it ({reason[0] if reason else e})") from None
+    except (RuntimeError, EOFError, OSError) as e:  # a torn or foreign file: torch's messages span lines
+        raise ValueError(f"checkpoint: {path} is truncated or not a torch checkpoint "
+                         f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+
+
+def checkpoint_types() -> list[Any]:
+    """The types besides tensors and plain containers that the checkpoints of this project hold: the recurrent
+    states (named tuples) of carried LM and RL states, the RL metrics window, and the NumPy arrays and random
+    generators of the snapshots of the RL memory tasks. Entries are classes or ``(object, "module.name")``."""
+    import numpy as np
+    from numpy.random import _pcg64, _pickle, bit_generator
+
+    from ..layers.attention import KVCache
+    from ..layers.lstm import LSTMState
+    from ..models.sequence_model import ModelState
+    from ..ops.states import DeltaDeltaState, DeltaLSTMState, DeltaRNNState, RecDeltaState
+    from ..rl.envs import EpisodeStats
+    from ..rl.train import _Window
+
+    try:  # NumPy 2 moved numpy.core to numpy._core; accept arrays pickled under either name
+        from numpy._core import multiarray
+    except ImportError:  # NumPy 1
+        from numpy.core import multiarray
+    reconstruct = [(multiarray._reconstruct, f"{p}.multiarray._reconstruct") for p in ("numpy.core", "numpy._core")]
+    return [
+        ModelState, KVCache, LSTMState, DeltaRNNState, DeltaLSTMState, RecDeltaState, DeltaDeltaState, _Window,
+        EpisodeStats, *reconstruct, np.ndarray, np.dtype, *{type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"},
+        bit_generator.SeedSequence, bit_generator.__pyx_unpickle_SeedSequence, _pickle.__generator_ctor,
+        _pickle.__bit_generator_ctor, _pcg64.PCG64,
+    ]
+
+
+@contextlib.contextmanager
+def _allowing(types: list[Any]) -> Iterator[None]:
+    """Allow ``types`` in ``torch.load(weights_only=True)`` for the duration (torch >= 2.5: scoped; torch 2.4: the
+    process-wide list; older torch reads tensors and containers only)."""
+    serialization = torch.serialization
+    if hasattr(serialization, "safe_globals"):
+        with serialization.safe_globals(types):
+            yield
+        return
+    if hasattr(serialization, "add_safe_globals"):
+        serialization.add_safe_globals(types)
+    yield
 
 
 def write_json(path: Path, obj: Any) -> None:
