@@ -99,7 +99,7 @@ def paper_code_exec_data(cli_env):
 @pytest.mark.parametrize("model", PAPER_MODELS)
 def test_paper_preset_parameters_code_exec(capsys, monkeypatch, paper_code_exec_data, model):
     # the data (whose training split fixes the vocabularies) is loaded once by the fixture, not per model
-    monkeypatch.setattr(algorithmic, "load_task_data", lambda cfg: paper_code_exec_data)
+    monkeypatch.setattr(algorithmic, "load_task_data", lambda cfg, vocab=None: paper_code_exec_data)
     rc, out, err = cli(capsys, "train", "code-exec", "--model", model, "--num-vars", "3", "--preset", "paper",
                        "--dry-run")
     assert rc == 0, err

@@ -91,7 +91,7 @@ LM_DEFAULT_PRESET = "cpu"
 def _resumed_run(args: argparse.Namespace, refused: tuple[str, ...]) -> tuple[Path, object]:
     """``--resume RUN_DIR``: the run directory and its config, after refusing options that would change it."""
     from .train.config import config_from_dict
-    from .train.runs import read_json
+    from .train.runs import read_run_config
 
     given = [f"--{k.replace('_', '-')}" for k in refused if getattr(args, k) not in (None, False)]
     given += list(args.overrides)
@@ -100,7 +100,7 @@ def _resumed_run(args: argparse.Namespace, refused: tuple[str, ...]) -> tuple[Pa
     run_dir = Path(args.resume)
     if not (run_dir / "last.pt").is_file():
         raise FileNotFoundError(f"resume: {run_dir} has no last.pt checkpoint to resume from")
-    cfg = config_from_dict(read_json(run_dir / "config.json"))
+    cfg = config_from_dict(read_run_config(run_dir))
     if cfg.task != args.task:
         raise ValueError(f"resume: {run_dir} is a {cfg.task} run, not {args.task}")
     return run_dir, cfg
@@ -212,11 +212,9 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _run_task(run_dir: Path) -> str:
-    from .train.runs import read_json
+    from .train.runs import read_run_config
 
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"run_dir: {run_dir} is not a run directory (no config.json)")
-    return read_json(run_dir / "config.json").get("task", "code-exec")
+    return read_run_config(run_dir).get("task", "code-exec")
 
 
 def _refuse_lm_only_flags(args: argparse.Namespace, run_dir: Path) -> None:

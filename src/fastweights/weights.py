@@ -35,8 +35,6 @@ DTYPES: dict[str, torch.dtype] = {
 _NAMES = {dtype: name for name, dtype in DTYPES.items()}
 #: The largest header accepted (the safetensors library's own limit): a corrupt length cannot make us read GBs.
 MAX_HEADER_BYTES = 100_000_000
-#: The metadata key under which :func:`state_tensors` records tied tensors (name -> the name that is stored).
-TIED_KEY = "fastweights.tied"
 
 
 def _check_byteorder() -> None:
@@ -191,38 +189,43 @@ def state_tensors(module: nn.Module) -> tuple[dict[str, Tensor], dict[str, str]]
 
 
 def save_module(module: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
-    """Write the weights of ``module`` (its state dict, tied tensors once) to a safetensors file."""
-    tensors, tied = state_tensors(module)
+    """Write the weights of ``module`` (its state dict, a tied tensor once under its first name) to a safetensors
+    file; ``metadata`` goes to the header."""
+    tensors, _ = state_tensors(module)
     meta = {"format": "pt", **(metadata or {})}  # "format": "pt" is what transformers expects of a torch file
-    if tied:
-        meta[TIED_KEY] = json.dumps(tied, sort_keys=True)
     return save_safetensors(path, {k: v.detach() for k, v in tensors.items()}, meta)
 
 
 def load_module(module: nn.Module, path: str | os.PathLike) -> dict[str, str]:
-    """Load a file written by :func:`save_module` into ``module``; returns the file's metadata.
+    """Load a safetensors file into ``module`` (a tensor the module ties to another may be absent from the file, as
+    :func:`save_module` and transformers write them); returns the file's metadata.
 
     Every name, shape and dtype is checked against the module first (one ``ValueError`` line for the first
     mismatch), so the module is either fully loaded or left untouched.
     """
     tensors, metadata = load_safetensors(path)
-    where = f"weights: {path}"
-    try:
-        tied = json.loads(metadata.get(TIED_KEY, "{}"))
-    except json.JSONDecodeError:
-        raise ValueError(f"{where}: metadata {TIED_KEY!r} is not JSON") from None
-    if not isinstance(tied, dict) or not all(isinstance(v, str) and v in tensors for v in tied.values()):
-        raise ValueError(f"{where}: metadata {TIED_KEY!r} must map names to stored tensors, got {tied!r}")
+    _, tied = state_tensors(module)
+    full = dict(tensors)
+    for alias, target in tied.items():
+        if alias not in full and target in full:
+            full[alias] = full[target]
+    load_state(module, full, f"weights: {path}")
+    return metadata
+
+
+def load_state(module: nn.Module, state: dict[str, Tensor], where: str) -> None:
+    """``module.load_state_dict(state)`` after checking every name, shape and dtype: a mismatch raises one
+    ``ValueError`` line starting with ``where`` and leaves the module untouched."""
     expected = module.state_dict()
-    full = {**tensors, **{alias: tensors[target] for alias, target in tied.items()}}
-    missing = [k for k in expected if k not in full]
-    unexpected = [k for k in full if k not in expected]
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         raise ValueError(f"{where} does not fit the model: missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
                          f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
     for name, t in expected.items():
-        if tuple(full[name].shape) != tuple(t.shape) or full[name].dtype != t.dtype:
-            raise ValueError(f"{where}: tensor {name!r} is {full[name].dtype} of shape {list(full[name].shape)}, the "
-                             f"model expects {t.dtype} of shape {list(t.shape)}")
-    module.load_state_dict(full, strict=True)
-    return metadata
+        got = state[name]
+        if not isinstance(got, Tensor) or tuple(got.shape) != tuple(t.shape) or got.dtype != t.dtype:
+            what = f"{got.dtype} of shape {list(got.shape)}" if isinstance(got, Tensor) else type(got).__name__
+            raise ValueError(f"{where}: tensor {name!r} is {what}, the model expects {t.dtype} of shape "
+                             f"{list(t.shape)}")
+    module.load_state_dict(state, strict=True)
