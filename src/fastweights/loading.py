@@ -175,7 +175,11 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, checkpoint: s
     ``out_dir`` must not exist or be empty. The files are written to a temporary directory beside it and moved into
     place at the end, so an interrupted export leaves no half-written ``out_dir``.
     """
-    loaded = load(run_dir, checkpoint, device="cpu")
+    return save_export(load(run_dir, checkpoint, device="cpu"), out_dir)
+
+
+def save_export(loaded: Loaded, out_dir: str | os.PathLike) -> Path:
+    """:func:`export` of a loaded model (e.g. one changed in Python after :func:`load`); see :func:`export`."""
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError(f"out_dir: {out_dir} already exists and is not an empty directory")
@@ -214,9 +218,10 @@ def export_config(loaded: Loaded) -> dict[str, Any]:
 
     out: dict[str, Any] = {"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION,
                            "fastweights_version": __version__, "task": loaded.task,
-                           "train_config": config_to_dict(loaded.config)}
+                           "train_config": config_to_dict(loaded.config),
+                           "model_type": "fastweights"}  # transformers then says which tasks it can load
     if isinstance(loaded, LoadedLM):
-        out.update({"model_type": "fastweights", "architectures": ["FastWeightsForCausalLM"],
+        out.update({"architectures": ["FastWeightsForCausalLM"],
                     "vocab_size": len(loaded.vocab.vocab), "bos_token_id": loaded.vocab.vocab.eos_id,
                     "tie_word_embeddings": loaded.model.config.tie_weight})
     return out
@@ -234,8 +239,11 @@ def read_export_config(path: str | os.PathLike) -> tuple[str, TrainConfig | LMTr
     file = path / CONFIG_FILE
     if not file.is_file():
         raise FileNotFoundError(f"path: {path} is not an exported model (no {CONFIG_FILE})")
-    values = read_json_file(file, "config")
-    where = f"config: {file}"
+    return check_export_config(read_json_file(file, "config"), f"config: {file}")
+
+
+def check_export_config(values: Any, where: str = "config") -> tuple[str, TrainConfig | LMTrainConfig | RLConfig]:
+    """:func:`read_export_config` of the values of a ``config.json``; errors start with ``where``."""
     if not isinstance(values, dict):
         raise ValueError(f"{where} is not a JSON object")
     unknown = sorted(set(values) - set(_REQUIRED_KEYS) - set(_OPTIONAL_KEYS) - HF_KEYS)
@@ -274,8 +282,9 @@ def read_export_config(path: str | os.PathLike) -> tuple[str, TrainConfig | LMTr
 
 
 def from_pretrained(path: str | os.PathLike, device: str | None = None) -> Loaded:
-    """Load an export directory written by :func:`export` (or by transformers' ``save_pretrained`` of a
-    ``fastweights.hf`` model): a :class:`LoadedLM`, :class:`LoadedAlgorithmic` or :class:`LoadedAgent`, in eval mode.
+    """Load an export directory written by :func:`export`: a :class:`LoadedLM`, :class:`LoadedAlgorithmic` or
+    :class:`LoadedAgent`, in eval mode. (The ``config.json`` and ``model.safetensors`` that transformers'
+    ``save_pretrained`` writes for a ``fastweights.hf`` model are read too; the vocabulary file must be beside them.)
 
     Reads JSON and a safetensors file only (no ``torch.load``, no pickle). ``device`` None: the run's device when this
     machine has it, else the CPU. Every check (configuration, vocabularies, weight names, shapes and dtypes) runs
