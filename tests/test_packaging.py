@@ -61,3 +61,33 @@ def test_wheel_ships_presets_and_runs_every_task_outside_the_checkout(installed_
         assert out.returncode == 0, f"{task}: {out.stderr}"
         assert out.stdout.splitlines()[-1].startswith("parameters: "), f"{task}: {out.stdout}"
         assert int(out.stdout.splitlines()[-1].split()[-1]) > 0
+
+
+def test_a_run_trained_from_the_wheel_leaves_its_data_and_checkout_behind(installed_wheel, tmp_path):
+    """Train a tiny LM from the wheel, export it, move the export, delete the corpus: from_pretrained and
+    ``fastweights generate`` (on the run and on the moved export) still sample, and agree."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for split, n in (("train", 60), ("valid", 8), ("test", 8)):
+        (corpus / f"{split}.txt").write_text("".join(f"w{i % 7} w{(i * 3) % 7} w{(i + 2) % 7}\n" for i in range(n)))
+    tiny = ["d_model=16", "n_layers=1", "n_heads=2", "head_dim=8", "d_ff=32", "max_steps=4", "warmup_steps=1",
+            "batch_size=4", "tgt_len=8", "eval_tgt_len=8", "eval_batch_size=4", "eval_interval=2"]
+    steps = [
+        ["-m", "fastweights.cli", "train", "lm", "--model", "delta_net", "--data", "corpus", "--run-dir", "run", *tiny],
+        ["-m", "fastweights.cli", "export", "run", "exported"],
+    ]
+    for argv in steps:
+        out = run_installed(installed_wheel, tmp_path, *argv)
+        assert out.returncode == 0, f"{argv}: {out.stderr}"
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "exported").rename(tmp_path / "elsewhere" / "model")
+    shutil.rmtree(corpus)
+    sample = ("import fastweights; m = fastweights.from_pretrained('elsewhere/model'); "
+              "print(m.generate('w1 w2', 6, temperature=0).after('w1 w2'))")
+    loaded = run_installed(installed_wheel, tmp_path, "-c", sample)
+    assert loaded.returncode == 0, loaded.stderr
+    for source in ("run", "elsewhere/model"):
+        out = run_installed(installed_wheel, tmp_path, "-m", "fastweights.cli", "generate", source, "--prompt",
+                            "w1 w2", "--max-tokens", "6", "--temperature", "0")
+        assert out.returncode == 0, f"{source}: {out.stderr}"
+        assert out.stdout == loaded.stdout and out.stdout.startswith("w1 w2") and len(out.stdout.strip()) > 5
