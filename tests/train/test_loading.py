@@ -190,15 +190,21 @@ def test_runs_of_format_1_still_load(runs, tmp_path, task):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def test_a_run_of_a_newer_format_is_refused(runs, tmp_path, capsys):
+def test_a_run_of_a_newer_format_or_with_a_mistyped_config_is_refused(runs, tmp_path, capsys):
     run = copy_run(runs, "lm", tmp_path)
-    write_json(run / "meta.json", {**read_json(run / "meta.json"), "run_format": RUN_FORMAT + 1})
+    meta = read_json(run / "meta.json")
+    write_json(run / "meta.json", {**meta, "run_format": RUN_FORMAT + 1})
     with pytest.raises(ValueError, match=rf"run_dir: .* has run_format {RUN_FORMAT + 1} .* newer fastweights"):
         fastweights.load(run)
     for argv in (("generate", run), ("eval", run), ("export", run, tmp_path / "out")):
         rc, _, err = cli(capsys, *argv)
         assert_one_line_error(rc, err, f"run_format {RUN_FORMAT + 1}", "upgrade fastweights")
     assert not (tmp_path / "out").exists()
+    write_json(run / "meta.json", meta)
+    write_json(run / "config.json", {**read_json(run / "config.json"), "n_layers": "two"})
+    for argv in (("generate", run), ("train", "lm", "--resume", run)):
+        rc, _, err = cli(capsys, *argv)
+        assert_one_line_error(rc, err, "config: n_layers: expected an integer, got 'two'")
 
 
 def test_exports_with_bad_files_fail_in_one_line(runs, tmp_path, capsys):

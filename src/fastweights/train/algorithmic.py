@@ -78,6 +78,11 @@ class TaskVocab:
         """Code execution: the class of ``_`` (nothing printed); None for ListOps."""
         return self.output.index(code_execution.NOOP) if self.task == "code-exec" else None
 
+    def difference(self, data: TaskVocab) -> str | None:
+        """None when ``data`` (the vocabularies of a data set) equals these, else one line saying how they differ."""
+        return vocab_difference("input vocabulary", self.input, data.input) \
+            or vocab_difference("output classes", self.output, data.output)
+
     def to_dict(self) -> dict[str, Any]:
         return {"format": TASK_VOCAB_FORMAT, "version": 1, "task": self.task, "input": list(self.input),
                 "output": list(self.output)}
@@ -174,11 +179,8 @@ def load_task_data(cfg: TrainConfig, vocab: TaskVocab | None = None) -> TaskData
     else:
         raw = listops.read_dataset(data_dir, cfg.depth)
         found = TaskVocab(cfg.task, listops.input_vocab(), [str(c) for c in range(listops.NUM_CLASSES)])
-    if vocab is not None:
-        diff = vocab_difference("input vocabulary", vocab.input, found.input) \
-            or vocab_difference("output classes", vocab.output, found.output)
-        if diff is not None:
-            raise ValueError(f"data: the data in {data_dir} do not match the run's vocabularies ({diff})")
+    if vocab is not None and (diff := vocab.difference(found)) is not None:
+        raise ValueError(f"data: the data in {data_dir} do not match the run's vocabularies ({diff})")
     if cfg.task == "code-exec":
         splits = {name: Split(*code_execution.encode(examples, found.input, found.output))
                   for name, examples in raw.items()}
@@ -408,11 +410,8 @@ def run_vocab(run_dir: Path, cfg: TrainConfig, data: TaskData | None = None) -> 
     vocab = TaskVocab.load(path)
     if vocab.task != cfg.task:
         raise ValueError(f"vocabulary: {path} belongs to a {vocab.task} run, the run is {cfg.task}")
-    if data is not None:
-        diff = vocab_difference("input vocabulary", vocab.input, data.vocab.input) \
-            or vocab_difference("output classes", vocab.output, data.vocab.output)
-        if diff is not None:
-            raise ValueError(f"data: the data in {data.source} do not match the run's vocabularies ({diff})")
+    if data is not None and (diff := vocab.difference(data.vocab)) is not None:
+        raise ValueError(f"data: the data in {data.source} do not match the run's vocabularies ({diff})")
     return vocab
 
 

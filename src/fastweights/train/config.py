@@ -392,11 +392,14 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def dataclass_from_dict(cls: type, values: dict[str, Any]) -> Any:
-    """``cls(**values)`` without the keys ``cls`` has no field for (a config.json may be newer or older)."""
-    return cls(**{k: v for k, v in values.items() if k in field_names(cls)})
+def dataclass_from_dict(cls: type, values: dict[str, Any], where: str = "config: ") -> Any:
+    """``cls(**values)`` without the keys ``cls`` has no field for (a config.json may be newer or older); every value
+    is checked against its field's type (:func:`check_value`; errors start with ``where``)."""
+    names = field_names(cls)
+    return cls(**{k: check_value(k, v, where=where, cls=cls) for k, v in values.items() if k in names})
 
 
 def config_from_dict(values: dict[str, Any]) -> Any:
-    """The configuration a ``config.json`` holds (its ``task`` picks the class); unknown keys are ignored."""
+    """The configuration a ``config.json`` holds (its ``task`` picks the class); unknown keys are ignored, values of
+    the wrong type refused."""
     return dataclass_from_dict(config_class(values.get("task", "code-exec")), values)
