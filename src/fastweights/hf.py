@@ -28,28 +28,31 @@ import torch
 from torch import Tensor
 
 try:
-    import transformers
     from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import WordLevel
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        PreTrainedConfig,
+        PreTrainedModel,
+        PreTrainedTokenizerFast,
+    )
     from transformers.generation import GenerationMixin
     from transformers.utils import ModelOutput
 except ImportError as e:  # the core package must work without the extra
     raise ImportError(f"fastweights.hf needs the hf extra: pip install 'fastweights[hf]' ({e})") from e
 
 from .loading import EXPORT_FORMAT, EXPORT_VERSION, check_export_config
-from .models.lm import LanguageModel, build_lm
-from .tasks.lm import _PUNCT_TOKEN, EOS, UNK
+from .models.lm import build_lm
+from .tasks.lm import EOS, PUNCTUATION_PATTERN, UNK
 from .train.config import LMTrainConfig
 from .train.lm import LMVocab, lm_model_config
 
 __all__ = ["FastWeightsCausalLMOutput", "FastWeightsConfig", "FastWeightsForCausalLM", "build_tokenizer",
            "save_tokenizer"]
 
-_PreTrainedConfig = getattr(transformers, "PreTrainedConfig", None) or transformers.PretrainedConfig
-
-
-class FastWeightsConfig(_PreTrainedConfig):
+class FastWeightsConfig(PreTrainedConfig):
     """The ``config.json`` of an export (:func:`fastweights.loading.export_config`) as a transformers config:
     ``train_config`` is the run's configuration, ``vocab_size`` the size of its vocabulary."""
 
@@ -78,7 +81,7 @@ class FastWeightsCausalLMOutput(ModelOutput):
     fw_state: Any = None
 
 
-class FastWeightsForCausalLM(transformers.PreTrainedModel, GenerationMixin):
+class FastWeightsForCausalLM(PreTrainedModel, GenerationMixin):
     """A fastweights :class:`~fastweights.models.lm.LanguageModel` as a transformers causal LM.
 
     The language model's submodules are this module's children under their own names, so the state-dict keys (and
@@ -96,7 +99,8 @@ class FastWeightsForCausalLM(transformers.PreTrainedModel, GenerationMixin):
         super().__init__(config)
         cfg = _train_config(config)
         lm = build_lm(lm_model_config(cfg, config.vocab_size))
-        object.__setattr__(self, "lm", lm)  # not a child: its children are ours
+        # not a child: its children are ours (one set of parameters, the same state-dict keys in both libraries)
+        object.__setattr__(self, "lm", lm)
         for name, child in lm.named_children():
             self.add_module(name, child)
         self.post_init()
@@ -144,11 +148,6 @@ class FastWeightsForCausalLM(transformers.PreTrainedModel, GenerationMixin):
             model_kwargs["fw_state"] = outputs.fw_state
         return super()._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder, num_new_tokens)
 
-    @property
-    def language_model(self) -> LanguageModel:
-        """The fastweights :class:`LanguageModel` (sharing this module's parameters)."""
-        return self.lm
-
 
 def _train_config(config: FastWeightsConfig) -> LMTrainConfig:
     """The run's configuration, checked as :func:`fastweights.from_pretrained` checks an export."""
@@ -178,7 +177,7 @@ def build_tokenizer(vocab: LMVocab) -> PreTrainedTokenizerFast:
         tok.normalizer = normalizers.Replace("\n", f" {EOS} ")
         split = [pre_tokenizers.WhitespaceSplit()]
         if vocab.tokenizer == "punctuation":
-            split.append(pre_tokenizers.Split(Regex(_PUNCT_TOKEN.pattern), behavior="isolated"))
+            split.append(pre_tokenizers.Split(Regex(PUNCTUATION_PATTERN), behavior="isolated"))
         tok.pre_tokenizer = pre_tokenizers.Sequence(split)
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=UNK, bos_token=EOS,
                                    model_input_names=["input_ids", "attention_mask"])

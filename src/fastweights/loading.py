@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .models import build_lm, build_model
+from .rl.agent import Agent
 from .rl.config import RLConfig
 from .rl.train import ENV_FILE, EnvSpec, agent_config, env_spec, load_agent
 from .train.algorithmic import VOCAB_FILE as TASK_VOCAB_FILE
@@ -110,9 +112,10 @@ class LoadedAlgorithmic(Loaded):
             tokens = tokens.split()
         index = {t: i for i, t in enumerate(self.vocab.input)}
         unknown = [t for t in tokens if t not in index]
-        if unknown or not tokens:
-            raise ValueError(f"tokens: expected a non-empty sequence of {self.task} tokens {self.vocab.input}, "
-                             f"got unknown {unknown[:5]}" if unknown else "tokens: expected at least one token")
+        if unknown:
+            raise ValueError(f"tokens: expected {self.task} tokens {self.vocab.input}, got unknown {unknown[:5]}")
+        if not tokens:
+            raise ValueError("tokens: expected at least one token, got none")
         device = next(self.model.parameters()).device
         src = torch.tensor([[index[t] for t in tokens]], device=device)
         if self.task == "code-exec":
@@ -296,18 +299,14 @@ def from_pretrained(path: str | os.PathLike, device: str | None = None) -> Loade
     cfg.validate()
     if task == "lm":
         vocab = LMVocab.load(_needed(path, LM_VOCAB_FILE))
-        model: nn.Module = _build_lm(cfg, vocab)
+        model: nn.Module = build_lm(lm_model_config(cfg, len(vocab.vocab)))
     elif task in ALGORITHMIC_TASKS:
         vocab = TaskVocab.load(_needed(path, TASK_VOCAB_FILE))
         if vocab.task != task:
             raise ValueError(f"vocabulary: {path / TASK_VOCAB_FILE} belongs to a {vocab.task} model, not {task}")
-        from .models import build_model
-
         model = build_model(model_config(cfg, vocab))
     else:
         spec = EnvSpec.from_dict(read_json_file(_needed(path, ENV_FILE), "env"), str(path / ENV_FILE))
-        from .rl.agent import Agent
-
         model = Agent(agent_config(cfg, spec))
     load_module(model, _needed(path, WEIGHTS_FILE))
     model = model.to(cfg.device).eval()
@@ -316,12 +315,6 @@ def from_pretrained(path: str | os.PathLike, device: str | None = None) -> Loade
     if task == "rl":
         return LoadedAgent(task, cfg, model, str(path), None, spec)
     return LoadedAlgorithmic(task, cfg, model, str(path), None, vocab)
-
-
-def _build_lm(cfg: LMTrainConfig, vocab: LMVocab) -> nn.Module:
-    from .models.lm import build_lm
-
-    return build_lm(lm_model_config(cfg, len(vocab.vocab)))
 
 
 def _needed(path: Path, name: str) -> Path:
