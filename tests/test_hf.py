@@ -34,13 +34,14 @@ TEXT = ["Enter Hamlet, with a book.", "O, that this too too solid flesh would me
         "'Tis seem'd so; I know not \"seems\"!", "Ophélie: le cœur… [Exit]", ""]
 
 
-def export_lm(tmp_path, model: str, vocab: LMVocab | None = None, train_steps: int = 0) -> LoadedLM:
+def export_lm(tmp_path, model: str, vocab: LMVocab | None = None, train_steps: int = 0,
+              position_order: str = "forward") -> LoadedLM:
     """A small language model exported to ``tmp_path/model``: random weights, or ``train_steps`` Adam steps on
     sequences that follow a fixed successor of every token (so that greedy decoding walks a varied chain; a random
     tied model tends to repeat its input token for ever)."""
     vocab = vocab or LMVocab(Vocabulary(["<eos>", "<unk>", *[f"w{i}" for i in range(20)]]), "word", "whitespace")
     cfg = LMTrainConfig(model=model, d_model=16, n_layers=2, n_heads=2, head_dim=8, d_ff=32, dropout=0.0,
-                        softmax="full", position_order="forward")
+                        softmax="full", position_order=position_order)
     cfg.validate()
     torch.manual_seed(0)
     lm = build_lm(lm_model_config(cfg, len(vocab.vocab)))
@@ -146,3 +147,19 @@ def test_non_language_models_and_padding_are_refused(tmp_path):
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
     with pytest.raises(ValueError, match="attention_mask: padding is not supported"):
         hf.generate(torch.tensor([[0, 3, 4]]), attention_mask=torch.tensor([[0, 1, 1]]), max_new_tokens=2)
+
+
+def test_reversed_positions_generate_without_a_cache_only(tmp_path):
+    """The paper's truncated-context models number positions from the end of each call: no state to continue from,
+    but generate(use_cache=False) re-reads the sequence at every step and equals the argmax of full forwards."""
+    ours = export_lm(tmp_path, "delta_net", position_order="reversed", train_steps=30)
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    prompt = torch.tensor([[3, 7, 2]])
+    with pytest.raises(ValueError, match=r"fw_state: this model adds reversed positions.*use_cache=False"):
+        hf.generate(prompt, max_new_tokens=3, do_sample=False)
+    out = hf.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=False)
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(6):
+            seq = torch.cat([seq, ours.model(seq)[0][:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, seq)

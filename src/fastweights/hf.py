@@ -47,10 +47,11 @@ from .loading import EXPORT_FORMAT, EXPORT_VERSION, check_export_config
 from .models.lm import build_lm
 from .tasks.lm import EOS, PUNCTUATION_PATTERN, UNK
 from .train.config import LMTrainConfig
-from .train.lm import LMVocab, lm_model_config
+from .train.lm import LMVocab, lm_model_config, step_decodable
 
 __all__ = ["FastWeightsCausalLMOutput", "FastWeightsConfig", "FastWeightsForCausalLM", "build_tokenizer",
            "save_tokenizer"]
+
 
 class FastWeightsConfig(PreTrainedConfig):
     """The ``config.json`` of an export (:func:`fastweights.loading.export_config`) as a transformers config:
@@ -127,6 +128,10 @@ class FastWeightsForCausalLM(PreTrainedModel, GenerationMixin):
         if attention_mask is not None and not bool(attention_mask.bool().all()):
             raise ValueError("attention_mask: padding is not supported (the fast-weight state would read the pads); "
                              "generate prompts of equal length, or one at a time")
+        if fw_state is not None and not step_decodable(self.lm.config):
+            raise ValueError("fw_state: this model adds reversed positions (position_order='reversed', the paper's "
+                             "truncated-context setting), which restart at every call, so it cannot continue from a "
+                             "state; generate with use_cache=False (every step re-reads the whole sequence)")
         h, state = self.lm.hidden(input_ids, fw_state)
         loss = None
         if labels is not None:
