@@ -75,10 +75,10 @@ def main() -> None:
     torch.set_num_threads(a.threads)
 
     from fastweights.train.algorithmic import load_task_data
-    from fastweights.train.config import resolve_config
+    from fastweights.train.config import preset_path, resolve_config
 
     overrides = [f"model={a.model}", *a.overrides]
-    preset = a.preset if a.preset.endswith(".json") else str(ROOT / "configs" / f"{a.task}-{a.preset}.json")
+    preset = str(preset_path(a.task, a.preset))  # a file path: the baseline revision reads the same preset
     data = load_task_data(resolve_config(a.task, preset, overrides))
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True).stdout.strip()

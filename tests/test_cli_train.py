@@ -18,7 +18,7 @@ import torch
 
 from fastweights.cli import main
 from fastweights.train import algorithmic
-from fastweights.train.config import resolve_config
+from fastweights.train.config import preset_path, resolve_config
 from fastweights.train.runs import read_json
 
 #: Tiny data and model (a 2-epoch run takes well under a second).
@@ -101,7 +101,7 @@ def paper_code_exec_data(cli_env):
 @pytest.mark.parametrize("model", PAPER_MODELS)
 def test_paper_preset_parameters_code_exec(capsys, monkeypatch, paper_code_exec_data, model):
     # the data (whose training split fixes the vocabularies) is loaded once by the fixture, not per model
-    monkeypatch.setattr(algorithmic, "load_task_data", lambda cfg, **kwargs: paper_code_exec_data)
+    monkeypatch.setattr(algorithmic, "load_task_data", lambda cfg, vocab=None, **kwargs: paper_code_exec_data)
     rc, out, err = cli(capsys, "train", "code-exec", "--model", model, "--num-vars", "3", "--preset", "paper",
                        "--dry-run")
     assert rc == 0, err
@@ -139,7 +139,7 @@ def test_cpu_preset_dry_run(capsys, task):
     rc, out, err = cli(capsys, "train", task, "--model", "delta_net", "--preset", "cpu", *DATA_ARGS, "--dry-run")
     assert rc == 0, err
     cfg, _, _ = dry_run_output(out)
-    preset = read_json(Path(__file__).resolve().parents[1] / "configs" / f"{task}-cpu.json")
+    preset = json.loads(preset_path(task, "cpu").read_text())
     for key, value in preset.items():
         if not key.startswith("_") and key not in ("train_size", "valid_size", "test_size", "code_length"):
             assert cfg[key] == value, key

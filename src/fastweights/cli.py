@@ -10,8 +10,10 @@
     fastweights compare code-exec|listops ... train several models and print a comparison table + plot
     fastweights eval RUN_DIR [--split test]   evaluate a run's best checkpoint
                                               (LM runs: --mode sliding|carry|segments [--context W])
+    fastweights eval RUN_DIR --data DIR       ... with the run's data read from where they moved
     fastweights generate RUN_DIR --prompt TEXT [--max-tokens N --temperature T --top-k K --seed S]
-                                              continue a prompt with a language-model run (step decoding)
+                                              continue a prompt with a language-model run or export (step decoding)
+    fastweights export RUN_DIR OUT_DIR        the trained model as config.json + model.safetensors + vocabulary
     fastweights plot RUN_DIR... --out F.png   learning curves of several runs
     fastweights memory [--op ...]             peak memory of forward+backward: default path vs naive step loop
     fastweights bench [--shapes tiny,paper]   speed of every op and layer against the naive loop and the matmul peak
@@ -93,16 +95,14 @@ def _announce_preset(args: argparse.Namespace, preset: str) -> None:
 def _resumed_run(args: argparse.Namespace, refused: tuple[str, ...]) -> tuple[Path, object]:
     """``--resume RUN_DIR``: the run directory and its config, after refusing options that would change it."""
     from .train.config import config_from_dict
-    from .train.runs import read_json
+    from .train.runs import read_run_config
 
     given = [f"--{k.replace('_', '-')}" for k in refused if getattr(args, k) not in (None, False)]
     given += list(args.overrides)
     if given:
         raise ValueError(f"resume: a resumed run keeps its config.json; remove {' '.join(given)}")
     run_dir = Path(args.resume)
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"resume: {run_dir} is not a run directory (no config.json)")
-    cfg = config_from_dict(read_json(run_dir / "config.json"))
+    cfg = config_from_dict(read_run_config(run_dir))  # refuses a directory without config.json
     if cfg.task != args.task:
         raise ValueError(f"resume: {run_dir} is a {cfg.task} run, not {args.task}")
     return run_dir, cfg
@@ -221,11 +221,9 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _run_task(run_dir: Path) -> str:
-    from .train.runs import read_json
+    from .train.runs import read_run_config
 
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"run_dir: {run_dir} is not a run directory (no config.json)")
-    return read_json(run_dir / "config.json").get("task", "code-exec")
+    return read_run_config(run_dir).get("task", "code-exec")
 
 
 def _refuse_lm_only_flags(args: argparse.Namespace, run_dir: Path) -> None:
@@ -258,6 +256,8 @@ def _eval(args: argparse.Namespace) -> int:
         if args.split is not None:
             raise ValueError(f"--split: {run_dir} is an rl run, evaluated on fresh episodes of its environment "
                              f"(there are no data splits); remove --split")
+        if args.data is not None:
+            raise ValueError(f"--data: rl runs have no data set; {run_dir} is an rl run")
         metrics = evaluate_rl_run(run_dir, episodes=args.episodes or 30, runs=args.runs or 5, greedy=not args.sample,
                                   checkpoint=_rl_checkpoint(run_dir, args.checkpoint), device=args.device,
                                   progress=True)
@@ -273,27 +273,45 @@ def _eval(args: argparse.Namespace) -> int:
         from .train.lm import evaluate_lm_run
 
         metrics = evaluate_lm_run(run_dir, args.split, args.mode, checkpoint=args.checkpoint, context=args.context,
-                                  batch_size=args.batch_size, device=args.device, progress=True)
+                                  batch_size=args.batch_size, device=args.device, data=args.data, progress=True)
         print(json.dumps(metrics, indent=2))
         return 0
     from .train.algorithmic import evaluate_run
 
     _refuse_lm_only_flags(args, run_dir)
-    metrics = evaluate_run(run_dir, args.split, checkpoint=args.checkpoint, device=args.device, progress=True)
+    metrics = evaluate_run(run_dir, args.split, checkpoint=args.checkpoint, device=args.device, data_dir=args.data,
+                           progress=True)
     print(json.dumps({"split": args.split, "checkpoint": args.checkpoint, **metrics}, indent=2))
     return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from .loading import from_pretrained, is_export
     from .train.lm import generate_from_run
 
     run_dir = Path(args.run_dir)
+    if is_export(run_dir):  # an export directory (fastweights export) holds no checkpoints
+        loaded = from_pretrained(run_dir, device=args.device)
+        if loaded.task != "lm":
+            raise ValueError(f"path: {run_dir} is an exported {loaded.task} model; generate needs a language model")
+        out = loaded.generate(args.prompt, args.max_tokens, args.temperature, args.top_k, args.seed)
+        print(out.after(args.prompt))
+        return 0
     task = _run_task(run_dir)
     if task != "lm":
         raise ValueError(f"run_dir: {run_dir} is a {task} run; generate needs a language-model run")
     out = generate_from_run(run_dir, args.prompt, args.max_tokens, args.temperature, args.top_k, args.seed,
                             checkpoint=args.checkpoint, device=args.device)
     print(out.after(args.prompt))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .loading import export
+
+    out = export(Path(args.run_dir), Path(args.out_dir), checkpoint=args.checkpoint)
+    for path in sorted(out.iterdir()):
+        print(path)
     return 0
 
 
@@ -400,10 +418,13 @@ def build_parser(help_task: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("--episodes", type=int, default=None, help="rl runs: episodes per evaluation run (default 30)")
     e.add_argument("--runs", type=int, default=None, help="rl runs: evaluation runs (default 5)")
     e.add_argument("--sample", action="store_true", help="rl runs: sample actions instead of greedy ones")
+    e.add_argument("--data", default=None, metavar="DIR",
+                   help="the run's data when they moved (LM corpus directory, algorithmic data files); their "
+                        "vocabulary must be the run's")
     e.set_defaults(func=_eval)
 
     gn = sub.add_parser("generate", help="continue a prompt with a language-model run (step-by-step decoding)")
-    gn.add_argument("run_dir")
+    gn.add_argument("run_dir", help="a language-model run directory, or an export of one (fastweights export)")
     gn.add_argument("--prompt", default="", help="text to continue (default: start a new line)")
     gn.add_argument("--max-tokens", type=int, default=100, help="tokens to generate (default 100)")
     gn.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy (default 1)")
@@ -412,6 +433,13 @@ def build_parser(help_task: str | None = None) -> argparse.ArgumentParser:
     gn.add_argument("--checkpoint", default="best", choices=("best", "last"))
     gn.add_argument("--device", default=None)
     gn.set_defaults(func=_generate)
+
+    ex = sub.add_parser("export", help="write a run's trained model as config.json, model.safetensors (weights "
+                                       "only, no pickle) and its vocabulary or environment spec")
+    ex.add_argument("run_dir")
+    ex.add_argument("out_dir", help="a new (or empty) directory; fastweights.from_pretrained(OUT_DIR) loads it")
+    ex.add_argument("--checkpoint", default="best", help="best (default) or last; rl runs: last or step-<N>")
+    ex.set_defaults(func=_export)
 
     pl = sub.add_parser("plot", help="learning curves of one or more runs on one figure")
     pl.add_argument("run_dirs", nargs="+")
@@ -457,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:  # ConfigError, DataFormatError: ValueErrors
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:  # ConfigError: a ValueError
         if os.environ.get("FASTWEIGHTS_DEBUG"):
             raise
         print(f"fastweights: error: {e}", file=sys.stderr)

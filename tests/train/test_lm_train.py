@@ -123,7 +123,9 @@ def test_training_learns_and_writes_a_run(corpus_dir, tmp_path):
     run = tmp_path / "run"
     results = train_lm(cfg, run, quiet=True)
     assert sorted(p.name for p in run.iterdir() if p.name != "tensorboard") == [
-        "best.pt", "config.json", "last.pt", "meta.json", "metrics.csv", "results.json"]
+        "best.pt", "config.json", "last.pt", "meta.json", "metrics.csv", "results.json", "vocab.json"]
+    assert read_json(run / "vocab.json") == {**load_lm_data(cfg).vocab.to_dict(), "level": "word",
+                                             "tokenizer": "whitespace"}
     rows = metric_rows(run)
     assert [int(r["step"]) for r in rows] == [10, 20, 30, 40]
     assert set(rows[0]) == {"step", "epochs", "train_loss", "train_ppl", "valid_loss", "valid_ppl", "lr"}

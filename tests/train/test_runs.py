@@ -248,3 +248,41 @@ def test_number_formats(fn, args, text):
     from fastweights.train import progress
 
     assert getattr(progress, fn)(*args) == text
+
+
+class _Foreign:
+    """A type no fastweights checkpoint holds."""
+
+    def __reduce__(self):
+        return (print, ("this would run on load",))
+
+
+def test_load_checkpoint_refuses_foreign_objects_and_torn_files(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "payload": _Foreign()}, path)
+    with pytest.raises(ValueError, match=r"^checkpoint: .*evil\.pt holds an object of a type .* refused") as exc:
+        load_checkpoint(path)
+    assert "\n" not in str(exc.value)
+    save_checkpoint(tmp_path / "last.pt", {"model": {"w": torch.zeros(1000)}, "epoch": 1})
+    data = (tmp_path / "last.pt").read_bytes()
+    (tmp_path / "torn.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"^checkpoint: .*torn\.pt is truncated or not a torch checkpoint") as exc:
+        load_checkpoint(tmp_path / "torn.pt")
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("model", ["delta_net", "delta_rnn", "delta_lstm", "rdn", "delta_delta_net", "lstm",
+                                   "transformer"])
+def test_load_checkpoint_reads_every_carried_state(tmp_path, model):
+    """The carried states of LM checkpoints (named tuples of every layer kind) come back from the safe loader."""
+    from fastweights.models.lm import LMConfig, build_lm
+
+    lm = build_lm(LMConfig(model, 7, d_model=8, n_layers=1, n_heads=2, d_ff=8, softmax="full",
+                           positional_encoding="none"))
+    _, state = lm(torch.randint(0, 7, (2, 3)))
+    save_checkpoint(tmp_path / "last.pt", {"ranks": [{"state": state, "torch_rng": torch.get_rng_state()}]})
+    back = load_checkpoint(tmp_path / "last.pt")["ranks"][0]["state"]
+    assert type(back) is type(state) and type(back.layers[0]) is type(state.layers[0])
+    flat = [t for t in torch.utils._pytree.tree_leaves(state) if isinstance(t, torch.Tensor)]
+    flat_back = [t for t in torch.utils._pytree.tree_leaves(back) if isinstance(t, torch.Tensor)]
+    assert len(flat) == len(flat_back) > 0 and all(torch.equal(a, b) for a, b in zip(flat, flat_back))

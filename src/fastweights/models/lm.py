@@ -521,6 +521,63 @@ class LanguageModel(nn.Module):
         h, state = self.hidden(tokens_t[:, None], state)
         return self.output.log_prob(h[:, 0]), state
 
+    @torch.no_grad()
+    def generate(self, prompt: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 seed: int | None = None) -> Tensor:
+        """Continue ``prompt`` (token ids ``[B, T]`` or ``[T]``) by ``max_new_tokens`` tokens: ``[B, N]`` (or ``[N]``).
+
+        The prompt is read in one forward, then every new token costs one :meth:`step`: constant memory per token
+        for the fast-weight layers (the ``transformer`` layer's KV cache grows by one entry). ``temperature`` 0 is
+        greedy decoding (argmax); otherwise tokens are drawn from ``softmax(log_probs / temperature)`` restricted to
+        the ``top_k`` most likely (None: all) with a CPU generator seeded by ``seed`` (None: nondeterministic).
+        Models with reversed positions cannot be decoded step by step and are refused.
+        """
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: expected a positive integer, got {max_new_tokens!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+                or not 0 <= temperature < math.inf:
+            raise ValueError(f"temperature: expected a finite number >= 0 (0 = greedy), got {temperature!r}")
+        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+            raise ValueError(f"top_k: expected a positive integer, got {top_k!r}")
+        if self.config.positional_encoding == "sinusoidal" and self.config.position_order == "reversed":
+            raise ValueError("generate: this model adds reversed positions (position_order='reversed', the paper's "
+                             "truncated-context setting), which restart at every call, so it cannot be decoded step "
+                             "by step; train with position_order=forward or positional_encoding=none (e.g. "
+                             "--carry-state)")
+        single = isinstance(prompt, Tensor) and prompt.dim() == 1
+        prompt = _check_tokens(prompt[None] if single else prompt, self.config.vocab_size, name="prompt",
+                               layout="[B, T]")
+        if prompt.shape[1] == 0:
+            raise ValueError("prompt: expected at least one token (e.g. the id of <eos> to start a line)")
+        gen = torch.Generator()
+        if seed is not None:
+            gen.manual_seed(seed)
+        else:
+            gen.seed()
+        was_training = self.training
+        self.eval()
+        try:
+            device = self.embedding.weight.device
+            h, state = self.hidden(prompt.to(device))
+            log_probs = self.log_probs(h[:, -1])  # [B, V]
+            out = []
+            for i in range(max_new_tokens):
+                if temperature == 0:
+                    token = log_probs.argmax(-1)
+                else:
+                    logits = log_probs.float().cpu() / temperature
+                    if top_k is not None and top_k < logits.shape[-1]:
+                        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+                        logits = logits.masked_fill(logits < kth, -math.inf)
+                    token = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0].to(device)
+                out.append(token)
+                if i + 1 < max_new_tokens:
+                    log_probs, state = self.step(token, state)
+        finally:
+            self.train(was_training)
+        ids = torch.stack(out, dim=1)
+        return ids[0] if single else ids
+
 
 def build_lm(config: LMConfig) -> LanguageModel:
     """Build the :class:`LanguageModel` a :class:`LMConfig` describes."""

@@ -1,4 +1,4 @@
-"""Configuration of an RL run: :class:`RLConfig`, presets ``configs/rl-<preset>.json`` and ``key=value``
+"""Configuration of an RL run: :class:`RLConfig`, presets ``fastweights/configs/rl-<preset>.json`` and ``key=value``
 overrides (the parser of :mod:`fastweights.train.config`).
 
 Resolution order: dataclass defaults (the paper's Atari setting, paper.md E.3) < preset file < overrides < flags.
@@ -143,7 +143,7 @@ class RLConfig:
 
 def resolve_rl_config(env: str | None = None, model: str | None = None, preset: str | None = None,
                       overrides: list[str] | None = None, **flags: Any) -> RLConfig:
-    """The validated :class:`RLConfig`: defaults < ``configs/rl-<preset>.json`` < ``key=value`` overrides <
+    """The validated :class:`RLConfig`: defaults < ``fastweights/configs/rl-<preset>.json`` < ``key=value`` overrides <
     ``env``/``model``/other flags (None = not given). An ``env`` flag naming another environment than the preset's
     drops the preset's ``env_options`` (unless ``env_options`` is overridden too)."""
     cfg = RLConfig()

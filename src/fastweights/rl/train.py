@@ -37,13 +37,16 @@ from ..train.interrupt import StopSignals, interrupted, save_and_stop
 from ..train.progress import DurationEstimate, Progress, format_count, format_duration, format_number
 from ..train.runs import (
     MetricsLog,
+    checkpoint_path,
     continues_from_checkpoint,
     load_checkpoint,
-    read_json,
+    read_json_file,
+    read_run_config,
     run_metadata,
     save_checkpoint,
     write_json,
 )
+from ..weights import load_state
 from .agent import Agent, AgentConfig
 from .config import RLConfig, resolve_rl_config, rl_config_from_dict, rl_config_to_dict
 from .envs import BatchedEnv, make_env
@@ -163,8 +166,61 @@ def learner_loss(agent: Agent, ro: Rollout, cfg: RLConfig) -> tuple[torch.Tensor
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def agent_config(cfg: RLConfig, env: BatchedEnv) -> AgentConfig:
-    return AgentConfig(obs_shape=env.obs_shape, num_actions=env.num_actions, **cfg.agent_fields())
+#: The file of a run (and of an export) that holds its environment spec (:class:`EnvSpec`).
+ENV_FILE = "env.json"
+ENV_FORMAT = "fastweights-env"
+
+
+@dataclass
+class EnvSpec:
+    """What an agent needs to know of its environment (``env.json`` of an RL run): the environment's name and
+    options (:func:`~fastweights.rl.envs.make_env`), the observation shape and dtype, and the number of actions."""
+
+    env: str
+    env_options: dict[str, Any]
+    obs_shape: tuple[int, ...]
+    obs_dtype: str | None  # None: a run of format 1 did not record it
+    num_actions: int
+
+    @classmethod
+    def of(cls, cfg: RLConfig, env: BatchedEnv) -> EnvSpec:
+        return cls(cfg.env, dict(cfg.env_options), tuple(env.obs_shape), np.dtype(env.obs_dtype).name,
+                   env.num_actions)
+
+    def make_env(self, num_envs: int = 1) -> BatchedEnv:
+        """``num_envs`` copies of the environment (Atari needs the ``rl`` extra)."""
+        return make_env(self.env, num_envs, self.env_options)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": ENV_FORMAT, "version": 1, "env": self.env, "env_options": self.env_options,
+                "obs_shape": list(self.obs_shape), "obs_dtype": self.obs_dtype, "num_actions": self.num_actions}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "environment spec") -> EnvSpec:
+        if not isinstance(data, dict) or data.get("format") != ENV_FORMAT:
+            raise ValueError(f"{source}: not a fastweights environment spec (expected a JSON object with "
+                             f"format={ENV_FORMAT!r})")
+        if data.get("version") != 1:
+            raise ValueError(f"{source}: unsupported environment spec version {data.get('version')!r} (expected 1)")
+        shape, n = data.get("obs_shape"), data.get("num_actions")
+        if not isinstance(data.get("env"), str) or not isinstance(data.get("env_options"), dict):
+            raise ValueError(f"{source}: expected env (a string) and env_options (an object)")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                                                  for d in shape):
+            raise ValueError(f"{source}: obs_shape: expected a list of positive integers, got {shape!r}")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"{source}: num_actions: expected a positive integer, got {n!r}")
+        if data.get("obs_dtype") is not None:
+            try:
+                np.dtype(data["obs_dtype"])
+            except TypeError:
+                raise ValueError(f"{source}: obs_dtype: not a NumPy dtype: {data['obs_dtype']!r}") from None
+        return cls(data["env"], data["env_options"], tuple(shape), data.get("obs_dtype"), n)
+
+
+def agent_config(cfg: RLConfig, env: BatchedEnv | EnvSpec) -> AgentConfig:
+    """The :class:`AgentConfig` of a run: ``cfg``'s agent for the observation and action spaces of ``env``."""
+    return AgentConfig(obs_shape=tuple(env.obs_shape), num_actions=env.num_actions, **cfg.agent_fields())
 
 
 def build(cfg: RLConfig, num_envs: int | None = None) -> tuple[BatchedEnv, Agent]:
@@ -279,6 +335,8 @@ def _train_loop(cfg: RLConfig, run_dir: Path, env: BatchedEnv, agent: Agent, dev
         log.truncate(0)
         write_json(run_dir / "meta.json", {**run_metadata(cfg.seed, command), "parameters": count_parameters(agent),
                                            "obs_shape": list(env.obs_shape), "num_actions": env.num_actions})
+    if not (run_dir / ENV_FILE).exists():  # new runs, and runs of format 1 when resumed
+        write_json(run_dir / ENV_FILE, EnvSpec.of(cfg, env).to_dict())
     total = cfg.total_updates
     last = total if stop_after_updates is None else min(total, stop_after_updates)
     if not quiet:
@@ -416,20 +474,36 @@ def evaluate_agent(agent: Agent, cfg: RLConfig, *, episodes: int | None = None, 
             "episodes": episodes, "runs": runs, "greedy": greedy}
 
 
-def load_agent(run_dir: Path, checkpoint: str = "last", device: str | None = None) -> tuple[RLConfig, Agent]:
-    """The configuration and the trained agent of a run directory (``checkpoint``: ``last`` or ``step-<N>``)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"run_dir: {run_dir} is not a run directory (no config.json)")
-    cfg = rl_config_from_dict(read_json(run_dir / "config.json"))
+def rl_run_config(run_dir: Path, device: str | None = None) -> RLConfig:
+    """The configuration of an RL run directory (``device`` replaces the run's)."""
+    values = read_run_config(run_dir)
+    if values.get("task") != "rl":
+        raise ValueError(f"run_dir: {run_dir} is a {values.get('task', 'code-exec')} run, not an rl run")
+    cfg = rl_config_from_dict(values)
     if device is not None:
         cfg.device = device
-    meta = read_json(run_dir / "meta.json")
-    agent = Agent(AgentConfig(obs_shape=tuple(meta["obs_shape"]), num_actions=meta["num_actions"],
-                              **cfg.agent_fields())).to(cfg.device)
-    ckpt = load_checkpoint(run_dir / f"{checkpoint}.pt", map_location=cfg.device)
-    agent.load_state_dict(ckpt["agent"])
-    return cfg, agent
+    return cfg
+
+
+def env_spec(run_dir: Path, cfg: RLConfig) -> EnvSpec:
+    """The environment spec of a run: its ``env.json``; runs of format 1 have the spaces in ``meta.json``."""
+    run_dir = Path(run_dir)
+    if (run_dir / ENV_FILE).is_file():
+        return EnvSpec.from_dict(read_json_file(run_dir / ENV_FILE, "env"), str(run_dir / ENV_FILE))
+    meta = read_json_file(run_dir / "meta.json", "run_dir") if (run_dir / "meta.json").is_file() else {}
+    if "obs_shape" not in meta or "num_actions" not in meta:
+        raise ValueError(f"run_dir: {run_dir} has neither {ENV_FILE} nor the spaces in meta.json")
+    return EnvSpec(cfg.env, dict(cfg.env_options), tuple(meta["obs_shape"]), None, meta["num_actions"])
+
+
+def load_agent(run_dir: Path, checkpoint: str = "last", device: str | None = None) -> tuple[RLConfig, Agent]:
+    """The configuration and the trained agent (in eval mode) of a run directory (``checkpoint``: ``last`` or
+    ``step-<N>``)."""
+    cfg = rl_run_config(run_dir, device)
+    path = checkpoint_path(run_dir, checkpoint)
+    agent = Agent(agent_config(cfg, env_spec(run_dir, cfg)))
+    load_state(agent, load_checkpoint(path)["agent"], f"checkpoint: {path}")
+    return cfg, agent.to(cfg.device).eval()
 
 
 def evaluate_run(run_dir: Path | str, episodes: int = 30, runs: int = 5, greedy: bool = True, *,
@@ -472,11 +546,10 @@ def main_train(env: str | None = None, model: str | None = None, preset: str | N
         if given:
             raise ConfigError(f"resume: a resumed run keeps its config.json; remove {' '.join(given)}")
         rdir = Path(resume)
-        if not (rdir / "config.json").is_file():
-            raise FileNotFoundError(f"resume: {rdir} is not a run directory (no config.json)")
-        cfg = rl_config_from_dict(read_json(rdir / "config.json"))
-        if cfg.task != "rl":
-            raise ConfigError(f"resume: {rdir} is a {cfg.task} run, not rl")
+        values = read_run_config(rdir)  # refuses a directory without config.json
+        if values.get("task") != "rl":
+            raise ConfigError(f"resume: {rdir} is a {values.get('task', 'code-exec')} run, not rl")
+        cfg = rl_config_from_dict(values)
         if device is not None:
             cfg.device = device
         cfg.validate()

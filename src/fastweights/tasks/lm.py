@@ -75,6 +75,7 @@ __all__ = [
     "EMBEDDED_NAME",
     "EOS",
     "LEVELS",
+    "PUNCTUATION_PATTERN",
     "TOKENIZERS",
     "UNK",
     "LMCorpus",
@@ -117,6 +118,8 @@ _WIKITEXT_NAMES = ({s: f"wiki.{s}.tokens" for s in SPLITS}, {s: f"{s}.txt" for s
 # split off ("'tis" -> "'", "tis") because it cannot be told apart from an opening quote; hyphens split words
 # ("all-licensed" -> "all", "-", "licensed"), as in WikiText (which writes them "@-@").
 _PUNCT_TOKEN = re.compile(r"<eos>|<unk>|[^\W_]+(?:['’][^\W_]+)*|-{2,}|\.{2,}|\S")
+#: The punctuation tokenizer's pattern (its tokens are the matches); also that of :mod:`fastweights.hf`'s tokenizer.
+PUNCTUATION_PATTERN: str = _PUNCT_TOKEN.pattern
 
 
 def user_cache_dir() -> Path:

@@ -22,19 +22,27 @@ from torch import Tensor
 
 from ..models import ModelConfig, build_model, count_parameters
 from ..tasks import code_execution, listops
-from .config import TrainConfig, config_from_dict, config_to_dict
+from ..weights import load_state
+from .config import ALGORITHMIC_TASKS, TrainConfig, config_from_dict, config_to_dict
 from .interrupt import StopSignals, interrupted, save_and_stop
 from .progress import DurationEstimate, Progress, format_count, format_duration, plural
 from .runs import (
     MetricsLog,
+    checkpoint_path,
     continues_from_checkpoint,
     load_checkpoint,
-    read_json,
+    read_json_file,
+    read_run_config,
     run_metadata,
     save_checkpoint,
+    vocab_difference,
     write_json,
 )
 from .schedule import warmup_cosine
+
+#: The file of a run (and of an export) that holds its vocabularies (:class:`TaskVocab`).
+VOCAB_FILE = "vocab.json"
+TASK_VOCAB_FORMAT = "fastweights-task-vocab"
 
 # ----------------------------------------------------------------------------------------------------------------
 # Data
@@ -52,12 +60,82 @@ class Split:
 
 
 @dataclass
+class TaskVocab:
+    """The vocabularies of an algorithmic run (its ``vocab.json``): ``input`` tokens in id order and ``output`` the
+    class names (code execution: ``_`` and the printed values, in the order the data first shows them; ListOps: the
+    digits ``0``..``9``)."""
+
+    task: str
+    input: list[str]
+    output: list[str]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.input)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.output)
+
+    @property
+    def noop_index(self) -> int | None:
+        """Code execution: the class of ``_`` (nothing printed); None for ListOps."""
+        return self.output.index(code_execution.NOOP) if self.task == "code-exec" else None
+
+    def difference(self, data: TaskVocab) -> str | None:
+        """None when ``data`` (the vocabularies of a data set) equals these, else one line saying how they differ."""
+        return vocab_difference("input vocabulary", self.input, data.input) \
+            or vocab_difference("output classes", self.output, data.output)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": TASK_VOCAB_FORMAT, "version": 1, "task": self.task, "input": list(self.input),
+                "output": list(self.output)}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "vocabulary") -> TaskVocab:
+        if not isinstance(data, dict) or data.get("format") != TASK_VOCAB_FORMAT:
+            raise ValueError(f"{source}: not a fastweights task vocabulary (expected a JSON object with "
+                             f"format={TASK_VOCAB_FORMAT!r})")
+        if data.get("version") != 1:
+            raise ValueError(f"{source}: unsupported task vocabulary version {data.get('version')!r} (expected 1)")
+        if data.get("task") not in ALGORITHMIC_TASKS:
+            raise ValueError(f"{source}: task: expected one of {list(ALGORITHMIC_TASKS)}, got {data.get('task')!r}")
+        for key in ("input", "output"):
+            tokens = data.get(key)
+            if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens) \
+                    or len(set(tokens)) != len(tokens):
+                raise ValueError(f"{source}: {key}: expected a non-empty list of distinct strings")
+        vocab = cls(data["task"], data["input"], data["output"])
+        if vocab.task == "code-exec" and code_execution.NOOP not in vocab.output:
+            raise ValueError(f"{source}: output: the code-execution classes must include {code_execution.NOOP!r}")
+        return vocab
+
+    def save(self, path: Path) -> None:
+        write_json(Path(path), self.to_dict())
+
+    @classmethod
+    def load(cls, path: Path) -> TaskVocab:
+        return cls.from_dict(read_json_file(Path(path), "vocabulary"), str(path))
+
+
+@dataclass
 class TaskData:
     splits: dict[str, Split]
-    vocab_size: int
-    num_classes: int
-    noop_index: int | None  # code execution: index of "_" (for the print-token accuracy)
+    vocab: TaskVocab
     source: str  # where the data came from
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vocab.vocab_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.vocab.num_classes
+
+    @property
+    def noop_index(self) -> int | None:
+        """Code execution: index of "_" (for the print-token accuracy)."""
+        return self.vocab.noop_index
 
 
 def cache_dir() -> Path:
@@ -91,9 +169,12 @@ def write_task_data(cfg: TrainConfig, out_dir: Path, *, progress: bool = False) 
     return paths
 
 
-def load_task_data(cfg: TrainConfig, *, progress: bool = False) -> TaskData:
+def load_task_data(cfg: TrainConfig, vocab: TaskVocab | None = None, *, progress: bool = False) -> TaskData:
     """Read ``cfg.data`` (official format) or generate into the cache on first use (``progress``: a progress line
-    on stderr while generating), then encode."""
+    on stderr while generating), then encode.
+
+    ``vocab``: the run's vocabularies; data whose vocabularies differ are refused (one ``ValueError`` line).
+    """
     if cfg.data is not None:
         data_dir = Path(cfg.data)
         if not data_dir.is_dir():
@@ -109,13 +190,18 @@ def load_task_data(cfg: TrainConfig, *, progress: bool = False) -> TaskData:
         # Vocabularies in order of first appearance, training split first, as the official loader builds them
         # from the training file. Tokens that only occur in valid/test (possible with tiny data sets) are
         # appended after them; with the official data there are none, so the sizes are the paper's.
-        in_vocab, out_vocab = code_execution.build_vocab(raw["train"] + raw["valid"] + raw["test"])
-        splits = {name: Split(*code_execution.encode(examples, in_vocab, out_vocab)) for name, examples in raw.items()}
-        return TaskData(splits, len(in_vocab), len(out_vocab), out_vocab.index("_"), str(data_dir))
-    raw = listops.read_dataset(data_dir, cfg.depth)
-    vocab = listops.input_vocab()
-    splits = {name: Split(*listops.encode(examples, vocab)) for name, examples in raw.items()}
-    return TaskData(splits, len(vocab), listops.NUM_CLASSES, None, str(data_dir))
+        found = TaskVocab(cfg.task, *code_execution.build_vocab(raw["train"] + raw["valid"] + raw["test"]))
+    else:
+        raw = listops.read_dataset(data_dir, cfg.depth)
+        found = TaskVocab(cfg.task, listops.input_vocab(), [str(c) for c in range(listops.NUM_CLASSES)])
+    if vocab is not None and (diff := vocab.difference(found)) is not None:
+        raise ValueError(f"data: the data in {data_dir} do not match the run's vocabularies ({diff})")
+    if cfg.task == "code-exec":
+        splits = {name: Split(*code_execution.encode(examples, found.input, found.output))
+                  for name, examples in raw.items()}
+    else:
+        splits = {name: Split(*listops.encode(examples, found.input)) for name, examples in raw.items()}
+    return TaskData(splits, found, str(data_dir))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -123,7 +209,8 @@ def load_task_data(cfg: TrainConfig, *, progress: bool = False) -> TaskData:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def model_config(cfg: TrainConfig, data: TaskData) -> ModelConfig:
+def model_config(cfg: TrainConfig, data: TaskData | TaskVocab) -> ModelConfig:
+    """The :class:`ModelConfig` of a run: ``cfg``'s model with the sizes of the data's vocabularies."""
     return ModelConfig(
         model=cfg.model, vocab_size=data.vocab_size, num_classes=data.num_classes, d_model=cfg.d_model,
         num_layers=cfg.num_layers, num_heads=cfg.num_heads, head_dim=cfg.head_dim, ff_factor=cfg.ff_factor,
@@ -225,10 +312,11 @@ def epoch_order(seed: int, epoch: int, n: int) -> Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
-def build(cfg: TrainConfig, *, progress: bool = False) -> tuple[TaskData, ModelConfig, torch.nn.Module]:
-    """The data (generated on first use; ``progress``: a progress line on stderr meanwhile), model configuration
-    and freshly initialised model of ``cfg``."""
-    data = load_task_data(cfg, progress=progress)
+def build(cfg: TrainConfig, vocab: TaskVocab | None = None, *, progress: bool = False
+          ) -> tuple[TaskData, ModelConfig, torch.nn.Module]:
+    """The data (generated on first use; ``progress``: a progress line on stderr meanwhile; checked against the
+    run's ``vocab`` when given), model configuration and freshly initialised model of ``cfg``."""
+    data = load_task_data(cfg, vocab, progress=progress)
     mcfg = model_config(cfg, data)
     seed_everything(cfg.seed)
     model = build_model(mcfg)
@@ -268,7 +356,8 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, stop_after_e
     device = torch.device(cfg.device)
     with StopSignals() as signals:
         try:
-            data, _, model = build(cfg, progress=not quiet)
+            run_vocab = TaskVocab.load(run_dir / VOCAB_FILE) if continues and (run_dir / VOCAB_FILE).is_file() else None
+            data, _, model = build(cfg, run_vocab, progress=not quiet)
         except KeyboardInterrupt as e:
             raise interrupted(e, "before the first training step", False, run_dir / "last.pt", again) from None
         return _train_loop(cfg, run_dir, data, model, device, signals, continues=continues,
@@ -307,6 +396,8 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
         log.truncate(0)
         write_json(run_dir / "meta.json", {**run_metadata(cfg.seed, command), "parameters": count_parameters(model),
                                            "data": data.source})
+    if not (run_dir / VOCAB_FILE).exists():  # new runs, and runs of format 1 when resumed
+        data.vocab.save(run_dir / VOCAB_FILE)
     rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
 
     def payload() -> dict[str, Any]:
@@ -410,22 +501,60 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
     return results
 
 
-def evaluate_run(run_dir: Path, split: str = "test", *, checkpoint: str = "best", data: TaskData | None = None,
-                 device: str | None = None, progress: bool = False) -> dict[str, float]:
-    """Evaluate the ``best`` (or ``last``) checkpoint of a run on ``split`` (``progress``: a progress line on
-    stderr when it takes a while)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"run_dir: {run_dir} is not a run directory (no config.json)")
-    cfg = config_from_dict(read_json(run_dir / "config.json"))
+def algorithmic_run_config(run_dir: Path, device: str | None = None) -> TrainConfig:
+    """The configuration of a code-execution or ListOps run directory (``device`` replaces the run's)."""
+    cfg = config_from_dict(read_run_config(run_dir))
+    if cfg.task not in ALGORITHMIC_TASKS:
+        raise ValueError(f"run_dir: {run_dir} is a {cfg.task} run, not a code-exec or listops run")
     if device is not None:
         cfg.device = device
+    return cfg
+
+
+def run_vocab(run_dir: Path, cfg: TrainConfig, data: TaskData | None = None) -> TaskVocab:
+    """The vocabularies of a run: its ``vocab.json`` (checked against ``data`` when given); runs of format 1 take
+    them from ``data`` or read their data."""
+    path = Path(run_dir) / VOCAB_FILE
+    if not path.is_file():
+        return (data if data is not None else load_task_data(cfg)).vocab
+    vocab = TaskVocab.load(path)
+    if vocab.task != cfg.task:
+        raise ValueError(f"vocabulary: {path} belongs to a {vocab.task} run, the run is {cfg.task}")
+    if data is not None and (diff := vocab.difference(data.vocab)) is not None:
+        raise ValueError(f"data: the data in {data.source} do not match the run's vocabularies ({diff})")
+    return vocab
+
+
+def load_algorithmic_model(run_dir: Path, checkpoint: str = "best", *, device: str | None = None,
+                           data: TaskData | None = None) -> tuple[TrainConfig, TaskVocab, torch.nn.Module]:
+    """The configuration, vocabularies and trained model (in eval mode) of a code-execution or ListOps run; no data
+    is read when the run holds its vocabularies."""
+    cfg = algorithmic_run_config(run_dir, device)
+    path = checkpoint_path(run_dir, checkpoint)
+    vocab = run_vocab(run_dir, cfg, data)
+    model = build_model(model_config(cfg, vocab))
+    load_state(model, load_checkpoint(path)["model"], f"checkpoint: {path}")
+    return cfg, vocab, model.to(cfg.device).eval()
+
+
+def evaluate_run(run_dir: Path, split: str = "test", *, checkpoint: str = "best", data: TaskData | None = None,
+                 device: str | None = None, data_dir: str | Path | None = None,
+                 progress: bool = False) -> dict[str, float]:
+    """Evaluate the ``best`` (or ``last``) checkpoint of a run on ``split`` (``progress``: a progress line on
+    stderr when it takes a while).
+
+    ``data_dir``: the data when they moved (official file format); their vocabularies must equal the run's.
+    """
+    run_dir = Path(run_dir)
     if data is None:
-        data = load_task_data(cfg)
+        cfg = algorithmic_run_config(run_dir, device)
+        checkpoint_path(run_dir, checkpoint)  # a missing checkpoint before reading the data
+        if data_dir is not None:
+            cfg.data = str(data_dir)
+        vocab_path = run_dir / VOCAB_FILE
+        data = load_task_data(cfg, TaskVocab.load(vocab_path) if vocab_path.is_file() else None)
     if split not in data.splits:
         raise ValueError(f"split: expected one of {sorted(data.splits)}, got {split!r}")
-    model = build_model(model_config(cfg, data)).to(cfg.device)
-    ckpt = load_checkpoint(run_dir / f"{checkpoint}.pt", map_location=cfg.device)
-    model.load_state_dict(ckpt["model"])
+    cfg, _, model = load_algorithmic_model(run_dir, checkpoint, device=device, data=data)
     return evaluate(model, cfg.task, data.splits[split], cfg.eval_batch_size, torch.device(cfg.device),
                     data.noop_index, progress=f"eval {split}" if progress else None)

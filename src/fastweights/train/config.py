@@ -1,6 +1,6 @@
 """Training configuration: one dataclass per kind of task (:class:`TrainConfig` for the algorithmic tasks,
-:class:`LMTrainConfig` for language modelling), presets as JSON files in ``configs/<task>-<preset>.json``,
-``key=value`` overrides.
+:class:`LMTrainConfig` for language modelling), presets as JSON files ``<task>-<preset>.json`` shipped in the
+package (``fastweights/configs``), ``key=value`` overrides.
 
 Resolution order: dataclass defaults < preset file < ``key=value`` overrides < explicit CLI flags.
 """
@@ -13,8 +13,12 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 ALGORITHMIC_TASKS = ("code-exec", "listops")
 TASKS = (*ALGORITHMIC_TASKS, "lm")
@@ -131,7 +135,7 @@ class TrainConfig:
 @dataclass
 class LMTrainConfig:
     """Everything a language-modelling run needs (``task = "lm"``). Defaults: the paper's WikiText-103 small
-    setting (paper.md B.1, E.1); ``configs/lm-cpu.json`` is the CPU-sized preset.
+    setting (paper.md B.1, E.1); the ``cpu`` preset (``fastweights/configs/lm-cpu.json``) is the CPU-sized one.
 
     Batch sizes are **global**: with ``torchrun`` the ``batch_size`` segments (or stream columns) of a step are
     split evenly across the processes (``batch_size`` must be divisible by the world size).
@@ -367,34 +371,41 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
     return cfg
 
 
-def config_dirs() -> list[Path]:
-    """Where presets are looked up: ``$FASTWEIGHTS_CONFIGS``, then the repository's ``configs/``."""
-    dirs = []
+def config_dirs() -> list[Traversable]:
+    """Where presets are looked up: ``$FASTWEIGHTS_CONFIGS``, then the presets shipped with the package
+    (``fastweights/configs``, read through :mod:`importlib.resources`, so any install mode finds them)."""
+    dirs: list[Traversable] = []
     if os.environ.get("FASTWEIGHTS_CONFIGS"):
         dirs.append(Path(os.environ["FASTWEIGHTS_CONFIGS"]))
-    dirs.append(Path(__file__).resolve().parents[3] / "configs")
+    dirs.append(resources.files("fastweights").joinpath("configs"))
     return dirs
 
 
-def preset_path(task: str, preset: str) -> Path:
-    """``configs/<task>-<preset>.json``, or ``preset`` itself when it is a path to a JSON file."""
+def preset_path(task: str, preset: str) -> Traversable:
+    """``<task>-<preset>.json`` of :func:`config_dirs`, or ``preset`` itself when it is a path to a JSON file."""
     if preset.endswith(".json"):
         path = Path(preset)
         if not path.is_file():
             raise ConfigError(f"preset: no such file: {preset}")
         return path
     for d in config_dirs():
-        path = d / f"{task}-{preset}.json"
+        path = d.joinpath(f"{task}-{preset}.json")
         if path.is_file():
             return path
-    available = sorted({p.stem.split("-")[-1] for d in config_dirs() if d.is_dir() for p in d.glob(f"{task}-*.json")})
-    raise ConfigError(f"preset: unknown preset {preset!r} for {task}; expected one of {available} or a .json path")
+    raise ConfigError(f"preset: unknown preset {preset!r} for {task}; expected one of {preset_names(task)} or a "
+                      f".json path")
+
+
+def preset_names(task: str) -> list[str]:
+    """The presets of ``task`` found in :func:`config_dirs` (``paper``, ``cpu``, ...)."""
+    prefix = f"{task}-"
+    return sorted({p.name[len(prefix):-len(".json")] for d in config_dirs() if d.is_dir() for p in d.iterdir()
+                   if p.name.startswith(prefix) and p.name.endswith(".json") and p.is_file()})
 
 
 def load_preset(cfg: Any, task: str, preset: str) -> Any:
     path = preset_path(task, preset)
-    with open(path) as f:
-        values = json.load(f)
+    values = json.loads(path.read_text(encoding="utf-8"))
     names = field_names(type(cfg))
     for key, value in values.items():
         if key.startswith("_"):  # "_comment" keys document the preset
@@ -451,11 +462,14 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def dataclass_from_dict(cls: type, values: dict[str, Any]) -> Any:
-    """``cls(**values)`` without the keys ``cls`` has no field for (a config.json may be newer or older)."""
-    return cls(**{k: v for k, v in values.items() if k in field_names(cls)})
+def dataclass_from_dict(cls: type, values: dict[str, Any], where: str = "config: ") -> Any:
+    """``cls(**values)`` without the keys ``cls`` has no field for (a config.json may be newer or older); every value
+    is checked against its field's type (:func:`check_value`; errors start with ``where``)."""
+    names = field_names(cls)
+    return cls(**{k: check_value(k, v, where=where, cls=cls) for k, v in values.items() if k in names})
 
 
 def config_from_dict(values: dict[str, Any]) -> Any:
-    """The configuration a ``config.json`` holds (its ``task`` picks the class); unknown keys are ignored."""
+    """The configuration a ``config.json`` holds (its ``task`` picks the class); unknown keys are ignored, values of
+    the wrong type refused."""
     return dataclass_from_dict(config_class(values.get("task", "code-exec")), values)

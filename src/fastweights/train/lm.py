@@ -56,6 +56,8 @@ from ..models import count_parameters
 from ..models.lm import LanguageModel, LMConfig, build_lm, paper_config
 from ..tasks.lm import (
     EOS,
+    LEVELS,
+    TOKENIZERS,
     LMCorpus,
     StreamBatcher,
     Vocabulary,
@@ -65,21 +67,27 @@ from ..tasks.lm import (
     tokenize,
     unigram_perplexity,
 )
+from ..weights import load_state
 from .config import ConfigError, LMTrainConfig, config_from_dict, config_to_dict
 from .interrupt import StopSignals, interrupted, save_and_stop
 from .progress import DurationEstimate, Progress, format_count, format_duration, format_number, plural
 from .runs import (
     MetricsLog,
+    checkpoint_path,
     continues_from_checkpoint,
     load_checkpoint,
-    read_json,
+    read_json_file,
+    read_run_config,
     run_metadata,
     save_checkpoint,
+    vocab_difference,
     write_json,
 )
 from .schedule import warmup_cosine
 
 EVAL_MODES = ("sliding", "carry", "segments")
+#: The file of a run (and of an export) that holds its vocabulary and tokenisation (:class:`LMVocab`).
+VOCAB_FILE = "vocab.json"
 
 # ----------------------------------------------------------------------------------------------------------------
 # Processes and devices
@@ -470,6 +478,8 @@ def train_lm(cfg: LMTrainConfig, run_dir: Path, *, resume: bool = False, stop_af
             corpus = load_lm_data(cfg)
         except KeyboardInterrupt as e:
             raise interrupted(e, "before the first training step", False, run_dir / "last.pt", again) from None
+        if continues:
+            lm_run_vocab(run_dir, cfg, corpus)  # the data must still be the run's
         batcher = make_stream_batcher(cfg, corpus.train, dist) if cfg.carry_state else None
         device = run_device(cfg.device, dist)
         owns_group = _init_process_group(dist, device)
@@ -523,9 +533,12 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
                       f"on {dist.world_size}: dropout masks and carried states (if any) restart", flush=True)
         if log is not None:
             log.truncate(step if validated else step - 1)  # rows written after the checkpoint belong to lost work
+            if not (run_dir / VOCAB_FILE).exists():  # a run of format 1 gains its vocabulary
+                LMVocab.of(corpus).save(run_dir / VOCAB_FILE)
     elif dist.is_main:
         if log is not None:
             log.truncate(0)
+        LMVocab.of(corpus).save(run_dir / VOCAB_FILE)
         write_json(run_dir / "meta.json", {
             **run_metadata(cfg.seed, command), "parameters": n_params, "data": corpus.summary(),
             "world_size": dist.world_size, "device": str(device),
@@ -661,39 +674,76 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def load_lm_run(run_dir: Path, checkpoint: str = "best", *, device: str | None = None,
-                corpus: LMCorpus | None = None) -> tuple[LMTrainConfig, LMCorpus, LanguageModel]:
-    """The configuration, corpus and trained model (in eval mode) of a language-model run directory."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"run_dir: {run_dir} is not a run directory (no config.json)")
-    cfg = config_from_dict(read_json(run_dir / "config.json"))
+def lm_run_config(run_dir: Path, device: str | None = None) -> LMTrainConfig:
+    """The validated configuration of a language-model run directory (``device`` replaces the run's)."""
+    cfg = config_from_dict(read_run_config(run_dir))
     if not isinstance(cfg, LMTrainConfig):
         raise ValueError(f"run_dir: {run_dir} is a {cfg.task} run, not a language-model run")
-    if checkpoint not in ("best", "last"):
-        raise ValueError(f"checkpoint: expected 'best' or 'last', got {checkpoint!r}")
     if device is not None:
         cfg.device = device
     cfg.validate()
+    return cfg
+
+
+def lm_run_vocab(run_dir: Path, cfg: LMTrainConfig, corpus: LMCorpus | None = None) -> LMVocab:
+    """The vocabulary of a run: its ``vocab.json``, checked against ``corpus`` when one is given (a corpus whose
+    vocabulary differs is refused). Runs without ``vocab.json`` (format 1) take it from ``corpus`` or their data."""
+    path = Path(run_dir) / VOCAB_FILE
+    if not path.is_file():
+        return LMVocab.of(corpus if corpus is not None else load_lm_data(cfg))
+    vocab = LMVocab.load(path)
+    if corpus is not None:
+        diff = vocab_difference("vocabulary", vocab.vocab.tokens, corpus.vocab.tokens)
+        if diff is not None or (corpus.level, corpus.tokenizer) != (vocab.level, vocab.tokenizer):
+            diff = diff or (f"read as {corpus.level}/{corpus.tokenizer}, the run's is {vocab.level}/"
+                            f"{vocab.tokenizer}")
+            raise ValueError(f"data: the corpus {corpus.source} does not match the run {run_dir} ({diff})")
+    return vocab
+
+
+def load_lm_model(run_dir: Path, checkpoint: str = "best", *, device: str | None = None,
+                  corpus: LMCorpus | None = None) -> tuple[LMTrainConfig, LMVocab, LanguageModel]:
+    """The configuration, vocabulary and trained model (in eval mode) of a language-model run directory; no data is
+    read when the run holds its vocabulary (see :func:`lm_run_vocab`)."""
+    cfg = lm_run_config(run_dir, device)
+    path = checkpoint_path(run_dir, checkpoint)
+    vocab = lm_run_vocab(run_dir, cfg, corpus)
+    model = build_lm(lm_model_config(cfg, len(vocab.vocab)))
+    load_state(model, load_checkpoint(path)["model"], f"checkpoint: {path}")
+    return cfg, vocab, model.to(cfg.device).eval()
+
+
+def load_lm_run(run_dir: Path, checkpoint: str = "best", *, device: str | None = None,
+                corpus: LMCorpus | None = None, data: str | Path | None = None
+                ) -> tuple[LMTrainConfig, LMCorpus, LanguageModel]:
+    """The configuration, corpus and trained model (in eval mode) of a language-model run directory.
+
+    ``data`` reads the corpus from another directory than the run's (a moved corpus), tokenised as in the run; its
+    vocabulary must equal the run's.
+    """
+    cfg = lm_run_config(run_dir, device)
     if cfg.threads:  # as in training (the cpu preset: one thread, fast on a shared machine)
         torch.set_num_threads(cfg.threads)
-    path = run_dir / f"{checkpoint}.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint: {path} does not exist (has the run saved a checkpoint yet?)")
     if corpus is None:
+        checkpoint_path(run_dir, checkpoint)  # a missing checkpoint before a long read of the data
+        if data is not None:
+            cfg.data = str(data)
+            if (Path(run_dir) / VOCAB_FILE).is_file():  # the run's tokenizer, also where config.json left it to auto
+                cfg.tokenizer = LMVocab.load(Path(run_dir) / VOCAB_FILE).tokenizer
         corpus = load_lm_data(cfg)
-    model = build_lm(lm_model_config(cfg, corpus.vocab_size))
-    model.load_state_dict(load_checkpoint(path)["model"])
-    return cfg, corpus, model.to(cfg.device).eval()
+    cfg, _, model = load_lm_model(run_dir, checkpoint, device=device, corpus=corpus)
+    return cfg, corpus, model
 
 
 def evaluate_lm_run(run_dir: Path, split: str = "test", mode: str | None = None, *, checkpoint: str = "best",
                     context: int | None = None, batch_size: int | None = None, device: str | None = None,
-                    corpus: LMCorpus | None = None, progress: bool = False) -> dict[str, Any]:
+                    corpus: LMCorpus | None = None, data: str | Path | None = None,
+                    progress: bool = False) -> dict[str, Any]:
     """Evaluate a run's checkpoint on ``split`` with :func:`evaluate_lm`.
 
     ``mode`` None: the paper's protocol for the run (``carry`` for carried-state runs, else ``sliding``).
     ``context`` None: ``tgt_len`` for ``sliding`` (the training context), ``eval_tgt_len`` otherwise.
+    ``data``: the corpus directory when it moved (see :func:`load_lm_run`).
     """
     if split not in ("train", "valid", "test"):
         raise ValueError(f"split: expected one of ['train', 'valid', 'test'], got {split!r}")
@@ -703,7 +753,7 @@ def evaluate_lm_run(run_dir: Path, split: str = "test", mode: str | None = None,
         _positive("context", context)
     if batch_size is not None:
         _positive("batch_size", batch_size)
-    cfg, corpus, model = load_lm_run(run_dir, checkpoint, device=device, corpus=corpus)
+    cfg, corpus, model = load_lm_run(run_dir, checkpoint, device=device, corpus=corpus, data=data)
     mode = mode or ("carry" if cfg.carry_state else "sliding")
     context = context or (cfg.tgt_len if mode == "sliding" else cfg.eval_tgt_len)
     if mode == "segments" and batch_size is None:
@@ -773,68 +823,85 @@ def detokenize(tokens: list[str], level: str = "word", tokenizer: str | None = "
 def generate(model: LanguageModel, vocab: Vocabulary, prompt: str, max_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, seed: int | None = None, *, level: str = "word",
              tokenizer: str = "whitespace") -> Generation:
-    """Continue ``prompt`` by ``max_tokens`` tokens, decoding one token at a time with ``model.step``.
-
-    The prompt is read in one forward, then each new token costs one :meth:`LanguageModel.step` (constant memory
-    for fast-weight layers). ``temperature`` 0 is greedy decoding (argmax); otherwise tokens are sampled from
-    ``softmax(log_probs / temperature)`` restricted to the ``top_k`` most likely (None: all), with a generator seeded
-    by ``seed`` (None: nondeterministic). ``level``/``tokenizer`` must be those of the corpus (prompt encoding).
-    Models with reversed positions (the paper's truncated-context setting) cannot be decoded step by step and are
-    refused: train with ``position_order=forward`` or ``positional_encoding=none`` (``--carry-state``).
+    """Continue the text ``prompt`` by ``max_tokens`` tokens with :meth:`LanguageModel.generate` (step decoding:
+    constant memory per token for fast-weight layers; ``temperature`` 0 = greedy, else sampling among the ``top_k``
+    most likely with a generator seeded by ``seed``). ``level``/``tokenizer`` must be those of the corpus (prompt
+    encoding). Models with reversed positions (the paper's truncated-context setting) cannot be decoded step by step
+    and are refused: train with ``position_order=forward`` or ``positional_encoding=none`` (``--carry-state``).
     """
     if not isinstance(model, LanguageModel):
         raise TypeError(f"model: expected a LanguageModel, got {type(model).__name__}")
     if not isinstance(prompt, str):
         raise TypeError(f"prompt: expected a str, got {type(prompt).__name__}")
     _positive("max_tokens", max_tokens)
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
-        raise ValueError(f"temperature: expected a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None:
-        _positive("top_k", top_k)
     if len(vocab) != model.config.vocab_size:
         raise ValueError(f"vocab: {len(vocab)} tokens, but the model has vocab_size {model.config.vocab_size}")
-    if not step_decodable(model.config):
-        raise ValueError("generate: this model adds reversed positions (position_order='reversed', the paper's "
-                         "truncated-context setting), which restart at every call, so it cannot be decoded step by "
-                         "step; train with position_order=forward or positional_encoding=none (e.g. --carry-state)")
-    device = model.embedding.weight.device
-    gen = torch.Generator()
-    if seed is not None:
-        gen.manual_seed(seed)
-    else:
-        gen.seed()
     prompt_ids = encode_prompt(vocab, prompt, level, tokenizer)
-    was_training = model.training
-    model.eval()
-    try:
-        h, state = model.hidden(torch.tensor([prompt_ids], device=device))
-        log_probs = model.log_probs(h[:, -1])[0]  # [V]
-        out: list[int] = []
-        for i in range(max_tokens):
-            if temperature == 0:
-                token = int(log_probs.argmax())
-            else:
-                logits = log_probs.float().cpu() / temperature
-                if top_k is not None and top_k < logits.numel():
-                    kth = logits.topk(top_k).values[-1]
-                    logits = logits.masked_fill(logits < kth, -math.inf)
-                token = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
-            out.append(token)
-            if i + 1 < max_tokens:
-                step_log_probs, state = model.step(torch.tensor([token], device=device), state)
-                log_probs = step_log_probs[0]
-    finally:
-        model.train(was_training)
+    device = model.embedding.weight.device
+    out = model.generate(torch.tensor(prompt_ids, device=device), max_tokens, temperature, top_k, seed).tolist()
     tokens = vocab.decode(out)
     return Generation(prompt_ids, out, tokens, detokenize(tokens, level, tokenizer), level, tokenizer)
+
+
+@dataclass
+class LMVocab:
+    """The vocabulary of a language-model run and how text becomes its tokens (``vocab.json`` of the run).
+
+    ``level`` is ``"word"`` or ``"char"``; ``tokenizer`` the word tokenizer (``"whitespace"`` or ``"punctuation"``;
+    None at char level).
+    """
+
+    vocab: Vocabulary
+    level: str = "word"
+    tokenizer: str | None = "whitespace"
+
+    @classmethod
+    def of(cls, corpus: LMCorpus) -> LMVocab:
+        """The vocabulary and tokenisation of a corpus."""
+        return cls(corpus.vocab, corpus.level, corpus.tokenizer)
+
+    def encode(self, prompt: str) -> list[int]:
+        """Token ids of a text as the corpus readers make them (see :func:`encode_prompt`)."""
+        return encode_prompt(self.vocab, prompt, self.level, self.tokenizer or "whitespace")
+
+    def decode(self, ids: list[int] | Tensor) -> str:
+        """The text of token ids (see :func:`detokenize`)."""
+        return detokenize(self.vocab.decode(ids), self.level, self.tokenizer)
+
+    def generate(self, model: LanguageModel, prompt: str, max_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, seed: int | None = None) -> Generation:
+        """:func:`generate` with this vocabulary and tokenisation."""
+        return generate(model, self.vocab, prompt, max_tokens, temperature, top_k, seed, level=self.level,
+                        tokenizer=self.tokenizer or "whitespace")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.vocab.to_dict(), "level": self.level, "tokenizer": self.tokenizer}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "vocabulary") -> LMVocab:
+        vocab = Vocabulary.from_dict(data, source)
+        level, tokenizer = data.get("level"), data.get("tokenizer")
+        if level not in LEVELS:
+            raise ValueError(f"{source}: level: expected one of {list(LEVELS)}, got {level!r}")
+        if tokenizer not in ((None,) if level == "char" else TOKENIZERS):
+            raise ValueError(f"{source}: tokenizer: expected one of {list(TOKENIZERS)} (none at char level), got "
+                             f"{tokenizer!r}")
+        return cls(vocab, level, tokenizer)
+
+    def save(self, path: Path) -> None:
+        write_json(Path(path), self.to_dict())
+
+    @classmethod
+    def load(cls, path: Path) -> LMVocab:
+        return cls.from_dict(read_json_file(Path(path), "vocabulary"), str(path))
 
 
 def generate_from_run(run_dir: Path, prompt: str, max_tokens: int, temperature: float = 1.0,
                       top_k: int | None = None, seed: int | None = None, *, checkpoint: str = "best",
                       device: str | None = None) -> Generation:
-    """:func:`generate` with the trained model of a run directory."""
+    """:func:`generate` with the trained model of a run directory (its data is not needed)."""
     _positive("max_tokens", max_tokens)
-    cfg, corpus, model = load_lm_run(run_dir, checkpoint, device=device)
-    tokenizer = corpus.tokenizer or "whitespace"
-    return generate(model, corpus.vocab, prompt, max_tokens, temperature, top_k, seed, level=cfg.level,
-                    tokenizer=tokenizer)
+    cfg, vocab, model = load_lm_model(run_dir, checkpoint, device=device)
+    if cfg.threads:  # as in training
+        torch.set_num_threads(cfg.threads)
+    return vocab.generate(model, prompt, max_tokens, temperature, top_k, seed)

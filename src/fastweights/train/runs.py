@@ -3,23 +3,32 @@
 A run directory holds::
 
     config.json     the resolved configuration
-    meta.json       versions, git revision, command line, seed, machine, start time
+    meta.json       versions, git revision, command line, seed, machine, start time, run_format
+    vocab.json      LM runs: the vocabulary, level and tokenizer; algorithmic runs: the input/output vocabularies
+    env.json        RL runs: the environment and its observation and action spaces
     metrics.csv     one row per evaluation (appended; truncated to the checkpoint on resume)
     last.pt         the latest checkpoint (written atomically)
     best.pt         the best-validation checkpoint (written atomically)
     results.json    final metrics (written at the end)
+
+``vocab.json`` / ``env.json`` make a run usable without its data (format 2); runs of format 1 lack them and read
+their data to rebuild the vocabularies. ``docs/runs.md`` describes every file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import pickle
 import platform
+import re
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +68,127 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    if not Path(path).is_file():
+    """Read a checkpoint written by :func:`save_checkpoint` without running code from the file.
+
+    ``torch.load(weights_only=True)`` rebuilds tensors and plain containers only, plus the few types that this
+    project's checkpoints hold (:func:`checkpoint_types`); anything else in the file is refused, so a checkpoint
+    from elsewhere cannot execute code when loaded. Raises ``FileNotFoundError`` or a one-line ``ValueError``.
+    """
+    path = Path(path)
+    if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no such file: {path}")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        with _allowing(checkpoint_types()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()
+        raise ValueError(f"checkpoint: {path} holds an object of a type that fastweights checkpoints do not use; "
+                         f"refused to unpickle it ({reason[0] if reason else e})") from None
+    except (RuntimeError, EOFError, OSError) as e:  # a torn or foreign file: torch's messages span lines
+        raise ValueError(f"checkpoint: {path} is truncated or not a torch checkpoint "
+                         f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+
+
+def checkpoint_types() -> list[Any]:
+    """The types besides tensors and plain containers that the checkpoints of this project hold: the recurrent
+    states (named tuples) of carried LM and RL states, the RL metrics window, and the NumPy arrays and random
+    generators of the snapshots of the RL memory tasks. Entries are classes or ``(object, "module.name")``."""
+    import numpy as np
+    from numpy.random import _pcg64, _pickle, bit_generator
+
+    from ..layers.attention import KVCache
+    from ..layers.lstm import LSTMState
+    from ..models.sequence_model import ModelState
+    from ..ops.states import DeltaDeltaState, DeltaLSTMState, DeltaRNNState, RecDeltaState
+    from ..rl.envs import EpisodeStats
+    from ..rl.train import _Window
+
+    try:  # NumPy 2 moved numpy.core to numpy._core; accept arrays pickled under either name
+        from numpy._core import multiarray
+    except ImportError:  # NumPy 1
+        from numpy.core import multiarray
+    reconstruct = [(multiarray._reconstruct, f"{p}.multiarray._reconstruct") for p in ("numpy.core", "numpy._core")]
+    return [
+        ModelState, KVCache, LSTMState, DeltaRNNState, DeltaLSTMState, RecDeltaState, DeltaDeltaState, _Window,
+        EpisodeStats, *reconstruct, np.ndarray, np.dtype, *{type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"},
+        bit_generator.SeedSequence, bit_generator.__pyx_unpickle_SeedSequence, _pickle.__generator_ctor,
+        _pickle.__bit_generator_ctor, _pcg64.PCG64,
+    ]
+
+
+@contextlib.contextmanager
+def _allowing(types: list[Any]) -> Iterator[None]:
+    """Allow ``types`` in ``torch.load(weights_only=True)`` for the duration (torch >= 2.5: scoped; torch 2.4: the
+    process-wide list; older torch reads tensors and containers only)."""
+    serialization = torch.serialization
+    if hasattr(serialization, "safe_globals"):
+        with serialization.safe_globals(types):
+            yield
+        return
+    if hasattr(serialization, "add_safe_globals"):
+        serialization.add_safe_globals(types)
+    yield
+
+
+#: The layout of the run directories this version writes (``meta.json``'s ``run_format``; absent = 1, the layout
+#: before ``vocab.json`` and ``env.json``). Directories of a larger number come from a newer fastweights.
+RUN_FORMAT = 2
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """The ``config.json`` of a run directory, after checking that this version can read the directory.
+
+    Raises ``FileNotFoundError`` (not a run directory) or a one-line ``ValueError`` (a newer run format, an unreadable
+    ``config.json``).
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"run_dir: {run_dir} is not a run directory (no config.json)")
+    meta = read_json_file(run_dir / "meta.json", "run_dir") if (run_dir / "meta.json").is_file() else {}
+    found = meta.get("run_format", 1) if isinstance(meta, dict) else 1
+    if not isinstance(found, int) or isinstance(found, bool) or found > RUN_FORMAT:
+        raise ValueError(f"run_dir: {run_dir} has run_format {found!r} (meta.json), written by a newer fastweights "
+                         f"({meta.get('fastweights')}); this fastweights {_version()} reads run formats up to "
+                         f"{RUN_FORMAT}: upgrade fastweights")
+    config = read_json_file(run_dir / "config.json", "run_dir")
+    if not isinstance(config, dict):
+        raise ValueError(f"run_dir: {run_dir / 'config.json'} is not a JSON object")
+    return config
+
+
+def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
+    """``run_dir/<checkpoint>.pt`` for ``checkpoint`` = ``best``, ``last`` or ``step-<N>``, which must exist."""
+    if not isinstance(checkpoint, str) or re.fullmatch(r"best|last|step-\d+", checkpoint) is None:
+        raise ValueError(f"checkpoint: expected 'best', 'last' or 'step-<N>', got {checkpoint!r}")
+    path = Path(run_dir) / f"{checkpoint}.pt"
+    if not path.is_file():
+        have = sorted(p.stem for p in Path(run_dir).glob("*.pt"))
+        raise FileNotFoundError(f"checkpoint: {path} does not exist (the run has {have or 'no checkpoint yet'})")
+    return path
+
+
+def read_json_file(path: Path, argument: str) -> Any:
+    """:func:`read_json` with a one-line ``ValueError`` naming ``argument`` and the file for text that is not JSON."""
+    try:
+        return read_json(path)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{argument}: {path} is not valid JSON ({e})") from None
+
+
+def vocab_difference(what: str, run: list[str], data: list[str]) -> str | None:
+    """None when the two token lists are equal, else one line saying how the data's ``what`` differs from the run's."""
+    if run == data:
+        return None
+    i = next((i for i, (a, b) in enumerate(zip(run, data)) if a != b), min(len(run), len(data)))
+    at = (f"first difference at index {i}: {data[i]!r} instead of {run[i]!r}" if i < min(len(run), len(data))
+          else f"the same first {i} tokens")
+    return f"{what}: {len(data)} tokens instead of the run's {len(run)}, {at}"
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -89,14 +216,12 @@ def git_revision() -> str | None:
 def run_metadata(seed: int, command: list[str] | None = None) -> dict[str, Any]:
     import numpy
 
-    from .. import __version__
-
     return {
-        "fastweights": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+        "fastweights": _version(), "torch": torch.__version__, "numpy": numpy.__version__,
         "python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine(),
         "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
         "git_revision": git_revision(), "command": list(sys.argv if command is None else command), "seed": seed,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_format": RUN_FORMAT,
     }
 
 
