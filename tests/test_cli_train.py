@@ -447,7 +447,7 @@ def test_console_script_trains_and_records_the_command(tmp_path):
 
 
 def test_every_task_defaults_to_the_cpu_preset_and_announces_size_and_duration(capsys, tmp_path):
-    preset = read_json(Path(__file__).resolve().parents[1] / "configs" / "code-exec-cpu.json")
+    preset = read_json(Path(__file__).resolve().parents[1] / "src" / "fastweights" / "configs" / "code-exec-cpu.json")
     run_dir = tmp_path / "run"
     rc, out, err = cli(capsys, "train", "code-exec", "--model", "lstm", *TINY, "--run-dir", run_dir)
     assert rc == 0, err

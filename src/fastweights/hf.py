@@ -112,7 +112,7 @@ class FastWeightsForCausalLM(PreTrainedModel, GenerationMixin):
         return False
 
     def _init_weights(self, module: torch.nn.Module) -> None:
-        # LanguageModel initialises itself (spec B.1); loading replaces every weight
+        # LanguageModel initialises itself (paper.md B.1); loading replaces every weight
         pass
 
     def get_input_embeddings(self) -> torch.nn.Module:

@@ -357,7 +357,7 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, stop_after_e
     with StopSignals() as signals:
         try:
             run_vocab = TaskVocab.load(run_dir / VOCAB_FILE) if continues and (run_dir / VOCAB_FILE).is_file() else None
-            data, _, model = build(cfg, run_vocab, progress=not quiet)
+            data, _, model = build(cfg, vocab=run_vocab, progress=not quiet)
         except KeyboardInterrupt as e:
             raise interrupted(e, "before the first training step", False, run_dir / "last.pt", again) from None
         return _train_loop(cfg, run_dir, data, model, device, signals, continues=continues,
