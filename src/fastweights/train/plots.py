@@ -29,6 +29,16 @@ DEFAULT_METRICS = {"lm": ("valid_ppl", "train_loss"), "rl": ("episode_return", "
 ALGORITHMIC_METRICS = ("valid_acc", "train_loss")
 
 
+def _save(plt, fig, title: str, out: Path) -> Path:
+    fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def plot_runs(run_dirs: list[Path], out: Path, metrics: tuple[str, ...] | None = None) -> Path:
     """One panel per metric (x = epoch, or step for runs that log no epochs), one line per run labelled ``model``.
 
@@ -63,13 +73,7 @@ def plot_runs(run_dirs: list[Path], out: Path, metrics: tuple[str, ...] | None =
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(tasks[0])
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, tasks[0], out)
 
 
 def plot_seed_bands(groups: dict[str, list[Path]], out: Path,
@@ -108,10 +112,4 @@ def plot_seed_bands(groups: dict[str, list[Path]], out: Path,
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8, title="model (seeds)", title_fontsize=8)
-    fig.suptitle(f"{', '.join(sorted(tasks))}: mean over seeds, band = min..max")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, f"{', '.join(sorted(tasks))}: mean over seeds, band = min..max", out)
