@@ -22,9 +22,6 @@ from .config import TrainConfig, config_to_dict, resolve_config
 from .plots import plot_seed_bands
 from .runs import read_json, write_json
 
-# files a run writes before its first checkpoint; removed when such a run is started again
-_UNSTARTED_FILES = ("config.json", "meta.json", "metrics.csv")
-
 
 @dataclass
 class GridRun:
@@ -62,14 +59,9 @@ def plan_grid(task: str, models: list[str], seeds: list[int] | None, preset: str
             elif (run_dir / "last.pt").is_file():
                 state = "resume"
             else:
-                state = "new"  # stopped before its first checkpoint: nothing to keep
+                state = "new"  # stopped before its first checkpoint: train() reuses the directory
             runs.append(GridRun(cfg, run_dir, state))
     return runs
-
-
-def _clear_unstarted(run: GridRun) -> None:
-    for name in _UNSTARTED_FILES:
-        (run.run_dir / name).unlink(missing_ok=True)
 
 
 def _train_command(run: GridRun, preset_file: Path) -> list[str]:
@@ -90,9 +82,6 @@ def run_grid(runs: list[GridRun], out_dir: Path, jobs: int = 1) -> None:
     for key in {(r.cfg.task, r.cfg.num_vars, r.cfg.depth, r.cfg.code_length, r.cfg.train_size, r.cfg.valid_size,
                  r.cfg.test_size, r.cfg.data_seed, r.cfg.data): r for r in todo}.values():
         load_task_data(key.cfg)
-    for r in todo:
-        if r.state == "new":
-            _clear_unstarted(r)
     if jobs <= 1:
         for i, r in enumerate(todo):
             print(f"[{i + 1}/{len(todo)}] {r.name}{' (resumed)' if r.state == 'resume' else ''}", flush=True)
