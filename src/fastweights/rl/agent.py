@@ -1,7 +1,7 @@
 """Recurrent actor-critic agent of the paper's Atari experiments (paper.md B.3, A.9, A.10, A.11), with any registry
 layer as its core.
 
-    obs -> torso (IMPALA deep ResNet for 84x84x4 frames, MLP for vectors) -> ReLU'd features F
+    obs -> torso (IMPALA deep ResNet for 84x84x4 frames, one conv for MinAtar, MLP for vectors) -> ReLU'd features F
         -> concat [F, clip(prev_reward, -1, 1) (, one_hot(prev_action))]   (the core input, 257-d on Atari)
         -> core -> policy logits Linear(., A) and baseline Linear(., 1)
 
@@ -45,7 +45,7 @@ RL_LAYER_DEFAULTS: dict[str, dict[str, Any]] = {
     "delta_mlp": {},
     "rdn": {},
 }
-TORSOS = ("auto", "impala", "mlp")
+TORSOS = ("auto", "impala", "conv", "mlp")
 
 
 def rl_cores() -> list[str]:
@@ -61,7 +61,8 @@ class AgentConfig:
         core: ``"feedforward"``, ``"lstm"`` or a fast-weight registry layer (see :func:`rl_cores`).
         obs_shape: one observation's shape: ``(C, H, W)`` frames or ``(N,)`` vectors.
         num_actions: size of the discrete action space.
-        torso: ``"impala"`` (frames), ``"mlp"`` (vectors) or ``"auto"`` (impala for 3-d observations).
+        torso: ``"impala"`` (Atari frames), ``"conv"`` (MinAtar's small frames), ``"mlp"`` (vectors) or
+            ``"auto"`` (impala for 3-d observations).
         torso_dim: torso output width (256 on Atari). mlp_layers: hidden Linear+ReLU layers of the MLP torso.
         d_model, num_layers, num_heads, head_dim, d_ff, dropout: the fast-weight core (paper.md B.3).
         lstm_hidden: LSTM core width (256 in the paper).
@@ -95,8 +96,9 @@ class AgentConfig:
             raise ValueError(f"obs_shape: expected positive sizes, got {self.obs_shape}")
         if self.torso not in TORSOS:
             raise ValueError(f"torso: expected one of {list(TORSOS)}, got {self.torso!r}")
-        if self.resolved_torso == "impala" and len(self.obs_shape) != 3:
-            raise ValueError(f"torso: impala needs [C, H, W] observations, got obs_shape {self.obs_shape}")
+        if self.resolved_torso in ("impala", "conv") and len(self.obs_shape) != 3:
+            raise ValueError(f"torso: {self.resolved_torso} needs [C, H, W] observations, got obs_shape "
+                             f"{self.obs_shape}")
         for name in ("num_actions", "torso_dim", "d_model", "num_layers", "num_heads", "d_ff", "lstm_hidden"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -154,6 +156,24 @@ class ImpalaTorso(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x.to(self.fc.weight.dtype) / 255.0
         return F.relu(self.fc(F.relu(self.convs(x)).flatten(1)))
+
+
+class ConvTorso(nn.Module):
+    """The small torso of MinAtar's baselines for ``[C, 10, 10]`` binary frames: Conv3x3 (16 channels, no padding)
+    -> ReLU -> flatten -> Linear -> ReLU. Input uint8 or float ``[N, C, H, W]``, used as it is (0/1 channels need
+    no scaling)."""
+
+    def __init__(self, in_shape: tuple[int, int, int], out_dim: int = 128, channels: int = 16) -> None:
+        super().__init__()
+        c, h, w = in_shape
+        if h < 3 or w < 3:
+            raise ValueError(f"obs_shape: the conv torso needs frames of at least 3x3, got {list(in_shape)}")
+        self.conv = nn.Conv2d(c, channels, 3)
+        self.fc = nn.Linear(channels * (h - 2) * (w - 2), out_dim)
+        self.out_dim = out_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.fc(F.relu(self.conv(x.to(self.fc.weight.dtype))).flatten(1)))
 
 
 class MLPTorso(nn.Module):
@@ -279,6 +299,8 @@ class Agent(nn.Module):
         self.config = config
         if config.resolved_torso == "impala":
             self.torso: nn.Module = ImpalaTorso(config.obs_shape, config.torso_dim)  # type: ignore[arg-type]
+        elif config.resolved_torso == "conv":
+            self.torso = ConvTorso(config.obs_shape, config.torso_dim)  # type: ignore[arg-type]
         else:
             in_dim = 1
             for s in config.obs_shape:

@@ -22,14 +22,14 @@ class RLConfig:
 
     task: str = option(TASK, "reinforcement learning (set by the command)")
     # environment (see fastweights.rl.envs.make_env)
-    env: str = option("BreakoutNoFrameskip-v4", "repeat_first, repeat_previous, count_recall, <Game>NoFrameskip-v4 "
-                                                "or gym:<id>")
+    env: str = option("BreakoutNoFrameskip-v4", "repeat_first, repeat_previous, count_recall, <Game>NoFrameskip-v4, "
+                                                "minatar:<game> or gym:<id>")
     env_options: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "keyword options of the environment as JSON, e.g. {\"length\": 10}"})
     # agent (see fastweights.rl.agent.AgentConfig)
     model: str = option("delta_net", "the core: feedforward, lstm or a fast-weight layer's registry name")
-    torso: str = option("auto", "observation encoder: impala (frames), mlp (vectors) or auto (by observation "
-                                "shape)")
+    torso: str = option("auto", "observation encoder: impala (Atari frames), conv (MinAtar frames), mlp "
+                                "(vectors) or auto (by observation shape)")
     torso_dim: int = option(256, "width of the torso's output")
     mlp_layers: int = option(1, "hidden Linear+ReLU layers of the mlp torso")
     d_model: int = option(128, "width of the core's residual stream")

@@ -14,6 +14,7 @@ Environments:
 * memory tasks in NumPy (no dependency, vectorised, CPU-fast; each needs memory to be solved):
   :class:`RepeatFirst`, :class:`RepeatPrevious`, :class:`CountRecall`;
 * Atari through ``ale-py`` (:class:`AtariEnv`) with the paper's preprocessing (paper.md C.4);
+* MinAtar's 10x10 miniature games (:class:`fastweights.rl.minatar.MinAtarEnv`);
 * any registered gymnasium id with a discrete action space (:class:`GymnasiumEnv`), e.g. popgym's tasks.
 
 :func:`make_env` builds one from a name (see its docstring).
@@ -424,6 +425,9 @@ def make_env(name: str, num_envs: int, options: dict[str, Any] | None = None) ->
     * ``"BreakoutNoFrameskip-v4"``, ``"atari:Breakout"`` or ``"ALE/Breakout-v5"``: :class:`AtariEnv` (the
       paper's preprocessing whichever id is given; options: ``noop_max``, ``frameskip``, ``frame_stack``,
       ``episodic_life``, ``max_episode_frames``, ``num_threads``);
+    * ``"minatar:<game>"`` (``breakout``, ``space_invaders``, ``asterix``, ``freeway``, ``seaquest``):
+      :class:`~fastweights.rl.minatar.MinAtarEnv` (options: ``sticky_action_prob``, ``difficulty_ramping``,
+      ``max_episode_steps``);
     * ``"gym:<id>"`` (e.g. ``"gym:popgym-RepeatFirstEasy-v0"``): :class:`GymnasiumEnv`, options passed to
       ``gymnasium.make``.
     """
@@ -437,7 +441,11 @@ def make_env(name: str, num_envs: int, options: dict[str, Any] | None = None) ->
             return AtariEnv(name.removeprefix("atari:"), num_envs, **options)
         if name.startswith("gym:"):
             return GymnasiumEnv(name[4:], num_envs, **options)
+        if name.startswith("minatar:"):
+            from .minatar import MinAtarEnv  # imports this module
+
+            return MinAtarEnv(name, num_envs, **options)
     except TypeError as e:  # unknown option
         raise ValueError(f"env_options: {e}") from None
     raise ValueError(f"env: unknown environment {name!r}; expected one of {sorted(MEMORY_TASKS)}, an Atari id "
-                     f"like 'BreakoutNoFrameskip-v4' or 'atari:Breakout', or 'gym:<gymnasium id>'")
+                     f"like 'BreakoutNoFrameskip-v4' or 'atari:Breakout', 'minatar:<game>' or 'gym:<gymnasium id>'")
