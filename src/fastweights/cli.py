@@ -7,7 +7,7 @@
     fastweights train code-exec|listops ...   train a model (run directory, checkpoints, resume)
     fastweights train lm --model M [--data DIR] [--preset paper|cpu] [--carry-state] [key=value ...]
                                               train a language model (also under torchrun: DDP)
-    fastweights compare code-exec|listops ... train several models and print a comparison table + plot
+    fastweights compare code-exec|listops|rl ... train several models x seeds and print a comparison table + plot
     fastweights eval RUN_DIR [--split test]   evaluate a run's best checkpoint
                                               (LM runs: --mode sliding|carry|segments [--context W])
     fastweights eval RUN_DIR --data DIR       ... with the run's data read from where they moved
@@ -215,8 +215,17 @@ def _compare(args: argparse.Namespace) -> int:
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         except ValueError:
             raise ValueError(f"--seeds: expected comma-separated integers, e.g. 11,12,13, got {args.seeds!r}") from None
+    if args.task == "rl":
+        wrong = [f"--{k.replace('_', '-')}" for k in ("num_vars", "depth", "data") if getattr(args, k) is not None]
+        if wrong:
+            raise ValueError(f"{' '.join(wrong)}: not for rl")
+        flags = {"env": args.env, "device": args.device}
+    else:
+        if args.env is not None:
+            raise ValueError(f"--env: only for rl, not for {args.task}")
+        flags = _task_flags(args)
     compare(args.task, [m.strip() for m in args.models.split(",") if m.strip()], args.preset, args.overrides,
-            Path(args.out_dir), flags=_task_flags(args), seeds=seeds, jobs=args.jobs)
+            Path(args.out_dir), flags=flags, seeds=seeds, jobs=args.jobs)
     return 0
 
 
@@ -343,6 +352,10 @@ def _keys_epilog(task: str | None, command: str) -> str:
             + describe_fields(default, paper, "paper"))
 
 
+ENV_HELP = ("rl: repeat_first | repeat_previous | count_recall | minatar:<game> | <Game>NoFrameskip-v4 | "
+            "gym:<id> (default: the preset's)")
+
+
 def _add_task_args(p: argparse.ArgumentParser, *, data: bool = True,
                    tasks: tuple[str, ...] = ("code-exec", "listops")) -> None:
     p.add_argument("task", choices=tasks)
@@ -377,8 +390,7 @@ def build_parser(help_task: str | None = None) -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model on a benchmark (lm: a language model, also under torchrun)",
                        epilog=_keys_epilog(help_task, "train"), **keys)
     _add_task_args(t, tasks=("code-exec", "listops", "lm", "rl"))
-    t.add_argument("--env", default=None,
-                   help="rl: repeat_first | repeat_previous | count_recall | <Game>NoFrameskip-v4 | gym:<id>")
+    t.add_argument("--env", default=None, help=ENV_HELP)
     t.add_argument("--model", default=None, help="registry name (see `fastweights info`)")
     t.add_argument("--preset", default=None,
                    help="cpu (the default: minutes on a CPU), paper (the paper's setting) or a path to a .json "
@@ -393,7 +405,8 @@ def build_parser(help_task: str | None = None) -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="train models x seeds with one preset (resumable, --jobs at a time); "
                                         "table of mean ± std and curves with seed bands",
                        epilog=_keys_epilog(help_task, "compare"), **keys)
-    _add_task_args(c)
+    _add_task_args(c, tasks=("code-exec", "listops", "rl"))
+    c.add_argument("--env", default=None, help=ENV_HELP)
     c.add_argument("--models", default="lstm,linear_transformer,delta_net,delta_rnn")
     c.add_argument("--preset", default="cpu")
     c.add_argument("--out-dir", default="runs/compare")

@@ -110,3 +110,25 @@ def test_seed_band_plot_is_written_for_the_grid(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(FileNotFoundError, match=r"no config\.json or no metrics"):
         plot_seed_bands({"lstm": [out / "lstm-seed1", tmp_path / "missing"]}, tmp_path / "x.png")
+
+
+RL_TINY = ["env_options={\"length\": 6, \"delay\": 1}", "num_envs=4", "unroll_length=5", "total_steps=100",
+           "log_every=2", "checkpoint_every=2", "torso_dim=8", "d_model=8", "num_heads=2", "d_ff=16",
+           "lstm_hidden=8", "eval_episodes=4", "eval_runs=2", "eval_envs=2", "threads=1"]
+
+
+def test_compare_rl_scores_the_final_evaluation_over_seeds(tmp_path):
+    """An rl grid: the score is each run's mean evaluation return; a second process (jobs=2) gives the same runs."""
+    flags = {"env": "repeat_previous"}
+    rows = compare("rl", ["feedforward", "delta_net"], "cpu", RL_TINY, tmp_path / "one", flags, seeds=[1, 2])
+    for row in rows:
+        returns = [read_json(tmp_path / "one" / f"{row['model']}-seed{s}" / "results.json")["eval"]["mean"]
+                   for s in (1, 2)]
+        assert row["eval_return"] == returns
+        assert row["eval_return_mean"] == pytest.approx(statistics.fmean(returns))
+        assert row["eval_return_std"] == pytest.approx(statistics.stdev(returns))
+    assert read_json(tmp_path / "one" / "delta_net-seed1" / "config.json")["env"] == "repeat_previous"
+    summary = (tmp_path / "one" / "summary.md").read_text()
+    assert summary.startswith("rl repeat_previous, preset cpu: mean return") and "| delta_net |" in summary
+    two = compare("rl", ["feedforward", "delta_net"], "cpu", RL_TINY, tmp_path / "two", flags, seeds=[1, 2], jobs=2)
+    assert [r["eval_return"] for r in two] == [r["eval_return"] for r in rows]

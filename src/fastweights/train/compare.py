@@ -1,6 +1,9 @@
 """Train a grid of models x seeds with one preset and compare them: a table of mean ± std over seeds on stdout
 (also ``summary.md`` and ``summary.json``) and learning curves with the seeds as a band (``curves.png``).
 
+Tasks: ``code-exec`` and ``listops`` (score: test accuracy of the best-validation checkpoint) and ``rl`` (score: the
+final evaluation's mean return; the environment from ``flags["env"]`` or the preset).
+
 The grid is resumable: a run whose directory holds the same configuration and a ``results.json`` is reused, one
 with a ``last.pt`` is resumed, one that never reached its first checkpoint is started again. With ``jobs > 1``
 the runs are separate ``fastweights train`` processes, ``jobs`` at a time (each with the preset's thread count;
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..rl.config import RLConfig, resolve_rl_config
 from .algorithmic import load_task_data, train
 from .config import TrainConfig, config_to_dict, resolve_config
 from .plots import plot_seed_bands
@@ -28,7 +32,7 @@ class GridRun:
     """One cell x seed of the grid: its configuration, directory and what has to be done (``finished``,
     ``resume`` or ``new``)."""
 
-    cfg: TrainConfig
+    cfg: TrainConfig | RLConfig
     run_dir: Path
     state: str
 
@@ -46,7 +50,7 @@ def plan_grid(task: str, models: list[str], seeds: list[int] | None, preset: str
     for model in models:
         for seed in seeds or [None]:
             extra = [] if seed is None else [f"seed={seed}"]
-            cfg = resolve_config(task, preset, [*overrides, *extra], model=model, **flags)
+            cfg = _resolve(task, preset, [*overrides, *extra], model, flags)
             run_dir = Path(out_dir) / f"{model}-seed{cfg.seed}"
             config_file = run_dir / "config.json"
             if not config_file.is_file():
@@ -64,6 +68,27 @@ def plan_grid(task: str, models: list[str], seeds: list[int] | None, preset: str
     return runs
 
 
+def _resolve(task: str, preset: str | None, overrides: list[str], model: str, flags: dict[str, Any]
+             ) -> TrainConfig | RLConfig:
+    if task == "rl":
+        return resolve_rl_config(model=model, preset=preset, overrides=overrides, **flags)
+    return resolve_config(task, preset, overrides, model=model, **flags)
+
+
+def _train_in_process(run: GridRun) -> None:
+    if isinstance(run.cfg, RLConfig):
+        from ..rl.train import train as train_rl
+
+        train_rl(run.cfg, run.run_dir, resume=run.state == "resume")
+    else:
+        train(run.cfg, run.run_dir, resume=run.state == "resume")
+
+
+def _score(task: str, results: dict[str, Any]) -> float:
+    """The number a grid compares: test accuracy (algorithmic) or mean evaluation return (rl)."""
+    return results["eval"]["mean"] if task == "rl" else results["test"]["acc"]
+
+
 def _train_command(run: GridRun, preset_file: Path) -> list[str]:
     base = [sys.executable, "-m", "fastweights.cli", "train", run.cfg.task]
     if run.state == "resume":
@@ -79,13 +104,14 @@ def run_grid(runs: list[GridRun], out_dir: Path, jobs: int = 1) -> None:
         if r.state == "finished":
             print(f"{r.name}: finished run found in {r.run_dir}, reusing it", flush=True)
     # Generate each data set once, before any run starts: parallel runs would otherwise race to write it.
+    algorithmic = [r for r in todo if isinstance(r.cfg, TrainConfig)]
     for key in {(r.cfg.task, r.cfg.num_vars, r.cfg.depth, r.cfg.code_length, r.cfg.train_size, r.cfg.valid_size,
-                 r.cfg.test_size, r.cfg.data_seed, r.cfg.data): r for r in todo}.values():
+                 r.cfg.test_size, r.cfg.data_seed, r.cfg.data): r for r in algorithmic}.values():
         load_task_data(key.cfg)
     if jobs <= 1:
         for i, r in enumerate(todo):
             print(f"[{i + 1}/{len(todo)}] {r.name}{' (resumed)' if r.state == 'resume' else ''}", flush=True)
-            train(r.cfg, r.run_dir, resume=r.state == "resume")
+            _train_in_process(r)
         return
     logs, configs = Path(out_dir) / "logs", Path(out_dir) / "configs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -108,8 +134,9 @@ def run_grid(runs: list[GridRun], out_dir: Path, jobs: int = 1) -> None:
                 log.close()
                 done += 1
                 if proc.returncode == 0 and (r.run_dir / "results.json").is_file():
-                    acc = read_json(r.run_dir / "results.json")["test"]["acc"]
-                    print(f"[{done}/{len(todo)}] {r.name}: test acc {acc:.4f} "
+                    score = _score(r.cfg.task, read_json(r.run_dir / "results.json"))
+                    what = "eval return" if r.cfg.task == "rl" else "test acc"
+                    print(f"[{done}/{len(todo)}] {r.name}: {what} {score:.4f} "
                           f"({(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
                 else:
                     failed.append(r.name)
@@ -127,13 +154,25 @@ def run_grid(runs: list[GridRun], out_dir: Path, jobs: int = 1) -> None:
 
 def summarize(runs: list[GridRun]) -> list[dict[str, Any]]:
     """One row per model: mean and standard deviation over seeds (sample std; 0 for one seed) of the test
-    accuracy of the best-validation checkpoints, per-seed values, and the mean training time per run."""
+    accuracy of the best-validation checkpoints (rl: of the final evaluation's mean return), per-seed values, and
+    the mean training time per run."""
     by_model: dict[str, list[tuple[GridRun, dict[str, Any]]]] = {}
     for r in runs:
         if (r.run_dir / "results.json").is_file():
             by_model.setdefault(r.cfg.model, []).append((r, read_json(r.run_dir / "results.json")))
     rows = []
     for model, items in by_model.items():
+        if items[0][0].cfg.task == "rl":
+            returns = [res["eval"]["mean"] for _, res in items]
+            rows.append({
+                "model": model, "parameters": items[0][1]["parameters"], "seeds": [r.cfg.seed for r, _ in items],
+                "eval_return": returns, "eval_return_mean": statistics.fmean(returns),
+                "eval_return_std": statistics.stdev(returns) if len(returns) > 1 else 0.0,
+                "final_train_return_mean": statistics.fmean(res["final_return"] for _, res in items),
+                "train_time_s_mean": statistics.fmean(res["train_time_s"] for _, res in items),
+                "run_dirs": [str(r.run_dir) for r, _ in items],
+            })
+            continue
         test = [res["test"]["acc"] for _, res in items]
         prints = [res["test"]["print_acc"] for _, res in items if "print_acc" in res["test"]]
         times = [res["train_time_s"] for _, res in items]
@@ -152,8 +191,21 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
-def format_table(task: str, preset: str | None, rows: list[dict[str, Any]]) -> str:
-    """A Markdown table: test accuracy in % as mean ± std (n seeds) with the per-seed values."""
+def format_table(task: str, preset: str | None, rows: list[dict[str, Any]], env: str | None = None) -> str:
+    """A Markdown table: test accuracy in % (rl: mean evaluation return) as mean ± std (n seeds) with the per-seed
+    values."""
+    if task == "rl":
+        lines = [f"rl {env}, preset {preset}: mean return of the final evaluation, mean ± std over seeds", "",
+                 "| model | parameters | eval return | per seed | final training return | train time per run |",
+                 "|---|---:|---:|---|---:|---:|"]
+        for r in rows:
+            n = len(r["eval_return"])
+            cell = (f"{r['eval_return_mean']:.2f} ± {r['eval_return_std']:.2f} ({n})" if n > 1
+                    else f"{r['eval_return_mean']:.2f}")
+            lines.append(f"| {r['model']} | {r['parameters']:,} | {cell} | "
+                         f"{', '.join(f'{x:.2f}' for x in r['eval_return'])} | {r['final_train_return_mean']:.2f} | "
+                         f"{r['train_time_s_mean'] / 60:.1f} min |")
+        return "\n".join(lines)
     code = task == "code-exec"
     metric = "sequence accuracy" if code else "accuracy"
     lines = [f"{task}, preset {preset}: test {metric} (%) of the best-validation checkpoint, mean ± std over seeds",
@@ -181,7 +233,7 @@ def compare(task: str, models: list[str], preset: str | None, overrides: list[st
     t0 = time.perf_counter()
     run_grid(runs, out_dir, jobs)
     rows = summarize(runs)
-    table = format_table(task, preset, rows)
+    table = format_table(task, preset, rows, env=getattr(runs[0].cfg, "env", None) if runs else None)
     wall = time.perf_counter() - t0
     print("\n" + table + f"\n\ngrid wall time: {wall / 60:.1f} min ({jobs} job{'s' if jobs > 1 else ''} at a time)")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -190,7 +242,8 @@ def compare(task: str, models: list[str], preset: str | None, overrides: list[st
                                           "grid_wall_time_s": wall})
     try:
         groups = {row["model"]: [Path(d) for d in row["run_dirs"]] for row in rows}
-        plot = plot_seed_bands(groups, out_dir / "curves.png")
+        metrics = ("episode_return",) if task == "rl" else ("valid_acc", "train_loss")
+        plot = plot_seed_bands(groups, out_dir / "curves.png", metrics)
         print(f"learning curves: {plot}")
     except ValueError as e:  # matplotlib missing: the table is still the result
         print(f"(no plot: {e})")
