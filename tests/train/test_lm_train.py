@@ -87,8 +87,9 @@ def random_lm(model: str = "delta_net", vocab: int = 11, **kwargs) -> torch.nn.M
 
 
 def test_lr_warmup_then_cosine():
+    """The official loop: the first update at the full rate (the rate is adjusted only after it), then lr * s / W."""
     cfg = LMTrainConfig(lr=1.0, warmup_steps=4, max_steps=100)
-    assert [lr_at(s, cfg) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert [lr_at(s, cfg) for s in range(4)] == [1.0, 0.25, 0.5, 0.75]
     assert lr_at(4, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 100)))
     assert lr_at(50, cfg) == pytest.approx(0.5)
     assert lr_at(99, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.99)))
@@ -216,19 +217,27 @@ def test_carry_state_reads_streams_in_order(corpus_dir, tmp_path, monkeypatch):
 @pytest.mark.parametrize(("pe", "order"), [("sinusoidal", "forward"), ("sinusoidal", "reversed"),
                                            ("none", "reversed")])
 def test_sliding_equals_one_forward_per_token(model, pe, order):
+    """The official definition: targets 1..W from one forward over the first window, every later token j as the
+    last position of a separate forward over ids[j - W:j]. Without reversed positions the first window's targets
+    also equal separate forwards over their own prefixes."""
     lm = random_lm(model, positional_encoding=pe, position_order=order)
     torch.manual_seed(1)
     ids = torch.randint(0, 11, (23,))
     W = 5
     out = evaluate_lm(lm, ids, "sliding", context=W, batch_size=3)
-    expected = []
+    expected, per_prefix = [], []
     with torch.no_grad():
-        for j in range(1, ids.numel()):  # token j from its own context ids[max(0, j - W):j], a separate forward
-            context = ids[max(0, j - W):j][None]
-            log_probs, _ = lm(context)
-            expected.append(-float(log_probs[0, -1, ids[j]]))
+        first, _ = lm(ids[:W][None])
+        for j in range(1, ids.numel()):
+            log_probs, _ = lm(ids[max(0, j - W):j][None])  # a separate forward over token j's own context
+            per_prefix.append(-float(log_probs[0, -1, ids[j]]))
+            expected.append(-float(first[0, j - 1, ids[j]]) if j <= W else per_prefix[-1])
     assert out["tokens"] == 22 and out["context"] == W and out["mode"] == "sliding"
     assert out["loss"] == pytest.approx(sum(expected) / len(expected), rel=1e-12, abs=1e-12)
+    if order == "forward" or pe == "none":
+        assert out["loss"] == pytest.approx(sum(per_prefix) / len(per_prefix), rel=1e-12, abs=1e-12)
+    else:  # reversed position codes: the first window's targets differ from separate forwards
+        assert out["loss"] != pytest.approx(sum(per_prefix) / len(per_prefix), rel=1e-9)
     assert out["ppl"] == pytest.approx(math.exp(out["loss"]))
     # context longer than the text: every token sees its whole prefix
     whole = evaluate_lm(lm, ids[:4], "sliding", context=10)

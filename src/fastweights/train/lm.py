@@ -258,9 +258,14 @@ def lm_model_config(cfg: LMTrainConfig, vocab_size: int) -> LMConfig:
 
 
 def lr_at(step: int, cfg: LMTrainConfig) -> float:
-    """Learning rate of update ``step`` (0-based; paper.md E.1): ``lr * (step + 1) / warmup_steps`` during the warm-up,
-    then ``lr * (1 + cos(pi * step / max_steps)) / 2`` (``CosineAnnealingLR(T_max=max_steps)`` on the global step)."""
-    return warmup_cosine(step, cfg.lr, cfg.warmup_steps, cfg.max_steps)
+    """Learning rate of update ``step`` (0-based; paper.md E.1), as the official training loop sets it: update 0 at
+    the full ``lr`` (that loop adjusts the rate only after its first update), then ``lr * step / warmup_steps``
+    while ``step < warmup_steps``, then ``lr * (1 + cos(pi * step / max_steps)) / 2`` (``CosineAnnealingLR(T_max=
+    max_steps)`` stepped with the global step)."""
+    if step == 0:
+        return cfg.lr
+    return warmup_cosine(step - 1, cfg.lr, cfg.warmup_steps, None) if step < cfg.warmup_steps else \
+        warmup_cosine(step, cfg.lr, 0, cfg.max_steps)
 
 
 def _ppl(loss: float) -> float:
@@ -330,17 +335,13 @@ def _segment_sums(model: LanguageModel, ids: Tensor, length: int, batch_size: in
 
 def _sliding_sums(model: LanguageModel, ids: Tensor, window: int, batch_size: int, device: torch.device,
                   bar: Progress | None = None) -> tuple[float, int]:
-    """Every token ``ids[j]`` (``j >= 1``) scored with exactly ``ids[max(0, j - W):j]`` as its context."""
+    """Every token ``ids[j]`` (``j >= 1``) scored with ``ids[max(0, j - W):j]`` as its context: the first ``W``
+    targets by one forward over ``ids[:W]`` (as the official evaluation does; with reversed positions their position
+    codes are those of that window), every later one as the last position of its own window."""
     n = ids.numel()
     first = min(window, n - 1)  # targets 1..first have their whole prefix as context
-    total = 0.0
-    if step_decodable(model.config):  # one forward scores all of them (each output sees only its prefix)
-        nll, _ = model(ids[:first][None].long().to(device), targets=ids[1:first + 1][None].long().to(device))
-        total += float(nll.double().sum())
-    else:  # reversed positions depend on the call's length: one forward per prefix
-        for j in range(1, first + 1):
-            h, _ = model.hidden(ids[:j][None].long().to(device))
-            total += float(model.nll(h[:, -1], ids[j:j + 1].long().to(device)).double().sum())
+    nll, _ = model(ids[:first][None].long().to(device), targets=ids[1:first + 1][None].long().to(device))
+    total = float(nll.double().sum())
     if n - 1 > window:  # targets j = W+1 .. n-1, window ids[j-W:j] = row s = j - W of the unfolded view
         windows = ids.unfold(0, window, 1)  # [n - W + 1, W], a view
         starts = range(1, n - window, batch_size)
@@ -377,9 +378,11 @@ def evaluate_lm(model: LanguageModel, ids: Tensor, mode: str = "segments", *, co
 
     Every token but the first is scored once (``N - 1`` tokens) under each mode:
 
-    * ``"sliding"``: token ``j`` is predicted from exactly ``ids[max(0, j - context):j]``, as by a separate forward
-      over that window from a zero state (paper.md C.3's stride-1 evaluation). Windows of ``context`` tokens are run in
-      batches of ``batch_size`` and only their last position is scored: ``context`` times the work of ``segments``.
+    * ``"sliding"``: token ``j`` is predicted from exactly ``ids[max(0, j - context):j]`` from a zero state
+      (paper.md C.3's stride-1 evaluation): the first ``context`` targets by one forward over the first window, as
+      the official code does (the same as separate forwards unless positions are reversed), every later token as
+      the last position of its own window. Windows of ``context`` tokens are run in batches of ``batch_size``:
+      ``context`` times the work of ``segments``.
     * ``"carry"``: one stream with the state carried through the whole of ``ids``, run in chunks of ``context``
       tokens (memory only; the result equals one forward over ``ids`` for step-decodable models, see
       :func:`step_decodable`; reversed positions restart at every chunk, as in the paper's code).
