@@ -484,7 +484,7 @@ class AtariEnv(BatchedEnv):
       300 000 for Space Invaders);
     * rewards are NOT clipped here (the learner clips them, paper.md E.3): returns are raw game scores.
 
-    The copies run one after another in this process (about 2 000 agent steps per second per copy on one core).
+    The copies run one after another in this process (about 1 500 agent steps per second on one loaded core).
     """
 
     def __init__(self, game: str, num_envs: int, *, noop_max: int = 30, frameskip: int = 4, frame_stack: int = 4,
