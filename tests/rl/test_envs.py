@@ -3,6 +3,7 @@ real ALE game (skipped without gymnasium + ale-py)."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 
 import numpy as np
@@ -17,6 +18,7 @@ from fastweights.rl.envs import (
     _game_name,
     _grey,
     make_env,
+    warp_frame,
 )
 
 HAS_ALE = importlib.util.find_spec("ale_py") is not None and importlib.util.find_spec("gymnasium") is not None
@@ -139,11 +141,31 @@ def test_area_resize_weights_and_grey():
         np.add.at(rebuilt, (np.arange(dst)[:, None].repeat(index.shape[1], 1), index), weight)
         assert rebuilt == pytest.approx(dense, abs=1e-7)
     assert np.array_equal(_area_weights(8, 4), np.kron(np.eye(4), [[0.5, 0.5]]))  # integer factor: plain means
-    # OpenCV's COLOR_RGB2GRAY of pure red, green, blue, white, black
-    rgb = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255], [0, 0, 0]], dtype=np.uint8)
-    assert _grey(rgb).tolist() == [76, 150, 29, 255, 0]
     with pytest.raises(ValueError, match="dst"):
         _area_weights(4, 8)
+
+
+def test_warp_frame_equals_opencv():
+    """torchbeast's WarpFrame is cv2.cvtColor(RGB2GRAY) then cv2.resize(84x84, INTER_AREA); warp_frame gives the same
+    bits without OpenCV. The expected values were computed with OpenCV (5.0.0)."""
+    rgb = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255], [0, 0, 0], [1, 2, 3], [200, 100, 50],
+                    [227, 146, 166], [12, 145, 7], [208, 73, 4]], dtype=np.uint8)
+    assert _grey(rgb).tolist() == [76, 150, 29, 255, 0, 2, 124, 172, 90, 106]
+    y, x, c = np.meshgrid(np.arange(210), np.arange(160), np.arange(3), indexing="ij")
+    frame = ((y * 31 + x * 17 + c * 101 + (x * y) % 7 * 13) % 256).astype(np.uint8)  # every grey level, edges
+    out = warp_frame(frame)
+    assert out.shape == (84, 84) and out.dtype == np.uint8
+    assert out[0, :6].tolist() == [109, 142, 143, 141, 144, 114] and out[41, 40:44].tolist() == [125, 110, 118, 111]
+    assert hashlib.sha256(out.tobytes()).hexdigest() == \
+        "73d28713b87c70eaecf19f71de5d805d713b6d149ccefeceaeb25b1f5bb6c8fd"
+    try:
+        import cv2
+    except ImportError:
+        return
+    for seed in range(3):  # where OpenCV is installed: random frames too
+        img = np.random.default_rng(seed).integers(0, 256, (210, 160, 3), dtype=np.uint8)
+        ref = cv2.resize(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), (84, 84), interpolation=cv2.INTER_AREA)
+        assert np.array_equal(warp_frame(img), ref)
 
 
 def never_fire(rng, n):

@@ -23,6 +23,7 @@ Environments:
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -268,7 +269,7 @@ def _game_name(name: str) -> str:
 
 
 # Frames as torchbeast's WarpFrame makes them (84x84 grey, OpenCV's RGB->grey and INTER_AREA resize), computed in
-# NumPy so that Atari needs no OpenCV.
+# NumPy so that Atari needs no OpenCV; the same bits as OpenCV's (checked on Atari frames and random images).
 FRAME_SIZE = 84
 
 
@@ -276,7 +277,7 @@ def _area_weights(src: int, dst: int) -> np.ndarray:
     """``[dst, src]`` weights of OpenCV's INTER_AREA downsampling along one axis: output pixel ``d`` averages the
     input cell ``[d * s, (d + 1) * s)`` (``s = src / dst``), partly covered pixels weighted by the covered part;
     every row sums to 1. ``W_h @ image @ W_w.T`` is then ``cv2.resize(image, (dst_w, dst_h), INTER_AREA)`` before
-    rounding (OpenCV's ``computeResizeAreaTab``)."""
+    rounding (OpenCV's ``computeResizeAreaTab``, for ``dst <= src``)."""
     if not 1 <= dst <= src:
         raise ValueError(f"dst: expected 1 <= dst <= src = {src} (area resampling only shrinks), got {dst}")
     scale = src / dst
@@ -294,6 +295,7 @@ def _area_weights(src: int, dst: int) -> np.ndarray:
     return w
 
 
+@functools.lru_cache(maxsize=8)
 def _area_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_area_weights` as taps: ``(index [dst, k], weight [dst, k])`` with ``out[d] = sum_j weight[d, j] *
     in[index[d, j]]`` (k = the most input pixels one output pixel covers; unused taps have weight 0). A few taps
@@ -309,10 +311,25 @@ def _area_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _grey(rgb: np.ndarray) -> np.ndarray:
-    """OpenCV's ``COLOR_RGB2GRAY`` of uint8 ``[..., 3]`` frames: 0.299 R + 0.587 G + 0.114 B in 14-bit fixed
-    point, rounded."""
+    """OpenCV's ``COLOR_RGB2GRAY`` of uint8 ``[..., 3]`` frames: 0.299 R + 0.587 G + 0.114 B in 15-bit fixed
+    point, rounded (bit for bit)."""
     x = rgb.astype(np.uint32)
-    return ((x[..., 0] * 4899 + x[..., 1] * 9617 + x[..., 2] * 1868 + 8192) >> 14).astype(np.uint8)
+    return ((x[..., 0] * 9798 + x[..., 1] * 19235 + x[..., 2] * 3735 + (1 << 14)) >> 15).astype(np.uint8)
+
+
+def warp_frame(rgb: np.ndarray) -> np.ndarray:
+    """torchbeast's ``WarpFrame``: an RGB frame ``[H, W, 3]`` uint8 -> ``[84, 84]`` uint8 grey, bit for bit
+    ``cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (84, 84), interpolation=cv2.INTER_AREA)``."""
+    grey = _grey(rgb)
+    (rows, wr), (cols, wc) = _area_taps(grey.shape[0], FRAME_SIZE), _area_taps(grey.shape[1], FRAME_SIZE)
+    # OpenCV's order of float32 sums (along each row first, then across rows, taps in order): the same bits
+    x = np.zeros((grey.shape[0], FRAME_SIZE), dtype=np.float32)
+    for k in range(cols.shape[1]):
+        x += grey[:, cols[:, k]].astype(np.float32) * wc[:, k]
+    y = np.zeros((FRAME_SIZE, FRAME_SIZE), dtype=np.float32)
+    for k in range(rows.shape[1]):
+        y += wr[:, k, None] * x[rows[:, k]]
+    return np.rint(y).clip(0, 255).astype(np.uint8)
 
 
 def gym_frame_limit(game: str) -> int:
@@ -363,7 +380,6 @@ class AtariGame:
         self.rng = np.random.default_rng()
         h, w = self.ale.getScreenDims()
         self.screens = np.zeros((2, h, w, 3), dtype=np.uint8)  # MaxAndSkipEnv's buffer of the last two frames
-        self.taps_h, self.taps_w = _area_taps(h, FRAME_SIZE), _area_taps(w, FRAME_SIZE)
         self.stack = np.zeros((frame_stack, FRAME_SIZE, FRAME_SIZE), dtype=np.uint8)
         self.lives = 0
         self.real_done = True  # EpisodicLifeEnv.was_real_done: the last step ended the game
@@ -441,10 +457,7 @@ class AtariGame:
 
     # WarpFrame
     def _warp(self, rgb: np.ndarray) -> np.ndarray:
-        (rows, wr), (cols, wc) = self.taps_h, self.taps_w
-        x = np.einsum("hkw,hk->hw", _grey(rgb)[rows].astype(np.float32), wr)  # [84, W]
-        x = np.einsum("hwk,wk->hw", x[:, cols], wc)  # [84, 84]
-        return np.rint(x).clip(0, 255).astype(np.uint8)
+        return warp_frame(rgb)
 
     # FrameStack
     def reset(self) -> np.ndarray:
