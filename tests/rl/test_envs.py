@@ -193,6 +193,7 @@ def test_atari_observations_and_frame_stack():
         obs = env.reset(seed=0)
         assert obs.shape == (3, 4, 84, 84) and obs.dtype == np.uint8 and env.num_actions == 4
         assert env.obs_shape == (4, 84, 84) and env.fire
+        assert all(g.ale.getFloat("repeat_action_probability") == 0.0 for g in env.games)  # no sticky actions
         rng = np.random.default_rng(0)
         for _ in range(30):
             res = env.step(rng.integers(0, 4, 3))
@@ -245,6 +246,39 @@ def test_atari_start_of_episode_steps_happen_inside_the_env():
         assert 1 not in log
         rng = np.random.default_rng(0)
         assert not any(env.step(never_fire(rng, 1)).done[0] for _ in range(200))
+    finally:
+        env.close()
+
+
+@needs_ale
+def test_atari_max_and_skip():
+    """torchbeast's MaxAndSkipEnv: an action is repeated for 4 frames, the step's reward is the sum of theirs and
+    its frame the pixel-wise max of the last two (then warped to 84x84 grey)."""
+    env = make_env("BreakoutNoFrameskip-v4", 1)
+    try:
+        env.reset(seed=4)
+        game, frames = env.games[0], []
+        real = game._act
+
+        def act(action):
+            reward, done = real(action)
+            frames.append((game.ale.getScreenRGB(), reward))
+            return reward, done
+
+        game._act = act
+        rng = np.random.default_rng(4)
+        rewards, differ = 0.0, 0
+        for _ in range(120):
+            frames.clear()
+            res = env.step(rng.integers(0, 4, 1))
+            if res.done[0]:
+                continue
+            (a, _), (b, _) = frames[-2:]
+            assert len(frames) == 4 and np.array_equal(res.obs[0, -1], warp_frame(np.maximum(a, b)))
+            assert res.reward[0] == sum(r for _, r in frames)
+            rewards += res.reward[0]
+            differ += not np.array_equal(a, b)
+        assert rewards > 0 and differ > 10  # some steps scored; the max mattered in many
     finally:
         env.close()
 
