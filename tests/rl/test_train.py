@@ -24,7 +24,7 @@ from fastweights.rl import (
     train,
 )
 from fastweights.rl.config import rl_config_from_dict, rl_config_to_dict
-from fastweights.rl.train import build
+from fastweights.rl.train import build, load_agent
 from fastweights.train.config import ConfigError
 from fastweights.train.interrupt import Interrupted
 from fastweights.train.runs import read_json
@@ -124,6 +124,14 @@ def test_evaluate_run_protocol(tmp_path):
         evaluate_run(tmp_path / "nope")
     with pytest.raises(ValueError, match="episodes"):
         evaluate_run(tmp_path / "r", episodes=0)
+    consecutive = evaluate_run(tmp_path / "r", episodes=6, runs=3, mode="consecutive")
+    assert consecutive["mode"] == "consecutive" and len(consecutive["run_means"]) == 3
+    assert consecutive == evaluate_run(tmp_path / "r", episodes=6, runs=3, mode="consecutive")  # seeded
+    with pytest.raises(ValueError, match="mode: expected one of"):
+        evaluate_run(tmp_path / "r", mode="sequential")
+    cfg, agent = load_agent(tmp_path / "r")
+    with pytest.raises(ValueError, match="noneg: the filter restarts Atari games"):
+        evaluate_agent(agent, cfg, noneg=True)
 
 
 def test_presets_and_round_trip():

@@ -49,7 +49,7 @@ from ..train.runs import (
 from ..weights import load_state
 from .agent import Agent, AgentConfig
 from .config import EVAL_MODES, RLConfig, resolve_rl_config, rl_config_from_dict, rl_config_to_dict
-from .envs import AtariEnv, BatchedEnv, make_env
+from .envs import BatchedEnv, is_atari, make_env
 from .vtrace import impala_loss, linear_decay, rmsprop
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -94,13 +94,12 @@ class Actor:
         out = self.agent.act(self.obs, self.done, self.prev_reward, self.prev_action, self.state, greedy=greedy,
                              generator=self.generator)
         res = self.env.step(out.action.cpu().numpy())
-        action = out.action
         self.state = out.state
         self.obs = torch.as_tensor(res.obs, device=self.device)
         self.done = torch.as_tensor(res.done, device=self.device)
         self.prev_reward = torch.as_tensor(res.reward, device=self.device)
-        self.prev_action = action
-        return action, out.logits, res.info
+        self.prev_action = out.action
+        return out.action, out.logits, res.info
 
     def rollout(self, length: int) -> tuple[Rollout, list[dict[str, Any]]]:
         """``length`` steps of every copy; returns the rollout and the env infos of the steps."""
@@ -464,6 +463,8 @@ def evaluate_agent(agent: Agent, cfg: RLConfig, *, episodes: int | None = None, 
     if mode == "consecutive" and num_envs not in (None, 1):
         raise ValueError(f"num_envs: the consecutive mode plays one environment, got {num_envs}; use "
                          f"mode='parallel' for several")
+    if noneg and not is_atari(cfg.env):
+        raise ValueError(f"noneg: the filter restarts Atari games; env {cfg.env!r} is not an Atari game")
     device = next(agent.parameters()).device
     was_training = agent.training
     agent.eval()
@@ -492,9 +493,6 @@ def _play_episodes(agent: Agent, cfg: RLConfig, quota: list[int], seed: int, gre
     """Copy ``i`` of a fresh ``len(quota)``-copy environment plays until it has ``quota[i]`` counted episodes,
     back to back; returns each copy's episode returns and the number of episodes the noneg filter dropped."""
     env = make_env(cfg.env, len(quota), cfg.env_options)
-    if noneg and not isinstance(env, AtariEnv):
-        env.close()
-        raise ValueError(f"noneg: the filter restarts Atari games; env {cfg.env!r} is not an Atari game")
     try:
         actor = Actor(env, agent, device, seed)
         got: list[list[float]] = [[] for _ in quota]
