@@ -72,12 +72,11 @@ class RLConfig:
     eval_episodes: int = option(30, "episodes per evaluation run")
     eval_runs: int = option(5, "evaluation runs (mean and std over them)")
     eval_greedy: bool = option(True, "greedy actions in evaluation (false: sampled)")
-    eval_mode: str = option("parallel", "consecutive: one environment plays all runs' episodes back to back (the "
-                                        "official test); parallel: each run, eval_envs fresh copies play a fixed "
-                                        "share each")
+    eval_mode: str = option("parallel", "consecutive: one environment plays all episodes in a row (the official "
+                                        "test); parallel: eval_envs copies per run")
     eval_envs: int = option(30, "parallel mode: copies per evaluation run")
-    eval_noneg: bool | None = option(None, "drop evaluation episodes with a negative return and start a new game "
-                                           "(the official filter); none = on for BattleZone and UpNDown only")
+    eval_noneg: bool | None = option(None, "drop negative-return evaluation episodes, start a new game; none = only "
+                                           "for BattleZone, UpNDown")
     # run
     seed: int = option(1, "seed of the initialisation, actions and environments")
     device: str = option("cpu", "cpu, cuda or cuda:N")
