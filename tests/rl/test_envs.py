@@ -3,12 +3,23 @@ real ALE game (skipped without gymnasium + ale-py)."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 
 import numpy as np
 import pytest
 
-from fastweights.rl.envs import CountRecall, RepeatFirst, RepeatPrevious, _game_name, make_env
+from fastweights.rl.envs import (
+    CountRecall,
+    RepeatFirst,
+    RepeatPrevious,
+    _area_taps,
+    _area_weights,
+    _game_name,
+    _grey,
+    make_env,
+    warp_frame,
+)
 
 HAS_ALE = importlib.util.find_spec("ale_py") is not None and importlib.util.find_spec("gymnasium") is not None
 needs_ale = pytest.mark.skipif(not HAS_ALE, reason="Atari tests need gymnasium and ale-py (pip install "
@@ -119,13 +130,70 @@ def test_game_names(name, rom):
     assert _game_name(name.removeprefix("atari:")) == rom
 
 
+def test_area_resize_weights_and_grey():
+    w = _area_weights(5, 2)  # cells [0, 2.5) and [2.5, 5): two whole pixels and half of the middle one each
+    assert w == pytest.approx(np.array([[1, 1, 0.5, 0, 0], [0, 0, 0.5, 1, 1]]) / 2.5)
+    for src, dst in ((210, 84), (160, 84), (8, 4)):
+        dense = _area_weights(src, dst)
+        assert dense.sum(1) == pytest.approx(np.ones(dst)) and (dense >= 0).all()
+        index, weight = _area_taps(src, dst)
+        rebuilt = np.zeros_like(dense)
+        np.add.at(rebuilt, (np.arange(dst)[:, None].repeat(index.shape[1], 1), index), weight)
+        assert rebuilt == pytest.approx(dense, abs=1e-7)
+    assert np.array_equal(_area_weights(8, 4), np.kron(np.eye(4), [[0.5, 0.5]]))  # integer factor: plain means
+    with pytest.raises(ValueError, match="dst"):
+        _area_weights(4, 8)
+
+
+def test_warp_frame_equals_opencv():
+    """torchbeast's WarpFrame is cv2.cvtColor(RGB2GRAY) then cv2.resize(84x84, INTER_AREA); warp_frame gives the same
+    bits without OpenCV. The expected values were computed with OpenCV (5.0.0)."""
+    rgb = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255], [0, 0, 0], [1, 2, 3], [200, 100, 50],
+                    [227, 146, 166], [12, 145, 7], [208, 73, 4]], dtype=np.uint8)
+    assert _grey(rgb).tolist() == [76, 150, 29, 255, 0, 2, 124, 172, 90, 106]
+    y, x, c = np.meshgrid(np.arange(210), np.arange(160), np.arange(3), indexing="ij")
+    frame = ((y * 31 + x * 17 + c * 101 + (x * y) % 7 * 13) % 256).astype(np.uint8)  # every grey level, edges
+    out = warp_frame(frame)
+    assert out.shape == (84, 84) and out.dtype == np.uint8
+    assert out[0, :6].tolist() == [109, 142, 143, 141, 144, 114] and out[41, 40:44].tolist() == [125, 110, 118, 111]
+    assert hashlib.sha256(out.tobytes()).hexdigest() == \
+        "73d28713b87c70eaecf19f71de5d805d713b6d149ccefeceaeb25b1f5bb6c8fd"
+    try:
+        import cv2
+    except ImportError:
+        return
+    for seed in range(3):  # where OpenCV is installed: random frames too
+        img = np.random.default_rng(seed).integers(0, 256, (210, 160, 3), dtype=np.uint8)
+        ref = cv2.resize(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), (84, 84), interpolation=cv2.INTER_AREA)
+        assert np.array_equal(warp_frame(img), ref)
+
+
+def never_fire(rng, n):
+    """Random Breakout actions without FIRE (NOOP, RIGHT, LEFT): only the environment can launch the ball."""
+    return rng.choice([0, 2, 3], n)
+
+
+def record_frames(env, i=0):
+    """The action of every emulator frame of copy ``i`` (indices into the minimal action set), in order."""
+    game, log = env.games[i], []
+    real = game._act
+
+    def act(action):
+        log.append(action)
+        return real(action)
+
+    game._act = act
+    return log
+
+
 @needs_ale
 def test_atari_observations_and_frame_stack():
-    env = make_env("BreakoutNoFrameskip-v4", 3, {"num_threads": 1})
+    env = make_env("BreakoutNoFrameskip-v4", 3)
     try:
         obs = env.reset(seed=0)
         assert obs.shape == (3, 4, 84, 84) and obs.dtype == np.uint8 and env.num_actions == 4
-        assert env.obs_shape == (4, 84, 84)
+        assert env.obs_shape == (4, 84, 84) and env.fire
+        assert all(g.ale.getFloat("repeat_action_probability") == 0.0 for g in env.games)  # no sticky actions
         rng = np.random.default_rng(0)
         for _ in range(30):
             res = env.step(rng.integers(0, 4, 3))
@@ -139,15 +207,119 @@ def test_atari_observations_and_frame_stack():
 
 
 @needs_ale
+def test_atari_start_of_episode_steps_happen_inside_the_env():
+    """torchbeast's NoopResetEnv, EpisodicLifeEnv and FireResetEnv: a game starts with 1-30 no-op frames, then the
+    steps FIRE and action 2 (4 frames each); after a lost life, one no-op step then FIRE and action 2. All inside the
+    environment: the agent's actions reach the emulator unchanged, and the agent never has to press FIRE."""
+    env = make_env("BreakoutNoFrameskip-v4", 1)
+    try:
+        log = record_frames(env)
+        env.reset(seed=0)
+        noops = len(log) - 8
+        assert 1 <= noops <= 30 and log == [0] * noops + [1] * 4 + [2] * 4
+        rng = np.random.default_rng(0)
+        lives_lost = games = 0
+        for _ in range(400):
+            log.clear()
+            a = int(never_fire(rng, 1)[0])
+            res = env.step(np.array([a]))
+            if not res.done[0]:
+                assert log == [a] * 4
+            elif res.info["game_returns"].size:  # game over (it may cut the repeat short), then a new game
+                games += 1
+                head = log[:-8]  # the agent's 1-4 frames, then 1-30 no-op frames
+                k = head.index(0) if a != 0 else 1
+                assert log[-8:] == [1] * 4 + [2] * 4 and 1 <= k <= 4 and head[:k] == [a] * k
+                assert set(head[k:]) == {0} and 1 <= len(head) - k <= 30 + 3 * (a == 0)
+            else:  # a lost life: the agent's 4 frames, one no-op step, FIRE, action 2
+                lives_lost += 1
+                assert log == [a] * 4 + [0] * 4 + [1] * 4 + [2] * 4
+                assert res.info["lives"][0] < 5
+        assert lives_lost >= 4 and games >= 1
+    finally:
+        env.close()
+    # without the FIRE steps, an agent that never fires never launches the ball: no life is lost
+    env = make_env("BreakoutNoFrameskip-v4", 1, {"fire_reset": False})
+    try:
+        log = record_frames(env)
+        env.reset(seed=0)
+        assert 1 not in log
+        rng = np.random.default_rng(0)
+        assert not any(env.step(never_fire(rng, 1)).done[0] for _ in range(200))
+    finally:
+        env.close()
+
+
+@needs_ale
+def test_atari_max_and_skip():
+    """torchbeast's MaxAndSkipEnv: an action is repeated for 4 frames, the step's reward is the sum of theirs and
+    its frame the pixel-wise max of the last two (then warped to 84x84 grey)."""
+    env = make_env("BreakoutNoFrameskip-v4", 1)
+    try:
+        env.reset(seed=4)
+        game, frames = env.games[0], []
+        real = game._act
+
+        def act(action):
+            reward, done = real(action)
+            frames.append((game.ale.getScreenRGB(), reward))
+            return reward, done
+
+        game._act = act
+        rng = np.random.default_rng(4)
+        rewards, differ = 0.0, 0
+        for _ in range(120):
+            frames.clear()
+            res = env.step(rng.integers(0, 4, 1))
+            if res.done[0]:
+                continue
+            (a, _), (b, _) = frames[-2:]
+            assert len(frames) == 4 and np.array_equal(res.obs[0, -1], warp_frame(np.maximum(a, b)))
+            assert res.reward[0] == sum(r for _, r in frames)
+            rewards += res.reward[0]
+            differ += not np.array_equal(a, b)
+        assert rewards > 0 and differ > 10  # some steps scored; the max mattered in many
+    finally:
+        env.close()
+
+
+@needs_ale
+def test_atari_frame_stack_refilled_at_every_episode_start():
+    """torchbeast's FrameStack.reset: every episode, a lost life included, starts with 4 copies of its first frame
+    (no zeros, no frame from before the lost life)."""
+    env = make_env("BreakoutNoFrameskip-v4", 2)
+    try:
+        obs = env.reset(seed=1)
+        assert all(np.array_equal(obs[i, k], obs[i, -1]) for i in range(2) for k in range(4))
+        rng = np.random.default_rng(1)
+        lives_lost = 0
+        for _ in range(150):
+            res = env.step(never_fire(rng, 2))
+            for i in range(2):
+                if res.done[i]:
+                    assert all(np.array_equal(res.obs[i, k], res.obs[i, -1]) for k in range(3))
+                    assert res.obs[i, -1].std() > 0  # a real frame
+                    # the frames before the lost life are gone (the ball and paddle have moved since)
+                    assert not np.array_equal(res.obs[i, 0], obs[i, -1])
+                else:
+                    assert np.array_equal(res.obs[i, :3], obs[i, 1:])
+            lives_lost += int((res.done & (res.info["lives"] > 0)).sum())
+            obs = res.obs
+        assert lives_lost >= 4
+    finally:
+        env.close()
+
+
+@needs_ale
 def test_atari_noop_reset_varies_the_start():
-    env = make_env("atari:Breakout", 6, {"num_threads": 1})
-    fixed = make_env("atari:Breakout", 2, {"num_threads": 1, "noop_max": 0})
+    env = make_env("atari:Breakout", 6)
+    fixed = make_env("atari:Breakout", 2, {"noop_max": 0})
     try:
         env.reset(seed=0)
         fixed.reset(seed=0)
-        assert len(set(env.frame_number.tolist())) > 1  # 1..30 random no-ops of 4 frames each
-        assert len(set(fixed.frame_number.tolist())) == 1
-        assert env.frame_number.max() <= fixed.frame_number.max() + 4 * 30
+        starts = [g.frames for g in env.games]  # frames of the game so far: no-ops + FIRE and action 2 steps
+        assert len(set(starts)) > 1 and all(1 + 8 <= f <= 30 + 8 for f in starts)
+        assert [g.frames for g in fixed.games] == [8, 8]
     finally:
         env.close()
         fixed.close()
@@ -155,13 +327,13 @@ def test_atari_noop_reset_varies_the_start():
 
 @needs_ale
 def test_atari_episodic_life():
-    env = make_env("BreakoutNoFrameskip-v4", 1, {"num_threads": 1})
+    env = make_env("BreakoutNoFrameskip-v4", 1)
     try:
         env.reset(seed=1)
         rng = np.random.default_rng(1)
         lives_before, life_ends, game_returns, life_returns = 5, 0, [], []
-        for _ in range(3000):
-            res = env.step(rng.integers(0, 4, 1))
+        for _ in range(600):
+            res = env.step(rng.choice([0, 1, 2, 3], 1, p=[0.3, 0.1, 0.3, 0.3]))
             life_returns += list(res.info["episode_returns"])
             lives = int(res.info["lives"][0])
             if res.done[0]:
@@ -184,18 +356,37 @@ def test_atari_episodic_life():
 
 @needs_ale
 def test_atari_without_episodic_life_ends_only_at_game_over():
-    env = make_env("BreakoutNoFrameskip-v4", 1, {"num_threads": 1, "episodic_life": False})
+    env = make_env("BreakoutNoFrameskip-v4", 1, {"episodic_life": False})
     try:
         env.reset(seed=2)
         rng = np.random.default_rng(2)
-        for _ in range(3000):
+        for _ in range(1000):
             res = env.step(rng.integers(0, 4, 1))
             if res.done[0]:
                 assert int(res.info["lives"][0]) == 5
                 assert res.info["game_returns"] == pytest.approx(res.info["episode_returns"])
                 break
         else:
-            pytest.fail("no game over in 3000 random steps")
+            pytest.fail("no game over in 1000 random steps")
+    finally:
+        env.close()
+
+
+@needs_ale
+def test_atari_frame_limit_ends_the_game():
+    """gym's TimeLimit: the game ends after max_episode_frames frames, start-of-game no-ops and FIRE included."""
+    env = make_env("BreakoutNoFrameskip-v4", 1, {"max_episode_frames": 120, "noop_max": 0})
+    assert make_env("atari:SpaceInvaders", 1).games[0].max_episode_frames == 300_000  # gym's v4 limits
+    assert make_env("atari:Pong", 1).games[0].max_episode_frames == 400_000
+    try:
+        env.reset(seed=3)
+        steps = 0
+        while True:
+            res = env.step(np.array([0]))  # the ball is launched and lost: a life, then the limit
+            steps += 1
+            if res.info["game_returns"].size:
+                break
+        assert steps == (120 - 8 - 4 - 8) // 4  # 8 start frames, and after the lost life a no-op and FIRE/2
     finally:
         env.close()
 
@@ -205,30 +396,11 @@ def test_make_atari_without_ale_says_what_to_install():
     if HAS_ALE:
         with pytest.raises(ValueError, match="cannot make Atari game"):
             make_env("NoSuchGameNoFrameskip-v4", 1)
+        with pytest.raises(ValueError, match="noop_max"):
+            make_env("atari:Breakout", 1, {"noop_max": -1})
     else:
         with pytest.raises(ImportError, match="fastweights\\[rl\\]"):
             make_env("BreakoutNoFrameskip-v4", 1)
-
-
-@needs_ale
-def test_atari_fire_after_life_loss():
-    env = make_env("BreakoutNoFrameskip-v4", 1, {"num_threads": 1})
-    try:
-        env.reset(seed=3)
-        assert env.fire_action == 1
-        rng = np.random.default_rng(3)
-        checked = 0
-        for _ in range(2000):
-            a = rng.integers(0, 4, 1)
-            forced = bool(env.fire_next[0])
-            res = env.step(a)
-            assert res.info["actions"][0] == (1 if forced else a[0])
-            checked += forced
-            if checked == 2:
-                break
-        assert checked == 2
-    finally:
-        env.close()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gymnasium") is None, reason="needs gymnasium")

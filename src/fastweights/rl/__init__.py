@@ -22,6 +22,7 @@ from .config import RLConfig, resolve_rl_config, rl_config_from_dict, rl_config_
 from .envs import (
     MEMORY_TASKS,
     AtariEnv,
+    AtariGame,
     BatchedEnv,
     CountRecall,
     GymnasiumEnv,
@@ -42,6 +43,7 @@ __all__ = [
     "AgentConfig",
     "AgentOutput",
     "AtariEnv",
+    "AtariGame",
     "BatchedEnv",
     "CountRecall",
     "GymnasiumEnv",

@@ -11,8 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..train.config import ConfigError, apply_overrides, config_to_dict, dataclass_from_dict, load_preset, option
+from .envs import atari_game, is_atari
 
 TASK = "rl"
+#: evaluation protocols (see fastweights.rl.train.evaluate_agent)
+EVAL_MODES = ("consecutive", "parallel")
+#: the games whose official evaluation drops negative-return episodes (an emulator bug, gym issue 2233)
+NONEG_GAMES = ("battle_zone", "up_n_down")
 
 
 @dataclass
@@ -65,9 +70,13 @@ class RLConfig:
     lr_decay: bool = option(True, "decay the learning rate linearly to 0 at total_steps")
     # evaluation (paper.md C.4): greedy, eval_runs x eval_episodes episodes
     eval_episodes: int = option(30, "episodes per evaluation run")
-    eval_runs: int = option(5, "independent evaluation runs (mean and std over them)")
+    eval_runs: int = option(5, "evaluation runs (mean and std over them)")
     eval_greedy: bool = option(True, "greedy actions in evaluation (false: sampled)")
-    eval_envs: int = option(30, "parallel copies in evaluation (each plays a fixed share of the episodes)")
+    eval_mode: str = option("parallel", "consecutive: one environment plays all episodes in a row (the official "
+                                        "test); parallel: eval_envs copies per run")
+    eval_envs: int = option(30, "parallel mode: copies per evaluation run")
+    eval_noneg: bool | None = option(None, "drop negative-return evaluation episodes, start a new game; none = only "
+                                           "for BattleZone, UpNDown")
     # run
     seed: int = option(1, "seed of the initialisation, actions and environments")
     device: str = option("cpu", "cpu, cuda or cuda:N")
@@ -86,6 +95,13 @@ class RLConfig:
     @property
     def total_updates(self) -> int:
         return -(-self.total_steps // self.steps_per_update)
+
+    def noneg(self) -> bool:
+        """Whether evaluation drops negative-return episodes: ``eval_noneg``, or where it is none, whether ``env``
+        is one of the games the official code filters (:data:`NONEG_GAMES`)."""
+        if self.eval_noneg is not None:
+            return self.eval_noneg
+        return atari_game(self.env) in NONEG_GAMES
 
     def agent_fields(self) -> dict[str, Any]:
         """The :class:`~fastweights.rl.agent.AgentConfig` fields of this run (besides obs_shape/num_actions)."""
@@ -123,6 +139,10 @@ class RLConfig:
             raise ConfigError(f"rms_alpha: expected a value in [0, 1), got {self.rms_alpha}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout: expected a probability in [0, 1), got {self.dropout}")
+        if self.eval_mode not in EVAL_MODES:
+            raise ConfigError(f"eval_mode: expected one of {list(EVAL_MODES)}, got {self.eval_mode!r}")
+        if self.eval_noneg and not is_atari(self.env):
+            raise ConfigError(f"eval_noneg: the filter restarts Atari games; env {self.env!r} is not an Atari game")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads: expected a positive integer or none, got {self.threads}")
         if any(s < 1 for s in self.extra_checkpoints):

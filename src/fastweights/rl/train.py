@@ -48,8 +48,8 @@ from ..train.runs import (
 )
 from ..weights import load_state
 from .agent import Agent, AgentConfig
-from .config import RLConfig, resolve_rl_config, rl_config_from_dict, rl_config_to_dict
-from .envs import BatchedEnv, make_env
+from .config import EVAL_MODES, RLConfig, resolve_rl_config, rl_config_from_dict, rl_config_to_dict
+from .envs import BatchedEnv, is_atari, make_env
 from .vtrace import impala_loss, linear_decay, rmsprop
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -94,14 +94,12 @@ class Actor:
         out = self.agent.act(self.obs, self.done, self.prev_reward, self.prev_action, self.state, greedy=greedy,
                              generator=self.generator)
         res = self.env.step(out.action.cpu().numpy())
-        # an environment may replace actions (Atari's FIRE after a lost life): learn from what was executed
-        action = out.action if "actions" not in res.info else torch.as_tensor(res.info["actions"], device=self.device)
         self.state = out.state
         self.obs = torch.as_tensor(res.obs, device=self.device)
         self.done = torch.as_tensor(res.done, device=self.device)
         self.prev_reward = torch.as_tensor(res.reward, device=self.device)
-        self.prev_action = action
-        return action, out.logits, res.info
+        self.prev_action = out.action
+        return out.action, out.logits, res.info
 
     def rollout(self, length: int) -> tuple[Rollout, list[dict[str, Any]]]:
         """``length`` steps of every copy; returns the rollout and the env infos of the steps."""
@@ -433,45 +431,88 @@ def _train_loop(cfg: RLConfig, run_dir: Path, env: BatchedEnv, agent: Agent, dev
 @torch.no_grad()
 def evaluate_agent(agent: Agent, cfg: RLConfig, *, episodes: int | None = None, runs: int | None = None,
                    greedy: bool | None = None, num_envs: int | None = None, seed: int | None = None,
-                   progress: bool = False) -> dict[str, Any]:
-    """The paper's protocol: ``runs`` independent runs of ``episodes`` episodes each (greedy actions by default);
-    returns the mean and std of the run means (plus each run's mean). ``progress``: a progress line on stderr.
+                   mode: str | None = None, noneg: bool | None = None, progress: bool = False) -> dict[str, Any]:
+    """Evaluate ``runs`` runs of ``episodes`` episodes each (greedy actions by default); returns the mean and std of
+    the run means, each run's mean, and ``dropped`` (episodes the noneg filter left out). Arguments left None take
+    the config's ``eval_*`` values. ``progress``: a progress line on stderr.
 
-    The episodes of a run are played by ``num_envs`` parallel copies, each with a fixed share decided in advance
-    (so short episodes are not favoured); per-life episodes on Atari (episodic life is kept at test time).
+    ``mode`` (``cfg.eval_mode``):
+
+    * ``"consecutive"``, the official test (paper.md C.4): one environment plays ``runs * episodes`` episodes back
+      to back, through lost lives, game overs and run boundaries, the core state carried from step to step (reset
+      at every episode start, as in training); run ``r`` is the mean of episodes ``r * episodes`` to
+      ``(r + 1) * episodes - 1``. On Atari an episode is one life (episodic life stays on at test time).
+    * ``"parallel"``: each run makes ``num_envs`` (``cfg.eval_envs``) fresh copies, each with a share of the run's
+      episodes decided in advance (so short episodes are not favoured), each share played back to back.
+
+    ``noneg`` (``cfg.noneg()``; Atari only): an episode with a negative return is not counted, and its copy starts
+    a new game with a zeroed core state (the official evaluation of BattleZone and UpNDown, whose emulation
+    sometimes yields a hugely negative score); episodes are played until every share is complete.
     """
     episodes = cfg.eval_episodes if episodes is None else episodes
     runs = cfg.eval_runs if runs is None else runs
     greedy = cfg.eval_greedy if greedy is None else greedy
     seed = cfg.seed + 1_000_003 if seed is None else seed
+    mode = cfg.eval_mode if mode is None else mode
+    noneg = cfg.noneg() if noneg is None else noneg
     for name, v in (("episodes", episodes), ("runs", runs)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name}: expected a positive int, got {v!r}")
-    n = min(cfg.eval_envs if num_envs is None else num_envs, episodes)
+    if mode not in EVAL_MODES:
+        raise ValueError(f"mode: expected one of {list(EVAL_MODES)}, got {mode!r}")
+    if mode == "consecutive" and num_envs not in (None, 1):
+        raise ValueError(f"num_envs: the consecutive mode plays one environment, got {num_envs}; use "
+                         f"mode='parallel' for several")
+    if noneg and not is_atari(cfg.env):
+        raise ValueError(f"noneg: the filter restarts Atari games; env {cfg.env!r} is not an Atari game")
     device = next(agent.parameters()).device
     was_training = agent.training
     agent.eval()
-    run_means = []
     bar = Progress(runs * episodes, prefix="eval", stream=sys.stderr, unit="episode") if progress else None
-    for r in range(runs):
-        env = make_env(cfg.env, n, cfg.env_options)
-        actor = Actor(env, agent, device, seed + r)
-        quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])
-        got: list[list[float]] = [[] for _ in range(n)]
-        while any(len(g) < q for g, q in zip(got, quota)):
-            _, _, info = actor.step(greedy=greedy)
-            for i, ret in zip(info["episode_envs"], info["episode_returns"]):
-                if len(got[i]) < quota[i]:
-                    got[i].append(float(ret))
-            if bar is not None:
-                bar.update(r * episodes + sum(map(len, got)))
-        env.close()
-        run_means.append(float(np.mean([x for g in got for x in g])))
+    dropped = 0
+    if mode == "consecutive":
+        (returns,), dropped = _play_episodes(agent, cfg, [runs * episodes], seed, greedy, noneg, device, bar, 0)
+        run_means = [float(np.mean(returns[r * episodes:(r + 1) * episodes])) for r in range(runs)]
+    else:
+        n = min(cfg.eval_envs if num_envs is None else num_envs, episodes)
+        quota = [episodes // n + (i < episodes % n) for i in range(n)]
+        run_means = []
+        for r in range(runs):
+            shares, d = _play_episodes(agent, cfg, quota, seed + r, greedy, noneg, device, bar, r * episodes)
+            run_means.append(float(np.mean([x for share in shares for x in share])))
+            dropped += d
     if bar is not None:
         bar.close()
     agent.train(was_training)
     return {"mean": float(np.mean(run_means)), "std": float(np.std(run_means)), "run_means": run_means,
-            "episodes": episodes, "runs": runs, "greedy": greedy}
+            "episodes": episodes, "runs": runs, "greedy": greedy, "mode": mode, "noneg": noneg, "dropped": dropped}
+
+
+def _play_episodes(agent: Agent, cfg: RLConfig, quota: list[int], seed: int, greedy: bool, noneg: bool,
+                   device: torch.device, bar: Progress | None, done_before: int) -> tuple[list[list[float]], int]:
+    """Copy ``i`` of a fresh ``len(quota)``-copy environment plays until it has ``quota[i]`` counted episodes,
+    back to back; returns each copy's episode returns and the number of episodes the noneg filter dropped."""
+    env = make_env(cfg.env, len(quota), cfg.env_options)
+    try:
+        actor = Actor(env, agent, device, seed)
+        got: list[list[float]] = [[] for _ in quota]
+        dropped = 0
+        while any(len(g) < q for g, q in zip(got, quota)):
+            _, _, info = actor.step(greedy=greedy)
+            restart = []
+            for i, ret in zip(info["episode_envs"], info["episode_returns"]):
+                if noneg and ret < 0:
+                    restart.append(i)
+                    dropped += 1
+                elif len(got[i]) < quota[i]:
+                    got[i].append(float(ret))
+            if restart:  # those rows already start a new episode (done): their core state is zeroed at it
+                actor.obs[restart] = torch.as_tensor(env.new_game(np.array(restart)), device=device)
+            if bar is not None:
+                bar.update(done_before + sum(map(len, got)))
+    finally:
+        env.close()
+    return got, dropped
 
 
 def rl_run_config(run_dir: Path, device: str | None = None) -> RLConfig:
@@ -508,13 +549,14 @@ def load_agent(run_dir: Path, checkpoint: str = "last", device: str | None = Non
 
 def evaluate_run(run_dir: Path | str, episodes: int = 30, runs: int = 5, greedy: bool = True, *,
                  checkpoint: str = "last", device: str | None = None, num_envs: int | None = None,
-                 seed: int | None = None, progress: bool = False) -> dict[str, Any]:
-    """Evaluate a run's checkpoint with the paper's protocol (default 5 runs x 30 greedy episodes); returns
-    ``{"mean", "std", "run_means", "episodes", "runs", "greedy", "checkpoint", "step"}``."""
+                 seed: int | None = None, mode: str | None = None, progress: bool = False) -> dict[str, Any]:
+    """Evaluate a run's checkpoint (default 5 runs x 30 greedy episodes) with :func:`evaluate_agent`; ``mode``:
+    ``consecutive`` or ``parallel``, none = the run's ``eval_mode``. Returns ``{"mean", "std", "run_means",
+    "episodes", "runs", "greedy", "mode", "noneg", "dropped", "checkpoint", "step"}``."""
     cfg, agent = load_agent(Path(run_dir), checkpoint, device)
     ckpt_step = load_checkpoint(Path(run_dir) / f"{checkpoint}.pt")["step"]
     out = evaluate_agent(agent, cfg, episodes=episodes, runs=runs, greedy=greedy, num_envs=num_envs, seed=seed,
-                         progress=progress)
+                         mode=mode, progress=progress)
     return {**out, "checkpoint": checkpoint, "step": ckpt_step}
 
 
