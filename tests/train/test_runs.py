@@ -266,7 +266,7 @@ def test_load_checkpoint_refuses_foreign_objects_and_torn_files(tmp_path):
     save_checkpoint(tmp_path / "last.pt", {"model": {"w": torch.zeros(1000)}, "epoch": 1})
     data = (tmp_path / "last.pt").read_bytes()
     (tmp_path / "torn.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match=r"^checkpoint: .*torn\.pt is truncated or not a torch checkpoint") as exc:
+    with pytest.raises(ValueError, match=r"^checkpoint: .*torn\.pt is truncated, corrupt or not a torch checkpoint") as exc:
         load_checkpoint(tmp_path / "torn.pt")
     assert "\n" not in str(exc.value)
 
