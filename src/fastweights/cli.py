@@ -25,11 +25,13 @@ line (``fastweights: error: ...``) with exit status 2; set ``FASTWEIGHTS_DEBUG=1
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from . import __version__
@@ -91,6 +93,21 @@ def _default_run_dir(cfg, preset: str | None) -> Path:
     return unique_run_dir(Path(cfg.out_dir) / f"{cfg.task}-{what}-{cfg.model}-{preset_name or 'default'}-{stamp}")
 
 
+@contextlib.contextmanager
+def _run_dir(args: argparse.Namespace, cfg, preset: str) -> Iterator[Path]:
+    """``--run-dir``, else a new default run directory (removed again when the run fails before writing to it)."""
+    if args.run_dir:
+        yield Path(args.run_dir)
+        return
+    run_dir = _default_run_dir(cfg, preset)
+    try:
+        yield run_dir
+    except BaseException:
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()  # only when empty
+        raise
+
+
 def _announce_preset(args: argparse.Namespace, preset: str) -> None:
     if args.preset is None:
         print(f"preset: {preset} (the default; --preset paper for the paper's setting)", flush=True)
@@ -144,8 +161,11 @@ def _train_lm(args: argparse.Namespace) -> int:
         print(f"data: {corpus.summary()}")
         print(f"parameters: {format_count(count_parameters(model))}")
         return 0
+    if not args.run_dir and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a default name is per process
+        raise ConfigError("--run-dir: required under torchrun: its processes must share one run directory")
     _announce_preset(args, preset)
-    train_lm(cfg, Path(args.run_dir) if args.run_dir else _default_run_dir(cfg, preset), command=args.command_line)
+    with _run_dir(args, cfg, preset) as run_dir:
+        train_lm(cfg, run_dir, command=args.command_line)
     return 0
 
 
@@ -207,7 +227,8 @@ def _train(args: argparse.Namespace) -> int:
         print(f"parameters: {format_count(count_parameters(model))}")
         return 0
     _announce_preset(args, preset)
-    train(cfg, Path(args.run_dir) if args.run_dir else _default_run_dir(cfg, preset), command=args.command_line)
+    with _run_dir(args, cfg, preset) as run_dir:
+        train(cfg, run_dir, command=args.command_line)
     return 0
 
 
@@ -523,7 +544,7 @@ def _os_error_line(e: OSError) -> str:
         return str(e)
     what = e.strerror[0].lower() + e.strerror[1:]
     where = e.filename if e.filename is not None else "?"
-    extra = "; the checkpoints written before are kept" if e.errno == errno.ENOSPC else ""
+    extra = "; the files written before (the last complete checkpoint) are kept" if e.errno == errno.ENOSPC else ""
     return f"{where}: {what}{extra}"
 
 

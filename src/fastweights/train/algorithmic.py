@@ -172,6 +172,14 @@ def write_task_data(cfg: TrainConfig, out_dir: Path, *, progress: bool = False) 
     return paths
 
 
+def given_data_dir(cfg: TrainConfig) -> Path:
+    """``cfg.data`` (not None), which must be a directory."""
+    data_dir = Path(cfg.data)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"data: no such directory: {data_dir}")
+    return data_dir
+
+
 def load_task_data(cfg: TrainConfig, vocab: TaskVocab | None = None, *, progress: bool = False) -> TaskData:
     """Read ``cfg.data`` (official format) or generate into the cache on first use (``progress``: a progress line
     on stderr while generating), then encode.
@@ -179,9 +187,7 @@ def load_task_data(cfg: TrainConfig, vocab: TaskVocab | None = None, *, progress
     ``vocab``: the run's vocabularies; data whose vocabularies differ are refused (one ``ValueError`` line).
     """
     if cfg.data is not None:
-        data_dir = Path(cfg.data)
-        if not data_dir.is_dir():
-            raise FileNotFoundError(f"data: no such directory: {data_dir}")
+        data_dir = given_data_dir(cfg)
     else:
         data_dir = _generated_dir(cfg)
         if not (data_dir / ".complete").exists():
@@ -348,6 +354,8 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, stop_after_e
     """
     run_dir = Path(run_dir)
     again = resume_command(cfg.task, run_dir)
+    if cfg.data is not None:  # before the run directory is made
+        given_data_dir(cfg)
     lock, continues = open_run(run_dir, resume, again, config_to_dict(cfg), quiet=quiet)
     with lock:
         if cfg.threads:

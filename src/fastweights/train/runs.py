@@ -51,9 +51,11 @@ def atomic_write_bytes(path: Path, write) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600 files; give the permissions open() would
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:  # a write: say which file
+            raise OSError(e.errno, os.strerror(e.errno), str(path)) from None
         raise
 
 
@@ -68,7 +70,37 @@ def _file_mode(path: Path) -> int:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write_bytes(path, lambda f: torch.save(payload, f))
+    """Write ``payload`` to ``path`` atomically (:func:`atomic_write_bytes`). A failing write (a full disk) raises
+    the ``OSError`` itself, e.g. ``No space left on device``, where torch would report a position mismatch."""
+
+    def write(f) -> None:
+        writer = _ErrorKeepingWriter(f)
+        try:
+            torch.save(payload, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+    atomic_write_bytes(path, write)
+
+
+class _ErrorKeepingWriter:
+    """A binary file's ``write`` that keeps the first ``OSError`` it raised (torch's writer turns it into a
+    ``RuntimeError`` that does not say why)."""
+
+    def __init__(self, f) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", keys: tuple[str, ...] = ()
@@ -100,7 +132,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", keys: 
     except Exception as e:  # a torn, bit-flipped or foreign file fails in many ways inside torch
         text = str(e).strip().splitlines()
         raise ValueError(f"checkpoint: {path} is truncated, corrupt or not a torch checkpoint "
-                         f"({text[0] if text else type(e).__name__})") from None
+                         f"({text[0].split('. ')[0] if text else type(e).__name__})") from None
     if not isinstance(ckpt, dict):
         raise ValueError(f"checkpoint: {path} holds a {type(ckpt).__name__}, not a fastweights checkpoint (a dict)")
     missing = [k for k in keys if k not in ckpt]
