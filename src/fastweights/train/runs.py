@@ -123,7 +123,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", keys: 
     except pickle.UnpicklingError as e:
         reason = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()
         if "Unsupported operand" in str(e):  # a damaged pickle stream, not a foreign object
-            raise ValueError(f"checkpoint: {path} is corrupt or not a torch checkpoint "
+            raise ValueError(f"checkpoint: {path} is truncated, corrupt or not a torch checkpoint "
                              f"({reason[0] if reason else type(e).__name__})") from None
         raise ValueError(f"checkpoint: {path} holds an object of a type that fastweights checkpoints do not use; "
                          f"refused to unpickle it, since unpickling it could run code from the file "
