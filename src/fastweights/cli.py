@@ -18,8 +18,10 @@
     fastweights memory [--op ...]             peak memory of forward+backward: default path vs naive step loop
     fastweights bench [--shapes tiny,paper]   speed of every op and layer against the naive loop and the matmul peak
 
-Errors in what the user typed (unknown model or key, a bad value, a missing directory) are printed as one
-line (``fastweights: error: ...``) with exit status 2; set ``FASTWEIGHTS_DEBUG=1`` for the traceback.
+Errors in what the user typed (unknown model or key, a bad value, a missing directory, an unreadable file) are
+printed as one line (``fastweights: error: ...``) with exit status 2; failures of the machine or the run (a full
+disk, a read-only directory, a diverged run) as one line with exit status 1. Set ``FASTWEIGHTS_DEBUG=1`` for the
+traceback.
 """
 
 from __future__ import annotations

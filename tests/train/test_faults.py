@@ -26,8 +26,9 @@ import pytest
 import torch
 from fault_injection import DRIVER, arm
 from test_algorithmic import metric_rows
-from test_lm_train import cli
-from test_loading import runs  # noqa: F401 -- the fixture of one tiny finished run per task
+from test_lm_train import TINY_ARGS as LM_TINY_ARGS
+from test_lm_train import cli, write_corpus
+from test_loading import RL_TINY, runs  # noqa: F401 -- runs: the fixture of one tiny finished run per task
 
 import fastweights
 from fastweights.cli import main
@@ -322,6 +323,24 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, caps
     assert load_checkpoint(run_dir / "last.pt")["step"] == 5 and not (run_dir / "results.json").exists()
 
 
+@pytest.mark.parametrize("task", ["lm", "rl"])
+def test_lm_and_rl_runs_that_diverge_stop_in_one_line(tmp_path, capsys, task):
+    """lr=inf in a language-model run (delta_rnn: a NaN beta) and an RL run (delta_net agent): one line naming the
+    update, exit status 1, nothing saved."""
+    run_dir = tmp_path / "run"
+    if task == "lm":
+        argv = ["train", "lm", "--model", "delta_rnn", "--data", write_corpus(tmp_path / "corpus"), *LM_TINY_ARGS,
+                "lr=inf", "warmup_steps=0"]
+        at = "at step 1;"
+    else:
+        argv = ["train", "rl", "--model", "delta_net", *RL_TINY, "lr=inf"]
+        at = "at update 1;"
+    rc, _, err = cli(capsys, *argv, "--run-dir", run_dir)
+    assert rc == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("fastweights: error: training diverged: parameter ") and at in err, err
+    assert "no checkpoint was written" in err and not (run_dir / "last.pt").exists()
+
+
 def test_results_and_metrics_are_strict_json(full_run, capsys):
     def refuse(name):
         raise ValueError(f"bare {name}")
@@ -384,3 +403,15 @@ def test_a_data_file_that_is_not_utf8_is_named(tmp_path, capsys):
         f.write(b"\xff\xfe\n")
     rc, _, err = cli(capsys, *train_args(tmp_path / "run", "--data", str(data)))
     assert rc == 2 and err.count("\n") == 1 and f"{data / 'valid_3.src'}:{line}: not valid UTF-8" in err, err
+
+
+def test_compare_refuses_an_output_directory_in_use(tmp_path, capsys):
+    """A grid's output directory is locked as a whole: a second compare into it is refused in one line."""
+    from fastweights.train.runs import RunLock
+
+    out = tmp_path / "grid"
+    out.mkdir()
+    with RunLock(out):  # another owner (its own open file description)
+        rc, _, err = cli(capsys, "compare", "code-exec", "--models", "delta_net", *TINY_ARGS[:5], "--out-dir", out)
+    assert rc == 2 and err.count("\n") == 1 and f"out_dir: {out} is in use by process {os.getpid()}" in err, err
+    assert sorted(os.listdir(out)) == []

@@ -38,7 +38,9 @@ from ..train.progress import DurationEstimate, Progress, format_count, format_du
 from ..train.runs import (
     MetricsLog,
     checkpoint_path,
+    diverged,
     load_checkpoint,
+    nonfinite_parameter,
     open_run,
     read_json_file,
     read_run_config,
@@ -363,8 +365,15 @@ def _train_loop(cfg: RLConfig, run_dir: Path, env: BatchedEnv, agent: Agent, dev
             # an update changes the environments, the actor and the learner: a signal waits until it is done
             with signals.held():
                 t0 = time.perf_counter()
-                ro, infos = actor.rollout(cfg.unroll_length)
-                loss, losses = learner_loss(agent, ro, cfg)
+                try:
+                    ro, infos = actor.rollout(cfg.unroll_length)
+                    loss, losses = learner_loss(agent, ro, cfg)
+                except (ValueError, RuntimeError) as e:  # a layer's check that NaN weights trip, e.g. a beta range
+                    if (bad := nonfinite_parameter(agent)) is not None:
+                        raise diverged(f"parameter {bad} is not finite", f"update {update}", run_dir) from None
+                    raise e
+                if not math.isfinite(loss_value := loss.item()):
+                    raise diverged(f"loss {loss_value}", f"update {update}", run_dir)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 max_norm = cfg.grad_norm_clip if cfg.grad_norm_clip > 0 else math.inf

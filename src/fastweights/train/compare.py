@@ -179,7 +179,7 @@ def compare(task: str, models: list[str], preset: str | None, overrides: list[st
     out_dir = Path(out_dir)
     runs = plan_grid(task, models, seeds, preset, overrides, out_dir, flags)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(out_dir):  # one grid at a time in out_dir (each run also locks its own directory)
+    with RunLock(out_dir, argument="out_dir"):  # one grid at a time in out_dir (each run also locks its own directory)
         return _compare_locked(task, preset, overrides, out_dir, runs, jobs)
 
 

@@ -10,6 +10,7 @@ A run directory holds::
     last.pt         the latest checkpoint (written atomically)
     best.pt         the best-validation checkpoint (written atomically)
     results.json    final metrics (written at the end)
+    .lock           the owner of the directory while a run trains (:class:`RunLock`)
 
 ``vocab.json`` / ``env.json`` make a run usable without its data (format 2); runs of format 1 lack them and read
 their data to rebuild the vocabularies. ``docs/runs.md`` describes every file.
@@ -415,8 +416,8 @@ def diverged(what: str, at: str, run_dir: Path) -> TrainingDiverged:
     kept."""
     kept = (f"the last good checkpoint {Path(run_dir) / 'last.pt'} is kept" if (Path(run_dir) / "last.pt").is_file()
             else "no checkpoint was written")
-    return TrainingDiverged(f"training diverged: {what} at {at}; the run stopped, {kept}; lower lr (or raise "
-                            f"warmup_steps, set clip) and start again")
+    return TrainingDiverged(f"training diverged: {what} at {at}; the run stopped, {kept}; lower the learning "
+                            f"rate (lr) and start again")
 
 
 def save_good_checkpoint(model: torch.nn.Module, run_dir: Path, name: str, payload: dict[str, Any], at: str
@@ -452,14 +453,15 @@ class RunLock:
     it when the process ends in any way (``kill -9`` included), so a lock is never stale in the sense of blocking a
     new run. The file records the owner (``pid``, ``host``, ``started``) for the messages: a second process that
     finds the lock held refuses with them; one that finds the file of an owner that died without removing it takes
-    the directory over and says so. Where ``fcntl`` is missing (Windows) the owner's pid is checked instead (a live
-    pid on this host refuses; another host's lock is refused too, since its pid cannot be checked).
+    the directory over and says so. Where ``flock`` is missing (Windows, some network file systems) the owner's pid
+    is checked instead (a live pid on this host refuses; another host's lock is refused too, since its pid cannot be
+    checked), which does not exclude two processes that start at the same moment.
     """
 
-    def __init__(self, run_dir: Path, *, quiet: bool = False) -> None:
+    def __init__(self, run_dir: Path, *, quiet: bool = False, argument: str = "run_dir") -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_FILE
-        self.quiet = quiet
+        self.quiet, self.argument = quiet, argument  # argument: what messages call the directory
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
@@ -476,9 +478,9 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except PermissionError:
-                raise PermissionError(f"run_dir: {self.run_dir} is not writable (permission denied)") from None
+                raise PermissionError(f"{self.argument}: {self.run_dir} is not writable (permission denied)") from None
             try:
-                if not _try_flock(fd, self.path):
+                if not _try_flock(fd):
                     raise RunDirLocked(self._held_message(_read_owner(fd)))
                 if not _same_file(fd, self.path):  # removed by its releasing owner meanwhile: lock the new one
                     os.close(fd)
@@ -499,8 +501,9 @@ class RunLock:
     def _held_message(self, owner: dict[str, Any] | None) -> str:
         who = (f"process {owner.get('pid')} on {owner.get('host')} (started {owner.get('started')})"
                if owner else "another process")
-        return (f"run_dir: {self.run_dir} is in use by {who}: two runs cannot share a run directory; wait for it to "
-                f"end or choose another --run-dir")
+        flag = "--" + self.argument.replace("_", "-")
+        return (f"{self.argument}: {self.run_dir} is in use by {who}: two runs cannot share a directory; wait for it "
+                f"to end or choose another {flag}")
 
     def release(self) -> None:
         if self._fd is None:
@@ -511,17 +514,17 @@ class RunLock:
         self._fd = None
 
 
-def _try_flock(fd: int, path: Path) -> bool:
+def _try_flock(fd: int) -> bool:
     """Take the exclusive lock on ``fd`` without waiting; False when another process holds it."""
     try:
         import fcntl
-    except ImportError:  # no flock: judge the owner recorded in the file by its pid
-        owner = _read_owner(fd)
-        return owner is None or not _alive(owner)
-    try:
+
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
+    except (ImportError, OSError):  # no flock here (Windows, some network file systems): judge the recorded pid
+        owner = _read_owner(fd)
+        return owner is None or not _alive(owner)
     return True
 
 
