@@ -491,7 +491,8 @@ class RunLock:
                           f"{previous.get('host')} (started {previous.get('started')}), which ended without "
                           f"releasing it", file=sys.stderr, flush=True)
                 os.ftruncate(fd, 0)
-                os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.write(fd, (json.dumps(owner) + "\n").encode())
             except BaseException:
                 os.close(fd)
                 raise
@@ -551,7 +552,8 @@ def _same_file(fd: int, path: Path) -> bool:
 
 def _read_owner(fd: int) -> dict[str, Any] | None:
     """The owner a lock file records (None for an empty file; ``{}`` for one that is not a record)."""
-    data = os.pread(fd, 4096, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    data = os.read(fd, 4096)
     if not data.strip():
         return None
     try:
