@@ -415,3 +415,17 @@ def test_compare_refuses_an_output_directory_in_use(tmp_path, capsys):
         rc, _, err = cli(capsys, "compare", "code-exec", "--models", "delta_net", *TINY_ARGS[:5], "--out-dir", out)
     assert rc == 2 and err.count("\n") == 1 and f"out_dir: {out} is in use by process {os.getpid()}" in err, err
     assert sorted(os.listdir(out)) == []
+
+
+def test_default_run_directories(tmp_path, capsys, monkeypatch):
+    """A default run directory that a failed start never wrote to is removed again; under torchrun (WORLD_SIZE > 1)
+    the processes cannot agree on a default name, so --run-dir is required."""
+    out = tmp_path / "runs"
+    rc, _, err = cli(capsys, *train_args(tmp_path / "unused", "--data", str(tmp_path / "nope"))[:-2],
+                     f"out_dir={out}")
+    assert rc == 2 and "data: no such directory" in err
+    assert os.listdir(out) == []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    rc, _, err = cli(capsys, "train", "lm", "--model", "delta_net", f"out_dir={out}")
+    assert rc == 2 and err == "fastweights: error: --run-dir: required under torchrun: its processes must share one " \
+                              "run directory\n", err
