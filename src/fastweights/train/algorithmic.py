@@ -348,6 +348,9 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, stop_after_e
     saves a checkpoint at the last step boundary and raises :class:`~fastweights.train.interrupt.Interrupted`
     (message: where the run stands and the command that resumes it).
 
+    The run directory is locked while the run trains (:func:`~fastweights.train.runs.open_run`: a second training
+    there is refused). A loss or parameter that turns NaN or infinite stops the run with
+    :class:`~fastweights.train.runs.TrainingDiverged`; it is never saved, so ``last.pt`` stays the last good one.
     ``stop_after_epochs`` ends this call early (as an interruption would) after that many epochs in total.
     ``command`` is recorded in meta.json (default ``sys.argv``).
     Returns the final results (best validation metrics and, when training finished, test metrics).
