@@ -18,17 +18,22 @@
     fastweights memory [--op ...]             peak memory of forward+backward: default path vs naive step loop
     fastweights bench [--shapes tiny,paper]   speed of every op and layer against the naive loop and the matmul peak
 
-Errors in what the user typed (unknown model or key, a bad value, a missing directory) are printed as one
-line (``fastweights: error: ...``) with exit status 2; set ``FASTWEIGHTS_DEBUG=1`` for the traceback.
+Errors in what the user typed (unknown model or key, a bad value, a missing directory, an unreadable file) are
+printed as one line (``fastweights: error: ...``) with exit status 2; failures of the machine or the run (a full
+disk, a read-only directory, a diverged run) as one line with exit status 1. Set ``FASTWEIGHTS_DEBUG=1`` for the
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from . import __version__
@@ -77,6 +82,9 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _default_run_dir(cfg, preset: str | None) -> Path:
+    """A new directory ``runs/<task>-<what>-<model>-<preset>-<time>`` (``-2``, ... for launches in the same second)."""
+    from .train.runs import unique_run_dir
+
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if cfg.task == "lm":
         data = Path(cfg.data).name if cfg.data not in (None, "embedded") else "shakespeare"
@@ -84,7 +92,22 @@ def _default_run_dir(cfg, preset: str | None) -> Path:
     else:
         what = f"vars{cfg.num_vars}" if cfg.task == "code-exec" else f"depth{cfg.depth}"
     preset_name = Path(preset).stem if preset and preset.endswith(".json") else preset
-    return Path(cfg.out_dir) / f"{cfg.task}-{what}-{cfg.model}-{preset_name or 'default'}-{stamp}"
+    return unique_run_dir(Path(cfg.out_dir) / f"{cfg.task}-{what}-{cfg.model}-{preset_name or 'default'}-{stamp}")
+
+
+@contextlib.contextmanager
+def _run_dir(args: argparse.Namespace, cfg, preset: str) -> Iterator[Path]:
+    """``--run-dir``, else a new default run directory (removed again when the run fails before writing to it)."""
+    if args.run_dir:
+        yield Path(args.run_dir)
+        return
+    run_dir = _default_run_dir(cfg, preset)
+    try:
+        yield run_dir
+    except BaseException:
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()  # only when empty
+        raise
 
 
 def _announce_preset(args: argparse.Namespace, preset: str) -> None:
@@ -140,8 +163,11 @@ def _train_lm(args: argparse.Namespace) -> int:
         print(f"data: {corpus.summary()}")
         print(f"parameters: {format_count(count_parameters(model))}")
         return 0
+    if not args.run_dir and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a default name is per process
+        raise ConfigError("--run-dir: required under torchrun: its processes must share one run directory")
     _announce_preset(args, preset)
-    train_lm(cfg, Path(args.run_dir) if args.run_dir else _default_run_dir(cfg, preset), command=args.command_line)
+    with _run_dir(args, cfg, preset) as run_dir:
+        train_lm(cfg, run_dir, command=args.command_line)
     return 0
 
 
@@ -153,6 +179,7 @@ def _train_rl(args: argparse.Namespace) -> int:
 
     wrong = [f"--{k.replace('_', '-')}" for k in ("num_vars", "depth", "data") if getattr(args, k) is not None]
     wrong += ["--carry-state"] if args.carry_state else []
+    wrong += [o for o in args.overrides if o.startswith("task=") and o != "task=rl"]  # would be ignored
     if wrong:
         raise ValueError(f"{' '.join(wrong)}: not for rl")
     if args.resume:  # main_train refuses env/model/preset/run_dir/overrides together with resume
@@ -202,7 +229,8 @@ def _train(args: argparse.Namespace) -> int:
         print(f"parameters: {format_count(count_parameters(model))}")
         return 0
     _announce_preset(args, preset)
-    train(cfg, Path(args.run_dir) if args.run_dir else _default_run_dir(cfg, preset), command=args.command_line)
+    with _run_dir(args, cfg, preset) as run_dir:
+        train(cfg, run_dir, command=args.command_line)
     return 0
 
 
@@ -254,7 +282,7 @@ def _rl_checkpoint(run_dir: Path, given: str | None) -> str:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import json
+    from .train.runs import json_text
 
     run_dir = Path(args.run_dir)
     task = _run_task(run_dir)
@@ -270,7 +298,7 @@ def _eval(args: argparse.Namespace) -> int:
         metrics = evaluate_rl_run(run_dir, episodes=args.episodes or 30, runs=args.runs or 5, greedy=not args.sample,
                                   checkpoint=_rl_checkpoint(run_dir, args.checkpoint), device=args.device,
                                   progress=True)
-        print(json.dumps(metrics, indent=2))
+        print(json_text(metrics, sort_keys=False))
         return 0
     if args.episodes is not None or args.runs is not None or args.sample:
         raise ValueError(f"--episodes/--runs/--sample: only for rl runs; {run_dir} is a {task} run")
@@ -283,14 +311,14 @@ def _eval(args: argparse.Namespace) -> int:
 
         metrics = evaluate_lm_run(run_dir, args.split, args.mode, checkpoint=args.checkpoint, context=args.context,
                                   batch_size=args.batch_size, device=args.device, data=args.data, progress=True)
-        print(json.dumps(metrics, indent=2))
+        print(json_text(metrics, sort_keys=False))
         return 0
     from .train.algorithmic import evaluate_run
 
     _refuse_lm_only_flags(args, run_dir)
     metrics = evaluate_run(run_dir, args.split, checkpoint=args.checkpoint, device=args.device, data_dir=args.data,
                            progress=True)
-    print(json.dumps({"split": args.split, "checkpoint": args.checkpoint, **metrics}, indent=2))
+    print(json_text({"split": args.split, "checkpoint": args.checkpoint, **metrics}, sort_keys=False))
     return 0
 
 
@@ -497,12 +525,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if getattr(args, "device", None) is not None:
+            from .train.config import check_device
+
+            check_device(args.device, "--device")
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:  # ConfigError: a ValueError
         if os.environ.get("FASTWEIGHTS_DEBUG"):
             raise
         print(f"fastweights: error: {e}", file=sys.stderr)
         return 2
+    except (OSError, RuntimeError) as e:  # a full disk, a read-only directory, a diverged run: not the user's typing
+        from .train.runs import TrainingDiverged
+
+        if os.environ.get("FASTWEIGHTS_DEBUG") or not isinstance(e, (OSError, TrainingDiverged)):
+            raise
+        print(f"fastweights: error: {_os_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as e:  # training loops save and raise Interrupted, whose message says how to resume
         if os.environ.get("FASTWEIGHTS_DEBUG"):
             raise
@@ -511,6 +550,17 @@ def main(argv: list[str] | None = None) -> int:
         message = str(e) if isinstance(e, Interrupted) else f"interrupted ({signal_name(signal_of(e))})"
         print(f"fastweights: {message}", file=sys.stderr, flush=True)
         return 128 + int(signal_of(e))
+
+
+def _os_error_line(e: OSError) -> str:
+    """One line for an operating-system error: the file and what happened (``No space left on device`` for a full
+    disk), without Python's ``[Errno N]`` prefix; a run's last complete checkpoint is never replaced by a torn one."""
+    if e.errno is None or e.strerror is None:  # raised with a message of our own
+        return str(e)
+    what = e.strerror[0].lower() + e.strerror[1:]
+    where = e.filename if e.filename is not None else "?"
+    extra = "; the files written before (the last complete checkpoint) are kept" if e.errno == errno.ENOSPC else ""
+    return f"{where}: {what}{extra}"
 
 
 if __name__ == "__main__":

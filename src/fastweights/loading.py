@@ -37,6 +37,7 @@ from .train.config import (
     TASKS,
     LMTrainConfig,
     TrainConfig,
+    check_device,
     check_value,
     config_class,
     config_to_dict,
@@ -134,6 +135,7 @@ class LoadedAgent(Loaded):
 def _device(configured: str, device: str | None) -> str:
     """``device``, or else the run's device when this machine has it, else the CPU."""
     if device is not None:
+        check_device(device)
         return device
     return "cpu" if str(configured).startswith("cuda") and not torch.cuda.is_available() else configured
 

@@ -140,8 +140,9 @@ def test_precedence_defaults_preset_overrides_flags():
                          model="rdn", data=None, depth=None, device=None)
     assert cfg.num_vars == 5 and cfg.model == "rdn"  # flags over the overrides
     assert cfg.data == "x"  # a flag left at None does not clear an override
-    cfg = resolve_config("code-exec", None, ["task=listops"])
-    assert cfg.task == "code-exec"  # the task argument always wins
+    with pytest.raises(ConfigError, match=r"task=listops: the task is the command's \(code-exec\)"):
+        resolve_config("code-exec", None, ["task=listops"])  # it would be ignored: the task argument decides
+    assert resolve_config("code-exec", None, ["task=code-exec"]).task == "code-exec"
 
 
 def test_preset_from_json_path(tmp_path):

@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+import errno
 import io
+import json
 import os
+import pickle
+import re
+import socket
 import stat
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from fastweights.train.progress import Progress
 from fastweights.train.runs import (
+    LOCK_FILE,
     MetricsLog,
+    RunDirLocked,
+    RunLock,
     atomic_write_bytes,
     git_revision,
+    json_text,
     load_checkpoint,
+    open_run,
     read_json,
+    remove_stale_temp_files,
     run_metadata,
     save_checkpoint,
+    unique_run_dir,
     write_json,
 )
 
@@ -266,7 +280,7 @@ def test_load_checkpoint_refuses_foreign_objects_and_torn_files(tmp_path):
     save_checkpoint(tmp_path / "last.pt", {"model": {"w": torch.zeros(1000)}, "epoch": 1})
     data = (tmp_path / "last.pt").read_bytes()
     (tmp_path / "torn.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match=r"^checkpoint: .*torn\.pt is truncated or not a torch checkpoint") as exc:
+    with pytest.raises(ValueError, match=r"^checkpoint: .*torn\.pt is truncated, corrupt or not a torch") as exc:
         load_checkpoint(tmp_path / "torn.pt")
     assert "\n" not in str(exc.value)
 
@@ -286,3 +300,174 @@ def test_load_checkpoint_reads_every_carried_state(tmp_path, model):
     flat = [t for t in torch.utils._pytree.tree_leaves(state) if isinstance(t, torch.Tensor)]
     flat_back = [t for t in torch.utils._pytree.tree_leaves(back) if isinstance(t, torch.Tensor)]
     assert len(flat) == len(flat_back) > 0 and all(torch.equal(a, b) for a, b in zip(flat, flat_back))
+
+
+def test_load_checkpoint_damaged_files_fail_in_one_line(tmp_path):
+    """Zero-byte, random, truncated at every eighth of its length and bit-flipped checkpoints: each either loads (a
+    flip inside tensor data changes numbers only) or raises one ValueError line naming the file; never another
+    exception. A checkpoint without the entries a caller needs names them."""
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model": {"w": torch.arange(64.0)}, "step": 3, "best": {"acc": 0.5}})
+    good = path.read_bytes()
+    rng = torch.Generator().manual_seed(0)
+    damaged = [b"", bytes(torch.randint(0, 256, (4096,), generator=rng, dtype=torch.uint8).tolist())]
+    damaged += [good[: len(good) * k // 8] for k in range(1, 8)]
+    for i in torch.randint(0, len(good) * 8, (60,), generator=rng).tolist():
+        flipped = bytearray(good)
+        flipped[i // 8] ^= 1 << (i % 8)
+        damaged.append(bytes(flipped))
+    refused = 0
+    for data in damaged:
+        bad = tmp_path / "bad.pt"
+        bad.write_bytes(data)
+        try:
+            load_checkpoint(bad, keys=("model",))
+        except ValueError as e:
+            assert str(e).startswith(f"checkpoint: {bad} ") and "\n" not in str(e), str(e)
+            refused += 1
+    assert refused >= 9  # at least the empty, random and truncated files
+    torch.save({"x": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"other\.pt lacks 'model', 'step' \(it holds \['x'\]\)"):
+        load_checkpoint(tmp_path / "other.pt", keys=("model", "step"))
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match=r"list\.pt holds a list, not a fastweights checkpoint"):
+        load_checkpoint(tmp_path / "list.pt")
+
+
+def test_a_crafted_checkpoint_runs_nothing_and_names_the_risk(tmp_path):
+    """A pickle whose unpickling would create a file, in torch's zip format and as a plain pickle: refused in one
+    line that names the risk and what a user who trusts the file can do; no file appears."""
+    marker = tmp_path / "created-by-unpickling"
+
+    class Creates:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"model": Creates()}, tmp_path / "zip.pt")
+    (tmp_path / "plain.pt").write_bytes(pickle.dumps({"model": Creates()}, protocol=2))
+    for name in ("zip.pt", "plain.pt"):
+        with pytest.raises(ValueError) as exc:
+            load_checkpoint(tmp_path / name)
+        message = str(exc.value)
+        assert "\n" not in message and "refused to unpickle it" in message and "could run code" in message
+        assert "weights_only=False" in message
+    assert not marker.exists()
+
+
+def test_save_checkpoint_on_a_full_disk_says_so_and_keeps_the_old_file(tmp_path, monkeypatch):
+    """ENOSPC injected at the file's write (the OS call under torch's writer): the OSError itself, naming the
+    checkpoint, instead of torch's position mismatch; the previous checkpoint stays and no temporary file."""
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model": {"w": torch.zeros(10)}})
+    before = path.read_bytes()
+    real_fdopen = os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > 200:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(os, "fdopen", lambda *a, **k: Full(real_fdopen(*a, **k)))
+    with pytest.raises(OSError) as exc:
+        save_checkpoint(path, {"model": {"w": torch.ones(1000)}})
+    assert exc.value.errno == errno.ENOSPC and exc.value.filename == str(path)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["last.pt"]
+
+
+def test_json_is_strict():
+    """Non-finite numbers become null: what fastweights writes parses with NaN refused."""
+    text = json_text({"loss": float("nan"), "ppl": [1.0, float("inf")], "ok": 2})
+
+    def refuse(name):
+        raise ValueError(name)
+
+    assert json.loads(text, parse_constant=refuse) == {"loss": None, "ppl": [1.0, None], "ok": 2}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Owning a run directory
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_run_lock_refuses_a_second_owner_and_is_released(tmp_path):
+    with RunLock(tmp_path):
+        owner = json.loads((tmp_path / LOCK_FILE).read_text())
+        assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname() and owner["started"]
+        with pytest.raises(RunDirLocked, match=rf"run_dir: {re.escape(str(tmp_path))} is in use by process "
+                                               rf"{os.getpid()} on "):
+            RunLock(tmp_path).acquire()  # another open file description: flock sees a second owner
+    assert not (tmp_path / LOCK_FILE).exists()
+    with RunLock(tmp_path):  # free again
+        pass
+
+
+def test_run_lock_of_a_dead_owner_is_taken_over_with_a_notice(tmp_path, capsys):
+    """A lock file left by a process that died (kill -9: the kernel dropped its flock) is taken over."""
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(proc.stdout)
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": dead, "host": socket.gethostname(), "started": "then"}))
+    with RunLock(tmp_path):
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"taking over the lock of process {dead}" in err and "ended without" in err
+
+
+def test_run_lock_in_another_process_refuses(tmp_path):
+    """A live owner in another process: the error names the directory and its pid."""
+    code = ("import sys, time; from fastweights.train.runs import RunLock\n"
+            "with RunLock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirLocked, match=rf"in use by process {proc.pid} on "):
+            RunLock(tmp_path).acquire()
+    finally:
+        proc.kill()
+        proc.wait()
+    with RunLock(tmp_path, quiet=True):  # its lock died with it
+        pass
+
+
+def test_stale_temp_files_are_removed_at_the_next_start(tmp_path, capsys):
+    names = [".last.pt.ab12cd_9", ".best.pt.zzzzzzzz", ".step-200.pt.a1b2c3d4", ".metrics.csv.abcdefgh",
+             ".results.json.0a1b2c3d"]
+    keep = [".lock", ".hidden", "last.pt", ".last.pt.short", "notes.txt"]
+    for name in names + keep:
+        (tmp_path / name).write_text("x")
+    assert remove_stale_temp_files(tmp_path) == sorted(names)
+    assert sorted(os.listdir(tmp_path)) == sorted(keep)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "removed 5 temporary files left by an interrupted write" in err
+
+
+def test_unique_run_dir(tmp_path):
+    base = tmp_path / "runs" / "code-exec-x-20260101-000000"
+    made = [unique_run_dir(base) for _ in range(3)]
+    assert [p.name for p in made] == [base.name, base.name + "-2", base.name + "-3"]
+    assert all(p.is_dir() for p in made)
+
+
+def test_open_run_checks_before_it_creates(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a run directory"):
+        open_run(tmp_path / "nope", True, "resume", {})
+    assert not (tmp_path / "nope").exists()
+    lock, continues = open_run(tmp_path / "new", False, "resume", {"task": "x"}, quiet=True)
+    with lock:
+        assert not continues and read_json(tmp_path / "new" / "config.json") == {"task": "x"}
+        with pytest.raises(RunDirLocked):
+            open_run(tmp_path / "new", False, "resume", {"task": "y"}, quiet=True)
+    assert read_json(tmp_path / "new" / "config.json") == {"task": "x"}

@@ -164,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--impls", default="auto,reference", help="comma-separated; reference = naive step loop")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     a = p.parse_args(argv)
+    for name in ("batch", "time", "heads", "dim"):  # before any interpreter starts (their tracebacks say nothing)
+        if getattr(a, name) < 1:
+            p.error(f"argument --{name}: expected a positive integer, got {getattr(a, name)}")
     impls = [x.strip() for x in a.impls.split(",") if x.strip()]
     # one fresh interpreter per implementation, side by side: each reports its own process's peak
     bar = Progress(len(impls), prefix=f"memory {a.op}", stream=sys.stderr, every_s=0.0, unit="measurement")

@@ -32,18 +32,22 @@ import torch
 
 from ..layers.base import detach_state
 from ..models import count_parameters
-from ..train.config import ConfigError
+from ..train.config import ConfigError, check_device
 from ..train.interrupt import StopSignals, interrupted, save_and_stop
 from ..train.progress import DurationEstimate, Progress, format_count, format_duration, format_number
 from ..train.runs import (
     MetricsLog,
     checkpoint_path,
-    continues_from_checkpoint,
+    diverged,
     load_checkpoint,
+    nonfinite_parameter,
+    open_run,
     read_json_file,
     read_run_config,
+    restoring,
     run_metadata,
-    save_checkpoint,
+    save_good_checkpoint,
+    unique_run_dir,
     write_json,
 )
 from ..weights import load_state
@@ -284,27 +288,24 @@ def train(cfg: RLConfig, run_dir: Path, *, resume: bool = False, stop_after_upda
     """
     run_dir = Path(run_dir)
     again = resume_command(run_dir)
-    continues = continues_from_checkpoint(run_dir, resume, again)
-    if (run_dir / "config.json").is_file() and not continues and not quiet:
-        print(f"note: {run_dir} holds no checkpoint yet: the run starts there from the beginning", flush=True)
     cfg.validate()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not continues:
-        write_json(run_dir / "config.json", rl_config_to_dict(cfg))
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device)
-    with StopSignals() as signals:
-        try:
-            env, agent = build(cfg)
-        except KeyboardInterrupt as e:
-            raise interrupted(e, "before the first update", False, run_dir / "last.pt", again) from None
-        try:
-            return _train_loop(cfg, run_dir, env, agent, device, signals, continues=continues,
-                               stop_after_updates=stop_after_updates, quiet=quiet, command=command,
-                               evaluate_at_end=evaluate_at_end, again=again)
-        finally:
-            env.close()
+    check_device(cfg.device)
+    lock, continues = open_run(run_dir, resume, again, rl_config_to_dict(cfg), quiet=quiet)
+    with lock:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        device = torch.device(cfg.device)
+        with StopSignals() as signals:
+            try:
+                env, agent = build(cfg)
+            except KeyboardInterrupt as e:
+                raise interrupted(e, "before the first update", False, run_dir / "last.pt", again) from None
+            try:
+                return _train_loop(cfg, run_dir, env, agent, device, signals, continues=continues,
+                                   stop_after_updates=stop_after_updates, quiet=quiet, command=command,
+                                   evaluate_at_end=evaluate_at_end, again=again)
+            finally:
+                env.close()
 
 
 def _train_loop(cfg: RLConfig, run_dir: Path, env: BatchedEnv, agent: Agent, device: torch.device,
@@ -317,16 +318,19 @@ def _train_loop(cfg: RLConfig, run_dir: Path, env: BatchedEnv, agent: Agent, dev
     log = MetricsLog(run_dir)
     update, elapsed, window, last_row = 0, 0.0, _Window(), {}
     if continues:
-        ckpt = load_checkpoint(run_dir / "last.pt", map_location=device)
-        agent.load_state_dict(ckpt["agent"])
-        opt.load_state_dict(ckpt["optimizer"])
-        if sched is not None:
-            sched.load_state_dict(ckpt["scheduler"])
-        update, elapsed, window, last_row = ckpt["update"], ckpt["elapsed"], ckpt["window"], ckpt["last_row"]
-        torch.set_rng_state(ckpt["rng"])
-        if ckpt["actor"] is not None:
-            actor.set_state(ckpt["actor"])
-        else:  # the environment cannot be restored: restart its episodes from a seed of this point
+        ckpt = load_checkpoint(run_dir / "last.pt", map_location=device,
+                               keys=("agent", "optimizer", "scheduler", "update", "elapsed", "window", "last_row",
+                                     "rng", "actor"))
+        load_state(agent, ckpt["agent"], f"checkpoint: {run_dir / 'last.pt'}")
+        with restoring(run_dir / "last.pt"):
+            opt.load_state_dict(ckpt["optimizer"])
+            if sched is not None:
+                sched.load_state_dict(ckpt["scheduler"])
+            update, elapsed, window, last_row = ckpt["update"], ckpt["elapsed"], ckpt["window"], ckpt["last_row"]
+            torch.set_rng_state(ckpt["rng"])
+            if ckpt["actor"] is not None:
+                actor.set_state(ckpt["actor"])
+        if ckpt["actor"] is None:  # the environment cannot be restored: restart its episodes from a seed of this point
             actor = Actor(env, agent, device, cfg.seed + 7919 * update)
         log.truncate(update * cfg.steps_per_update)
     else:
@@ -359,8 +363,15 @@ def _train_loop(cfg: RLConfig, run_dir: Path, env: BatchedEnv, agent: Agent, dev
             # an update changes the environments, the actor and the learner: a signal waits until it is done
             with signals.held():
                 t0 = time.perf_counter()
-                ro, infos = actor.rollout(cfg.unroll_length)
-                loss, losses = learner_loss(agent, ro, cfg)
+                try:
+                    ro, infos = actor.rollout(cfg.unroll_length)
+                    loss, losses = learner_loss(agent, ro, cfg)
+                except (ValueError, RuntimeError) as e:  # a layer's check that NaN weights trip, e.g. a beta range
+                    if (bad := nonfinite_parameter(agent)) is not None:
+                        raise diverged(f"parameter {bad} is not finite", f"update {update}", run_dir) from None
+                    raise e
+                if not math.isfinite(loss_value := loss.item()):
+                    raise diverged(f"loss {loss_value}", f"update {update}", run_dir)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 max_norm = cfg.grad_norm_clip if cfg.grad_norm_clip > 0 else math.inf
@@ -387,9 +398,9 @@ def _train_loop(cfg: RLConfig, run_dir: Path, env: BatchedEnv, agent: Agent, dev
                     log.log(row)
                     last_row, window = row, _Window()
                 while extra and step >= extra[0]:
-                    save_checkpoint(run_dir / f"step-{extra.pop(0)}.pt", payload())
+                    save_good_checkpoint(agent, run_dir, f"step-{extra.pop(0)}.pt", payload(), f"update {update}")
                 if update % cfg.checkpoint_every == 0 or update == last:
-                    save_checkpoint(run_dir / "last.pt", payload())
+                    save_good_checkpoint(agent, run_dir, "last.pt", payload(), f"update {update}")
             if bar is not None:
                 shown = {"return": last_row.get("episode_return", ""), "steps_per_s": last_row.get("steps_per_s", "")}
                 bar.update(update, **{k: v for k, v in shown.items() if v != ""})
@@ -416,8 +427,9 @@ def _train_loop(cfg: RLConfig, run_dir: Path, env: BatchedEnv, agent: Agent, dev
             bar.close()
         where = (f"at update {format_count(update)}/{format_count(total)}" if update < total
                  else "in the final evaluation")
-        raise save_and_stop(e, signals, lambda: save_checkpoint(run_dir / "last.pt", payload()), where,
-                            run_dir / "last.pt", again) from None
+        raise save_and_stop(e, signals, lambda: save_good_checkpoint(agent, run_dir, "last.pt", payload(),
+                                                                     f"update {update}"),
+                            where, run_dir / "last.pt", again) from None
     finally:
         log.close()
     return results
@@ -543,7 +555,7 @@ def load_agent(run_dir: Path, checkpoint: str = "last", device: str | None = Non
     cfg = rl_run_config(run_dir, device)
     path = checkpoint_path(run_dir, checkpoint)
     agent = Agent(agent_config(cfg, env_spec(run_dir, cfg)))
-    load_state(agent, load_checkpoint(path)["agent"], f"checkpoint: {path}")
+    load_state(agent, load_checkpoint(path, keys=("agent",))["agent"], f"checkpoint: {path}")
     return cfg, agent.to(cfg.device).eval()
 
 
@@ -554,7 +566,7 @@ def evaluate_run(run_dir: Path | str, episodes: int = 30, runs: int = 5, greedy:
     ``consecutive`` or ``parallel``, none = the run's ``eval_mode``. Returns ``{"mean", "std", "run_means",
     "episodes", "runs", "greedy", "mode", "noneg", "dropped", "checkpoint", "step"}``."""
     cfg, agent = load_agent(Path(run_dir), checkpoint, device)
-    ckpt_step = load_checkpoint(Path(run_dir) / f"{checkpoint}.pt")["step"]
+    ckpt_step = load_checkpoint(Path(run_dir) / f"{checkpoint}.pt", keys=("step",))["step"]
     out = evaluate_agent(agent, cfg, episodes=episodes, runs=runs, greedy=greedy, num_envs=num_envs, seed=seed,
                          mode=mode, progress=progress)
     return {**out, "checkpoint": checkpoint, "step": ckpt_step}
@@ -569,7 +581,7 @@ def default_run_dir(cfg: RLConfig, preset: str | None) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     env = cfg.env.replace("/", "-").replace(":", "-")
     preset_name = Path(preset).stem if preset and preset.endswith(".json") else preset
-    return Path(cfg.out_dir) / f"rl-{env}-{cfg.model}-{preset_name or 'default'}-{stamp}"
+    return unique_run_dir(Path(cfg.out_dir) / f"rl-{env}-{cfg.model}-{preset_name or 'default'}-{stamp}")
 
 
 def main_train(env: str | None = None, model: str | None = None, preset: str | None = None,

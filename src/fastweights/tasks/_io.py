@@ -60,8 +60,22 @@ def read_lines(path: Path) -> list[str]:
     """
     if not path.is_file():
         raise FileNotFoundError(f"dataset file not found: {path}")
-    with path.open("r", encoding="utf-8") as f:
-        return f.read().splitlines()
+    try:
+        with path.open("r", encoding="utf-8") as f:
+            return f.read().splitlines()
+    except UnicodeDecodeError as exc:
+        raise decode_error(path, exc) from None
+
+
+def decode_error(path: Path, exc: UnicodeDecodeError) -> DataFormatError:
+    """The error for a file that is not UTF-8: its first such line (the text layer decodes in blocks, not lines)."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as line_exc:
+                return DataFormatError(path, number, f"not valid UTF-8 ({line_exc.reason} at byte {line_exc.start})")
+    return DataFormatError(path, 1, f"not valid UTF-8 ({exc.reason})")
 
 
 def write_lines(path: Path, lines: Iterable[str]) -> None:

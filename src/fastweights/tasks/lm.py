@@ -68,7 +68,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fastweights.tasks._io import SPLITS, DataFormatError, PathLike, check_split
+from fastweights.tasks._io import SPLITS, DataFormatError, PathLike, check_split, decode_error
 
 __all__ = [
     "CACHE_VERSION",
@@ -348,17 +348,6 @@ class LMCorpus:
         return f"{self.name} ({self.level} level): vocabulary {len(self.vocab):,}, tokens: {sizes} [{self.source}]"
 
 
-def _read_error(path: Path, exc: UnicodeDecodeError) -> DataFormatError:
-    """Locate the first line of ``path`` that is not UTF-8 (the text layer decodes in blocks, not lines)."""
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as line_exc:
-                return DataFormatError(path, number, f"not valid UTF-8 ({line_exc.reason} at byte {line_exc.start})")
-    return DataFormatError(path, 1, f"not valid UTF-8 ({exc.reason})")
-
-
 def _file_lines(path: Path) -> Iterator[str]:
     """Lines of a UTF-8 text file without their line end (universal newlines: ``\\r\\n`` and ``\\r`` end lines)."""
     try:
@@ -366,7 +355,7 @@ def _file_lines(path: Path) -> Iterator[str]:
             for line in f:
                 yield line[:-1] if line.endswith("\n") else line
     except UnicodeDecodeError as exc:
-        raise _read_error(path, exc) from None
+        raise decode_error(path, exc) from None
 
 
 def _text_lines(text: str) -> list[str]:

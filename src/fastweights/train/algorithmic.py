@@ -29,12 +29,15 @@ from .progress import DurationEstimate, Progress, format_count, format_duration,
 from .runs import (
     MetricsLog,
     checkpoint_path,
-    continues_from_checkpoint,
+    diverged,
     load_checkpoint,
+    nonfinite_parameter,
+    open_run,
     read_json_file,
     read_run_config,
+    restoring,
     run_metadata,
-    save_checkpoint,
+    save_good_checkpoint,
     vocab_difference,
     write_json,
 )
@@ -169,6 +172,14 @@ def write_task_data(cfg: TrainConfig, out_dir: Path, *, progress: bool = False) 
     return paths
 
 
+def given_data_dir(cfg: TrainConfig) -> Path:
+    """``cfg.data`` (not None), which must be a directory."""
+    data_dir = Path(cfg.data)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"data: no such directory: {data_dir}")
+    return data_dir
+
+
 def load_task_data(cfg: TrainConfig, vocab: TaskVocab | None = None, *, progress: bool = False) -> TaskData:
     """Read ``cfg.data`` (official format) or generate into the cache on first use (``progress``: a progress line
     on stderr while generating), then encode.
@@ -176,9 +187,7 @@ def load_task_data(cfg: TrainConfig, vocab: TaskVocab | None = None, *, progress
     ``vocab``: the run's vocabularies; data whose vocabularies differ are refused (one ``ValueError`` line).
     """
     if cfg.data is not None:
-        data_dir = Path(cfg.data)
-        if not data_dir.is_dir():
-            raise FileNotFoundError(f"data: no such directory: {data_dir}")
+        data_dir = given_data_dir(cfg)
     else:
         data_dir = _generated_dir(cfg)
         if not (data_dir / ".complete").exists():
@@ -339,29 +348,40 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, stop_after_e
     saves a checkpoint at the last step boundary and raises :class:`~fastweights.train.interrupt.Interrupted`
     (message: where the run stands and the command that resumes it).
 
+    The run directory is locked while the run trains (:func:`~fastweights.train.runs.open_run`: a second training
+    there is refused). A loss or parameter that turns NaN or infinite stops the run with
+    :class:`~fastweights.train.runs.TrainingDiverged`; it is never saved, so ``last.pt`` stays the last good one.
     ``stop_after_epochs`` ends this call early (as an interruption would) after that many epochs in total.
     ``command`` is recorded in meta.json (default ``sys.argv``).
     Returns the final results (best validation metrics and, when training finished, test metrics).
     """
     run_dir = Path(run_dir)
     again = resume_command(cfg.task, run_dir)
-    continues = continues_from_checkpoint(run_dir, resume, again)
-    if (run_dir / "config.json").is_file() and not continues and not quiet:
-        print(f"note: {run_dir} holds no checkpoint yet: the run starts there from the beginning", flush=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not continues:  # first, so that a run stopped while its data is generated can be resumed
-        write_json(run_dir / "config.json", config_to_dict(cfg))
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device)
-    with StopSignals() as signals:
-        try:
-            run_vocab = TaskVocab.load(run_dir / VOCAB_FILE) if continues and (run_dir / VOCAB_FILE).is_file() else None
-            data, _, model = build(cfg, vocab=run_vocab, progress=not quiet)
-        except KeyboardInterrupt as e:
-            raise interrupted(e, "before the first training step", False, run_dir / "last.pt", again) from None
-        return _train_loop(cfg, run_dir, data, model, device, signals, continues=continues,
-                           stop_after_epochs=stop_after_epochs, quiet=quiet, command=command, again=again)
+    if cfg.data is not None:  # before the run directory is made
+        given_data_dir(cfg)
+    lock, continues = open_run(run_dir, resume, again, config_to_dict(cfg), quiet=quiet)
+    with lock:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        device = torch.device(cfg.device)
+        with StopSignals() as signals:
+            try:
+                run_vocab = (TaskVocab.load(run_dir / VOCAB_FILE) if continues and (run_dir / VOCAB_FILE).is_file()
+                             else None)
+                data, _, model = build(cfg, vocab=run_vocab, progress=not quiet)
+            except KeyboardInterrupt as e:
+                raise interrupted(e, "before the first training step", False, run_dir / "last.pt", again) from None
+            check_splits(data)
+            return _train_loop(cfg, run_dir, data, model, device, signals, continues=continues,
+                               stop_after_epochs=stop_after_epochs, quiet=quiet, command=command, again=again)
+
+
+def check_splits(data: TaskData) -> None:
+    """Refuse data with an empty split before training: an empty training split has nothing to learn from, an empty
+    validation or test split no metric to report (a loss or accuracy of 0 would be made up)."""
+    for name in ("train", "valid", "test"):
+        if name not in data.splits or data.splits[name].src.shape[0] == 0:
+            raise ValueError(f"data: the {name} split of {data.source} is empty; every split needs examples")
 
 
 def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn.Module, device: torch.device,
@@ -379,17 +399,19 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
     epoch, batch, step, best, elapsed = 0, 0, 0, {"acc": -1.0, "epoch": -1}, 0.0
     loss_sum, tok, epoch_time = 0.0, 0, 0.0
     if continues:
-        ckpt = load_checkpoint(run_dir / "last.pt")
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        step, best, elapsed = ckpt["step"], ckpt["best"], ckpt["elapsed"]
-        if "batch" in ckpt:
-            epoch, batch = ckpt["epoch"], ckpt["batch"]
-            loss_sum, tok, epoch_time = ckpt["epoch_sums"]
-        else:  # written by an older version, always after an epoch's validation
-            epoch = ckpt["epoch"] + 1
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        random.setstate(ckpt["rng"]["python"])
+        ckpt = load_checkpoint(run_dir / "last.pt", keys=("model", "optimizer", "step", "best", "elapsed", "epoch",
+                                                          "rng"))
+        load_state(model, ckpt["model"], f"checkpoint: {run_dir / 'last.pt'}")
+        with restoring(run_dir / "last.pt"):
+            opt.load_state_dict(ckpt["optimizer"])
+            step, best, elapsed = ckpt["step"], ckpt["best"], ckpt["elapsed"]
+            if "batch" in ckpt:
+                epoch, batch = ckpt["epoch"], ckpt["batch"]
+                loss_sum, tok, epoch_time = ckpt["epoch_sums"]
+            else:  # written by an older version, always after an epoch's validation
+                epoch = ckpt["epoch"] + 1
+            torch.set_rng_state(ckpt["rng"]["torch"])
+            random.setstate(ckpt["rng"]["python"])
         # rows written after the checkpoint belong to lost work (with a validation due, so does that epoch's row)
         log.truncate(step - 1 if batch == steps_per_epoch else step)
     else:
@@ -429,20 +451,28 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
                 idx = order[batch * cfg.batch_size:(batch + 1) * cfg.batch_size]
                 src, tgt, lengths = (x[idx].to(device) for x in (train_split.src, train_split.tgt,
                                                                  train_split.lengths))
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                    logits = batch_logits(model, cfg.task, src, lengths)
+                try:
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                        logits = batch_logits(model, cfg.task, src, lengths)
+                except (ValueError, RuntimeError) as e:  # a layer's check that NaN weights trip, e.g. a beta range
+                    if (bad := nonfinite_parameter(model)) is not None:
+                        raise diverged(f"parameter {bad} is not finite", f"step {step}", run_dir) from None
+                    raise e
                 loss = loss_fn(cfg.task, logits.float(), tgt)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise diverged(f"train loss {loss_value}", f"step {step}", run_dir)
                 with signals.held():  # the update and the counters that describe it, all or nothing
                     for group in opt.param_groups:
                         group["lr"] = lr_at(step, cfg, steps_per_epoch)
                     opt.step()
                     step += 1
                     batch += 1
-                    loss_sum += loss.item()
+                    loss_sum += loss_value
                     tok += int(lengths.sum())
                     epoch_time = time.perf_counter() - t0
                     rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
@@ -455,12 +485,14 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
                 if cfg.checkpoint_every_s > 0 and time.monotonic() - saved_at >= cfg.checkpoint_every_s \
                         and batch < steps_per_epoch:
                     with signals.held():
-                        save_checkpoint(run_dir / "last.pt", payload())
+                        save_good_checkpoint(model, run_dir, "last.pt", payload(), f"step {step}")
                     saved_at = time.monotonic()
             if bar is not None:
                 bar.close()
             valid = evaluate(model, cfg.task, data.splits["valid"], cfg.eval_batch_size, device, data.noop_index,
                              progress=None if quiet else "validation")
+            if not math.isfinite(valid["loss"]):
+                raise diverged(f"validation loss {valid['loss']}", f"step {step}", run_dir)
             with signals.held():
                 row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / steps_per_epoch,
                        "valid_loss": valid["loss"], "valid_acc": valid["acc"]}
@@ -475,8 +507,8 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
                 epoch, batch, loss_sum, tok, epoch_time = epoch + 1, 0, 0.0, 0, 0.0
                 if is_best:
                     best = {**valid, "epoch": epoch}
-                    save_checkpoint(run_dir / "best.pt", payload())
-                save_checkpoint(run_dir / "last.pt", payload())
+                    save_good_checkpoint(model, run_dir, "best.pt", payload(), f"step {step}")
+                save_good_checkpoint(model, run_dir, "last.pt", payload(), f"step {step}")
                 saved_at = time.monotonic()
             if not quiet:
                 extra = f", print acc {valid['print_acc']:.4f}" if "print_acc" in valid else ""
@@ -494,8 +526,8 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
     except KeyboardInterrupt as e:
         if bar is not None:
             bar.close()
-        raise save_and_stop(e, signals, lambda: save_checkpoint(run_dir / "last.pt", payload()), where(),
-                            run_dir / "last.pt", again) from None
+        save = lambda: save_good_checkpoint(model, run_dir, "last.pt", payload(), f"step {step}")  # noqa: E731
+        raise save_and_stop(e, signals, save, where(), run_dir / "last.pt", again) from None
     finally:
         log.close()
     return results
@@ -533,7 +565,7 @@ def load_algorithmic_model(run_dir: Path, checkpoint: str = "best", *, device: s
     path = checkpoint_path(run_dir, checkpoint)
     vocab = run_vocab(run_dir, cfg, data)
     model = build_model(model_config(cfg, vocab))
-    load_state(model, load_checkpoint(path)["model"], f"checkpoint: {path}")
+    load_state(model, load_checkpoint(path, keys=("model",))["model"], f"checkpoint: {path}")
     return cfg, vocab, model.to(cfg.device).eval()
 
 

@@ -24,7 +24,7 @@ from ..rl.config import RLConfig, resolve_rl_config
 from .algorithmic import load_task_data, train
 from .config import TrainConfig, config_to_dict, resolve_config
 from .plots import plot_seed_bands
-from .runs import read_json, write_json
+from .runs import RunLock, read_json, read_json_file, write_json
 
 
 @dataclass
@@ -55,7 +55,7 @@ def plan_grid(task: str, models: list[str], seeds: list[int] | None, preset: str
             config_file = run_dir / "config.json"
             if not config_file.is_file():
                 state = "new"
-            elif read_json(config_file) != config_to_dict(cfg):
+            elif read_json_file(config_file, "out_dir") != config_to_dict(cfg):
                 raise ValueError(f"out_dir: {run_dir} holds a run with a different configuration; choose another "
                                  f"--out-dir or remove it")
             elif (run_dir / "results.json").is_file():
@@ -230,13 +230,19 @@ def compare(task: str, models: list[str], preset: str | None, overrides: list[st
         raise ValueError(f"seeds: expected distinct seeds, got {seeds}")
     out_dir = Path(out_dir)
     runs = plan_grid(task, models, seeds, preset, overrides, out_dir, flags)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(out_dir, argument="out_dir"):  # one grid at a time in out_dir (each run also locks its own directory)
+        return _compare_locked(task, preset, overrides, out_dir, runs, jobs)
+
+
+def _compare_locked(task: str, preset: str | None, overrides: list[str], out_dir: Path, runs: list[GridRun],
+                    jobs: int) -> list[dict[str, Any]]:
     t0 = time.perf_counter()
     run_grid(runs, out_dir, jobs)
     rows = summarize(runs)
     table = format_table(task, preset, rows, env=getattr(runs[0].cfg, "env", None) if runs else None)
     wall = time.perf_counter() - t0
     print("\n" + table + f"\n\ngrid wall time: {wall / 60:.1f} min ({jobs} job{'s' if jobs > 1 else ''} at a time)")
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.md").write_text(table + "\n")
     write_json(out_dir / "summary.json", {"task": task, "preset": preset, "overrides": overrides, "rows": rows,
                                           "grid_wall_time_s": wall})

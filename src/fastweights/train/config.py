@@ -89,7 +89,6 @@ class TrainConfig:
     out_dir: str = option("runs", "where run directories are made (without --run-dir)")
 
     def validate(self) -> None:
-        import torch
 
         from ..layers import available_layers, layer_options
 
@@ -122,13 +121,7 @@ class TrainConfig:
             raise ConfigError(f"warmup_steps: expected an integer >= 0, got {self.warmup_steps}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads: expected a positive integer or none, got {self.threads}")
-        try:
-            torch.device(self.device)
-        except RuntimeError:
-            raise ConfigError(f"device: expected cpu, cuda or cuda:N, got {self.device!r}") from None
-        if self.device.startswith("cuda"):
-            if not torch.cuda.is_available():
-                raise ConfigError(f"device: {self.device!r} requested but CUDA is not available; use device=cpu")
+        check_device(self.device)
 
 
 
@@ -195,7 +188,6 @@ class LMTrainConfig:
     out_dir: str = option("runs", "where run directories are made (without --run-dir)")
 
     def validate(self) -> None:
-        import torch
 
         from ..layers import available_layers, layer_options
 
@@ -234,12 +226,7 @@ class LMTrainConfig:
             LMConfig(self.model, vocab, **self.model_fields())
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        try:
-            torch.device(self.device)
-        except RuntimeError:
-            raise ConfigError(f"device: expected cpu, cuda or cuda:N, got {self.device!r}") from None
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"device: {self.device!r} requested but CUDA is not available; use device=cpu")
+        check_device(self.device)
 
     def model_fields(self) -> dict[str, Any]:
         """The :class:`~fastweights.models.lm.LMConfig` fields of this run (``"auto"`` choices resolved as the paper
@@ -256,6 +243,22 @@ class LMTrainConfig:
             "block": auto_block if self.block == "auto" else self.block,
             "final_norm": self.final_norm, "init_std": self.init_std, "layer_options": dict(self.layer_options),
         }
+
+
+def check_device(device: Any, argument: str = "device") -> None:
+    """Refuse a device that training and evaluation cannot run on: not a torch device, a device type other than
+    ``cpu`` and ``cuda`` (``meta`` holds no data, ``mps``/``xpu`` are untested here), or CUDA on a machine without
+    it."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise ConfigError(f"{argument}: expected cpu, cuda or cuda:N, got {device!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{argument}: {device!r} requested but CUDA is not available; use {argument}=cpu")
 
 
 def config_class(task: str) -> type:
@@ -450,6 +453,9 @@ def resolve_config(task: str, preset: str | None, overrides: list[str], **flags:
     if preset is not None:
         load_preset(cfg, task, preset)
     apply_overrides(cfg, overrides)
+    if cfg.task != task:  # the command names the task; an override that says otherwise would be ignored
+        raise ConfigError(f"task={cfg.task}: the task is the command's ({task}); remove the override or run "
+                          f"`fastweights ... {cfg.task}`")
     for key, value in flags.items():
         if value is not None:
             setattr(cfg, key, value)

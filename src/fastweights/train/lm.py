@@ -74,12 +74,15 @@ from .progress import DurationEstimate, Progress, format_count, format_duration,
 from .runs import (
     MetricsLog,
     checkpoint_path,
-    continues_from_checkpoint,
+    diverged,
     load_checkpoint,
+    nonfinite_parameter,
+    open_run,
     read_json_file,
     read_run_config,
+    restoring,
     run_metadata,
-    save_checkpoint,
+    save_good_checkpoint,
     vocab_difference,
     write_json,
 )
@@ -468,12 +471,16 @@ def train_lm(cfg: LMTrainConfig, run_dir: Path, *, resume: bool = False, stop_af
     dist = dist_info()
     local_batch_size(cfg, dist)
     again = resume_command(run_dir, dist)
-    continues = continues_from_checkpoint(run_dir, resume, again)
-    if (run_dir / "config.json").is_file() and not continues and not quiet and dist.is_main:
-        print(f"note: {run_dir} holds no checkpoint yet: the run starts there from the beginning", flush=True)
-    if not continues and dist.is_main:  # first, so that a run stopped while its data loads can be resumed
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", config_to_dict(cfg))
+    # process 0 owns the directory (the others write nothing there)
+    lock, continues = open_run(run_dir, resume, again, config_to_dict(cfg), quiet=quiet or not dist.is_main,
+                               lock=dist.is_main)
+    with lock:
+        return _train_locked(cfg, run_dir, dist, continues, again, stop_after_steps=stop_after_steps, quiet=quiet,
+                             command=command)
+
+
+def _train_locked(cfg: LMTrainConfig, run_dir: Path, dist: DistInfo, continues: bool, again: str, *,
+                  stop_after_steps: int | None, quiet: bool, command: list[str] | None) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     with StopSignals() as signals:
@@ -518,18 +525,21 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
     step, best, elapsed, tokens_seen, state = 0, {"valid_loss": float("inf"), "step": 0}, 0.0, 0, None
     sums, validated = (0.0, 0, 0, 0.0), True
     if continues:
-        ckpt = load_checkpoint(run_dir / "last.pt")
-        raw_model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        step, best, elapsed, tokens_seen = ckpt["step"], ckpt["best"], ckpt["elapsed"], ckpt["tokens_seen"]
-        sums, validated = ckpt.get("sums", sums), ckpt.get("validated", True)  # older checkpoints: at validations
-        if len(ckpt["ranks"]) == dist.world_size:
-            mine = ckpt["ranks"][dist.rank]
-            torch.set_rng_state(mine["torch_rng"])
-            if device.type == "cuda" and mine["cuda_rng"] is not None:
-                torch.cuda.set_rng_state(mine["cuda_rng"], device)
-            state = _map_state(mine["state"], lambda t: t.to(device))
-        else:  # another number of processes: other dropout streams; carried states restart from zero
+        ckpt = load_checkpoint(run_dir / "last.pt", keys=("model", "optimizer", "step", "best", "elapsed",
+                                                          "tokens_seen", "ranks"))
+        load_state(raw_model, ckpt["model"], f"checkpoint: {run_dir / 'last.pt'}")
+        with restoring(run_dir / "last.pt"):
+            opt.load_state_dict(ckpt["optimizer"])
+            step, best, elapsed, tokens_seen = ckpt["step"], ckpt["best"], ckpt["elapsed"], ckpt["tokens_seen"]
+            sums, validated = ckpt.get("sums", sums), ckpt.get("validated", True)  # older ones: at validations
+            same_processes = len(ckpt["ranks"]) == dist.world_size
+            if same_processes:
+                mine = ckpt["ranks"][dist.rank]
+                torch.set_rng_state(mine["torch_rng"])
+                if device.type == "cuda" and mine["cuda_rng"] is not None:
+                    torch.cuda.set_rng_state(mine["cuda_rng"], device)
+                state = _map_state(mine["state"], lambda t: t.to(device))
+        if not same_processes:  # another number of processes: other dropout streams; carried states restart from zero
             torch.manual_seed(cfg.seed + 7919 * (dist.rank + 1) + step)
             if not quiet:
                 print(f"note: {run_dir} was saved by {plural(len(ckpt['ranks']), 'process', 'processes')}, resumed "
@@ -579,9 +589,10 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
                 loss_sum, loss_steps, interval_tokens, interval_time = sums
                 train_loss = _all_mean([loss_sum / loss_steps], dist, device)[0]
                 if not math.isfinite(train_loss):
-                    raise RuntimeError(f"training diverged: train loss {train_loss} at step {step}; lower lr or "
-                                       f"raise warmup_steps")
+                    raise diverged(f"train loss {train_loss}", f"step {step}", run_dir)
                 valid = validate(raw_model, corpus.valid, cfg, device, dist)
+                if not math.isfinite(valid["loss"]):
+                    raise diverged(f"validation loss {valid['loss']}", f"step {step}", run_dir)
                 ranks = _gather(boundary, dist)
                 with signals.held():
                     row = {"step": step, "epochs": tokens_seen / train_tokens, "train_loss": train_loss,
@@ -597,8 +608,8 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
                         best = {"valid_loss": valid["loss"], "valid_ppl": valid["ppl"], "step": step}
                     if dist.is_main:
                         if is_best:
-                            save_checkpoint(run_dir / "best.pt", payload(ranks))
-                        save_checkpoint(run_dir / "last.pt", payload(ranks))
+                            save_good_checkpoint(raw_model, run_dir, "best.pt", payload(ranks), f"step {step}")
+                        save_good_checkpoint(raw_model, run_dir, "last.pt", payload(ranks), f"step {step}")
                 if bar is not None:
                     bar.close()
                     eta = f", ETA {format_duration(bar.eta(step))}" if step < cfg.max_steps else ""
@@ -612,13 +623,21 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
             x, y, new_streams = train_batch(cfg, corpus.train, step, dist, batcher)
             if new_streams:
                 state = None
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                nll, new_state = model(x.to(device), state, targets=y.to(device))
+            try:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                    nll, new_state = model(x.to(device), state, targets=y.to(device))
+            except (ValueError, RuntimeError) as e:  # a layer's check that NaN weights trip, e.g. a beta range
+                if (bad := nonfinite_parameter(raw_model)) is not None:  # the same weights on every process
+                    raise diverged(f"parameter {bad} is not finite", f"step {step}", run_dir) from None
+                raise e
             loss = nll.float().mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip > 0:
                 torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.clip)
+            loss_value = loss.item()
+            if not dist.enabled and not math.isfinite(loss_value):  # torchrun: the all-reduced check at validation
+                raise diverged(f"train loss {loss_value}", f"step {step}", run_dir)
             with signals.held():  # the update and the counters that describe it, all or nothing
                 lr = lr_at(step, cfg)
                 for group in opt.param_groups:
@@ -628,7 +647,7 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
                 step += 1
                 tokens_seen += cfg.batch_size * x.shape[1]
                 loss_sum, loss_steps, interval_tokens, interval_time = sums
-                sums = (loss_sum + loss.item(), loss_steps + 1, interval_tokens + cfg.batch_size * x.shape[1],
+                sums = (loss_sum + loss_value, loss_steps + 1, interval_tokens + cfg.batch_size * x.shape[1],
                         interval_time + time.perf_counter() - t0)
                 validated = not (step % cfg.eval_interval == 0 or step == cfg.max_steps)
                 boundary = this_process()
@@ -664,7 +683,8 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
         where = (f"at step {format_count(step)}/{format_count(cfg.max_steps)}" if step < cfg.max_steps or
                  not validated else "in the test evaluation after the last step")
         # under torchrun the processes stop at different points: a checkpoint needs them all, so none is written
-        save = None if dist.enabled else lambda: save_checkpoint(run_dir / "last.pt", payload([boundary]))
+        save = None if dist.enabled else lambda: save_good_checkpoint(raw_model, run_dir, "last.pt",
+                                                                       payload([boundary]), f"step {step}")
         raise save_and_stop(e, signals, save, where, run_dir / "last.pt", again) from None
     finally:
         if log is not None:
@@ -712,7 +732,7 @@ def load_lm_model(run_dir: Path, checkpoint: str = "best", *, device: str | None
     path = checkpoint_path(run_dir, checkpoint)
     vocab = lm_run_vocab(run_dir, cfg, corpus)
     model = build_lm(lm_model_config(cfg, len(vocab.vocab)))
-    load_state(model, load_checkpoint(path)["model"], f"checkpoint: {path}")
+    load_state(model, load_checkpoint(path, keys=("model",))["model"], f"checkpoint: {path}")
     return cfg, vocab, model.to(cfg.device).eval()
 
 

@@ -10,6 +10,7 @@ A run directory holds::
     last.pt         the latest checkpoint (written atomically)
     best.pt         the best-validation checkpoint (written atomically)
     results.json    final metrics (written at the end)
+    .lock           the owner of the directory while a run trains (:class:`RunLock`)
 
 ``vocab.json`` / ``env.json`` make a run usable without its data (format 2); runs of format 1 lack them and read
 their data to rebuild the vocabularies. ``docs/runs.md`` describes every file.
@@ -20,10 +21,12 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import os
 import pickle
 import platform
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .progress import plural
 
 
 def atomic_write_bytes(path: Path, write) -> None:
@@ -47,9 +52,11 @@ def atomic_write_bytes(path: Path, write) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600 files; give the permissions open() would
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:  # a write: say which file
+            raise OSError(e.errno, os.strerror(e.errno), str(path)) from None
         raise
 
 
@@ -64,29 +71,76 @@ def _file_mode(path: Path) -> int:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write_bytes(path, lambda f: torch.save(payload, f))
+    """Write ``payload`` to ``path`` atomically (:func:`atomic_write_bytes`). A failing write (a full disk) raises
+    the ``OSError`` itself, e.g. ``No space left on device``, where torch would report a position mismatch."""
+
+    def write(f) -> None:
+        writer = _ErrorKeepingWriter(f)
+        try:
+            torch.save(payload, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+    atomic_write_bytes(path, write)
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+class _ErrorKeepingWriter:
+    """A binary file's ``write`` that keeps the first ``OSError`` it raised (torch's writer turns it into a
+    ``RuntimeError`` that does not say why)."""
+
+    def __init__(self, f) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", keys: tuple[str, ...] = ()
+                    ) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` without running code from the file.
 
     ``torch.load(weights_only=True)`` rebuilds tensors and plain containers only, plus the few types that this
-    project's checkpoints hold (:func:`checkpoint_types`); anything else in the file is refused, so a checkpoint
-    from elsewhere cannot execute code when loaded. Raises ``FileNotFoundError`` or a one-line ``ValueError``.
+    project's checkpoints hold (:func:`checkpoint_types`); anything else in the file is refused, with the risk named:
+    this loader has no switch that unpickles arbitrary objects, so a checkpoint from elsewhere cannot execute code
+    when loaded (whoever trusts such a file can read it with ``torch.load(path, weights_only=False)`` themselves).
+    ``keys``: the entries the caller needs; a checkpoint without one of them is refused.
+    Raises ``FileNotFoundError`` or a one-line ``ValueError`` naming the file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no such file: {path}")
     try:
         with _allowing(checkpoint_types()):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         reason = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()
+        if "Unsupported operand" in str(e):  # a damaged pickle stream, not a foreign object
+            raise ValueError(f"checkpoint: {path} is truncated, corrupt or not a torch checkpoint "
+                             f"({reason[0] if reason else type(e).__name__})") from None
         raise ValueError(f"checkpoint: {path} holds an object of a type that fastweights checkpoints do not use; "
-                         f"refused to unpickle it ({reason[0] if reason else e})") from None
-    except (RuntimeError, EOFError, OSError) as e:  # a torn or foreign file: torch's messages span lines
-        raise ValueError(f"checkpoint: {path} is truncated or not a torch checkpoint "
-                         f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+                         f"refused to unpickle it, since unpickling it could run code from the file "
+                         f"({reason[0] if reason else e}); only if you trust the file, read it yourself with "
+                         f"torch.load(path, weights_only=False)") from None
+    except Exception as e:  # a torn, bit-flipped or foreign file fails in many ways inside torch
+        text = str(e).strip().splitlines()
+        raise ValueError(f"checkpoint: {path} is truncated, corrupt or not a torch checkpoint "
+                         f"({text[0].split('. ')[0] if text else type(e).__name__})") from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"checkpoint: {path} holds a {type(ckpt).__name__}, not a fastweights checkpoint (a dict)")
+    missing = [k for k in keys if k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint: {path} lacks {', '.join(map(repr, missing))} (it holds {sorted(ckpt)}): not a "
+                         f"checkpoint of this kind of run, or written by another program")
+    return ckpt
 
 
 def checkpoint_types() -> list[Any]:
@@ -191,8 +245,23 @@ def _version() -> str:
     return __version__
 
 
+def json_text(obj: Any, indent: int | None = 2, sort_keys: bool = True) -> str:
+    """``obj`` as strict JSON: NaN and infinities (JSON has none; ``json.dumps`` writes bare ``NaN``) become null."""
+    return json.dumps(_finite(obj), indent=indent, sort_keys=sort_keys, allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
+    atomic_write_bytes(path, lambda f: f.write((json_text(obj) + "\n").encode()))
 
 
 def read_json(path: Path) -> Any:
@@ -314,3 +383,246 @@ def continues_from_checkpoint(run_dir: Path, resume: bool, resume_command: str) 
         raise FileExistsError(f"run_dir: {run_dir} already holds a run; continue it with: {resume_command}; or "
                               f"choose another --run-dir")
     return False
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Owning a run directory: the lock, unique default names, temporary files of interrupted writes
+# ----------------------------------------------------------------------------------------------------------------
+
+#: The lock file of a run directory (``RunLock``); it exists while a process trains in the directory.
+LOCK_FILE = ".lock"
+
+# The temporary files of atomic_write_bytes (mkstemp: ".<name>." + 8 characters of [a-z0-9_]) for the files a run
+# directory holds; anything else starting with a dot is not ours to remove.
+_TEMP_FILE = re.compile(r"\.(last\.pt|best\.pt|step-\d+\.pt|[A-Za-z_]+\.json|metrics\.csv)\.[a-z0-9_]{8}")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the parameters of a run became NaN or infinite; the run stopped without saving them (one line: the
+    step and the checkpoint kept)."""
+
+
+def nonfinite_parameter(model: torch.nn.Module) -> str | None:
+    """The name of the first parameter of ``model`` holding a NaN or an infinity, else None (one sync)."""
+    named = [(n, p) for n, p in model.named_parameters()]
+    if not named:
+        return None
+    ok = torch.stack([torch.isfinite(p.detach()).all() for _, p in named]).tolist()
+    return next((n for (n, _), good in zip(named, ok) if not good), None)
+
+
+def diverged(what: str, at: str, run_dir: Path) -> TrainingDiverged:
+    """The :class:`TrainingDiverged` to raise: ``what`` went non-finite ``at`` (e.g. ``step 12``); what the run
+    kept."""
+    kept = (f"the last good checkpoint {Path(run_dir) / 'last.pt'} is kept" if (Path(run_dir) / "last.pt").is_file()
+            else "no checkpoint was written")
+    return TrainingDiverged(f"training diverged: {what} at {at}; the run stopped, {kept}; lower the learning "
+                            f"rate (lr) and start again")
+
+
+def save_good_checkpoint(model: torch.nn.Module, run_dir: Path, name: str, payload: dict[str, Any], at: str
+                         ) -> None:
+    """:func:`save_checkpoint` to ``run_dir/name`` unless a parameter of ``model`` went non-finite: then raise
+    :func:`diverged` (``at``: where the run stands, e.g. ``step 12``) and keep the checkpoint there is (a NaN model
+    never replaces the last good one)."""
+    if (bad := nonfinite_parameter(model)) is not None:
+        raise diverged(f"parameter {bad} is not finite", at, run_dir)
+    save_checkpoint(Path(run_dir) / name, payload)
+
+
+@contextlib.contextmanager
+def restoring(path: Path) -> Iterator[None]:
+    """A block that restores training state from checkpoint ``path``: an entry of the wrong kind or shape (a
+    checkpoint of another run, an edited file) becomes one ``ValueError`` line naming the file."""
+    try:
+        yield
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+        text = str(e).strip().splitlines()
+        raise ValueError(f"checkpoint: {path} does not fit this run ({type(e).__name__}: "
+                         f"{text[0] if text else ''})") from None
+
+
+class RunDirLocked(FileExistsError):
+    """Another live process trains in the run directory (one line: the directory, the owner's pid, host, start)."""
+
+
+class RunLock:
+    """Exclusive ownership of a run directory for one training process (``with RunLock(run_dir):``).
+
+    The lock is an ``fcntl.flock`` on ``run_dir/.lock``, held for as long as the process runs: the kernel releases
+    it when the process ends in any way (``kill -9`` included), so a lock is never stale in the sense of blocking a
+    new run. The file records the owner (``pid``, ``host``, ``started``) for the messages: a second process that
+    finds the lock held refuses with them; one that finds the file of an owner that died without removing it takes
+    the directory over and says so. Where ``flock`` is missing (Windows, some network file systems) the owner's pid
+    is checked instead (a live pid on this host refuses; another host's lock is refused too, since its pid cannot be
+    checked), which does not exclude two processes that start at the same moment.
+    """
+
+    def __init__(self, run_dir: Path, *, quiet: bool = False, argument: str = "run_dir") -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_FILE
+        self.quiet, self.argument = quiet, argument  # argument: what messages call the directory
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        if self._fd is None:  # open_run hands over a lock it already holds
+            self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except PermissionError:
+                raise PermissionError(f"{self.argument}: {self.run_dir} is not writable (permission denied)") from None
+            try:
+                if not _try_flock(fd):
+                    raise RunDirLocked(self._held_message(_read_owner(fd)))
+                if not _same_file(fd, self.path):  # removed by its releasing owner meanwhile: lock the new one
+                    os.close(fd)
+                    continue
+                previous = _read_owner(fd)
+                if previous is not None and not self.quiet:
+                    print(f"note: {self.run_dir}: taking over the lock of process {previous.get('pid')} on "
+                          f"{previous.get('host')} (started {previous.get('started')}), which ended without "
+                          f"releasing it", file=sys.stderr, flush=True)
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.write(fd, (json.dumps(owner) + "\n").encode())
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
+            return
+
+    def _held_message(self, owner: dict[str, Any] | None) -> str:
+        who = (f"process {owner.get('pid')} on {owner.get('host')} (started {owner.get('started')})"
+               if owner else "another process")
+        flag = "--" + self.argument.replace("_", "-")
+        return (f"{self.argument}: {self.run_dir} is in use by {who}: two runs cannot share a directory; wait for it "
+                f"to end or choose another {flag}")
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)  # while still locked: a waiting process then sees another file and retries
+        os.close(self._fd)
+        self._fd = None
+
+
+def _try_flock(fd: int) -> bool:
+    """Take the exclusive lock on ``fd`` without waiting; False when another process holds it."""
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except (ImportError, OSError):  # no flock here (Windows, some network file systems): judge the recorded pid
+        owner = _read_owner(fd)
+        return owner is None or not _alive(owner)
+    return True
+
+
+def _alive(owner: dict[str, Any]) -> bool:
+    if owner.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except (ProcessLookupError, KeyError, ValueError, TypeError):
+        return False
+    except PermissionError:  # a live process of another user
+        return True
+    return True
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+def _read_owner(fd: int) -> dict[str, Any] | None:
+    """The owner a lock file records (None for an empty file; ``{}`` for one that is not a record)."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    data = os.read(fd, 4096)
+    if not data.strip():
+        return None
+    try:
+        owner = json.loads(data)
+    except ValueError:
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def remove_stale_temp_files(run_dir: Path, quiet: bool = False) -> list[str]:
+    """Remove the temporary files that writes killed half way (``kill -9``, a power cut) left in ``run_dir``; call
+    it with the directory's :class:`RunLock` held, when no write of this directory can be in progress. Returns the
+    names removed (and says so unless ``quiet``)."""
+    run_dir = Path(run_dir)
+    names = sorted(p.name for p in run_dir.iterdir() if _TEMP_FILE.fullmatch(p.name) and p.is_file()) \
+        if run_dir.is_dir() else []
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(run_dir / name)
+    if names and not quiet:
+        print(f"note: {run_dir}: removed {plural(len(names), 'temporary file')} left by an interrupted write: "
+              f"{', '.join(names)}", file=sys.stderr, flush=True)
+    return names
+
+
+def unique_run_dir(base: Path) -> Path:
+    """Create and return a new directory ``base`` (or ``base-2``, ``base-3``, ... when that exists): the default run
+    directory, whose name holds the start time to the second, stays unique for launches in the same second."""
+    base = Path(base)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 10_000):
+        path = base if i == 1 else base.with_name(f"{base.name}-{i}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"run_dir: no free name {base}-<N> (N < 10000)")
+
+
+def open_run(run_dir: Path, resume: bool, resume_command: str, config: dict[str, Any], *, quiet: bool = False,
+             lock: bool = True) -> tuple[contextlib.AbstractContextManager[Any], bool]:
+    """Take a run directory for training: check it (:func:`continues_from_checkpoint`), create it, lock it
+    (:class:`RunLock`; ``lock=False``: the caller is not the directory's owner, e.g. a torchrun rank other than 0)
+    and remove the temporary files of writes a killed run left. A run that starts from the beginning writes its
+    ``config`` as ``config.json`` first, so that a run stopped while its data load can be resumed.
+
+    Returns ``(lock, continues)``: run the training inside ``with lock:``, which releases it (a no-op context for
+    ``lock=False``); ``continues``: whether training continues from ``last.pt``."""
+    run_dir = Path(run_dir)
+    continues = continues_from_checkpoint(run_dir, resume, resume_command)  # refuse before creating anything
+    if not lock:
+        return contextlib.nullcontext(), continues
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except PermissionError:
+        raise PermissionError(f"run_dir: cannot create {run_dir} (permission denied)") from None
+    owner = RunLock(run_dir, quiet=quiet)
+    owner.acquire()
+    try:
+        continues = continues_from_checkpoint(run_dir, resume, resume_command)  # again: now that it is ours
+        if not os.access(run_dir, os.W_OK):
+            raise PermissionError(f"run_dir: {run_dir} is not writable (permission denied)")
+        remove_stale_temp_files(run_dir, quiet=quiet)
+        if (run_dir / "config.json").is_file() and not continues and not quiet:
+            print(f"note: {run_dir} holds no checkpoint yet: the run starts there from the beginning", flush=True)
+        if not continues:
+            write_json(run_dir / "config.json", config)
+    except BaseException:
+        owner.release()
+        raise
+    return owner, continues
