@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from fastweights.ops import feature_maps as fm
-from fastweights.ops._common import check_reset
+from fastweights.ops.common import check_reset
 
 # Names accepted by the ``feature_map`` option of the layers that allow a choice (paper.md A.2, A.10).
 FEATURE_MAP_NAMES = ("elu1_sum_norm", "elu1", "softmax", "dpfp", "favor")

@@ -1,5 +1,9 @@
 """Shared plumbing of the compiled CPU implementations (numba; optional extra ``fastweights[cpu]``).
 
+Every compiled backend takes its decorators (:data:`kernel`, :data:`parallel_kernel`, :data:`prange`), its
+``supports`` and its array conversions from here, so that a machine without numba imports them all unchanged
+(the decorators then leave the plain Python functions, which ``impl="auto"`` never selects).
+
 The compiled kernels loop over time inside one machine-code function, parallel over batch x heads
 (``numba.prange``), so the per-step cost is the arithmetic, not ~60 us of Python and dispatch per step.
 They follow the memory rule of the default path: the forward keeps the state at the start of every chunk of
@@ -23,10 +27,41 @@ except ImportError:  # pragma: no cover - exercised on machines without numba
 NUMBA_MISSING = "numba is not installed (pip install 'fastweights[cpu]')"
 COMPILED_DTYPES = (torch.float32, torch.float64)
 
+if NUMBA_AVAILABLE:
+    kernel = numba.njit(cache=True, fastmath=False)  # a per-sequence function, compiled once
+    parallel_kernel = numba.njit(parallel=True, cache=True, fastmath=False)  # distributes the (b, h) pairs
+    prange = numba.prange
+else:  # pragma: no cover - the registry never selects a compiled implementation without numba
 
-def supports_compiled(q: Tensor) -> bool:
-    """numba kernels run on CPU tensors; half-precision inputs are computed in float32 by the op."""
-    return NUMBA_AVAILABLE and q.device.type == "cpu"
+    def kernel(fn):
+        return fn
+
+    parallel_kernel = kernel
+    prange = range
+
+
+def numba_missing() -> str | None:
+    """The ``available`` of every compiled implementation: None when numba is installed, else why not."""
+    return None if NUMBA_AVAILABLE else NUMBA_MISSING
+
+
+def check_runnable(op: str, q: Tensor) -> None:
+    """Raise a clear error when an explicit ``impl="compiled"`` cannot run (numba missing, not a CPU tensor)."""
+    why = numba_missing()
+    if why is None and q.device.type != "cpu":
+        why = f"it runs on CPU tensors, got device {q.device}"
+    if why is not None:
+        raise RuntimeError(f"{op}: the 'compiled' implementation is unavailable: {why}")
+
+
+def np_dtype(dtype: torch.dtype) -> type:
+    """The numpy dtype of the kernels' arrays for tensors of ``dtype`` (float64 or float32)."""
+    return np.float64 if dtype == torch.float64 else np.float32
+
+
+def as_numpy(x: Tensor) -> np.ndarray:
+    """A C-contiguous numpy array of ``x`` as it is (e.g. batch-head-major states), without autograd."""
+    return x.detach().contiguous().numpy()
 
 
 def sync_threads() -> None:
