@@ -6,6 +6,8 @@
   the heads), run by the chunked delta rule of whichever backend (``impl``);
 * :func:`prepare_state`: the validated initial state (zeros when None) in the compute dtype;
 * :func:`check_recurrent_inputs`, :func:`check_version`: argument checks of the recurrent ops;
+* :func:`recurrent_args`, :func:`prepare_recurrent`, :func:`dispatch_recurrent`: the arguments, their validation
+  and the dispatch the Delta RNN and the Delta LSTM (the same arguments with a gate axis) share;
 * :func:`stack_recurrent`: RDN's slow recurrent matrices stacked into one ``[H, 3D+1, D]`` tensor.
 """
 
@@ -18,14 +20,28 @@ from torch import Tensor
 
 from .checks import (
     check_float_tensor,
+    check_qkv,
+    check_reset,
     check_same_device,
     check_same_dtype,
     check_shape,
     check_state_tuple,
     check_unit_interval,
     compute_dtype,
+    refuse_chunk_size,
 )
-from .spec import layout_shape
+from .registry import dispatch
+from .spec import FEATURE, SIGMOID, SOFTMAX, VALUE, ArgSpec, layout_shape
+
+
+def col(x: Tensor) -> Tensor:
+    """``x [..., n]`` as a column ``[..., n, 1]`` (the step loops of ``naive.py`` write the paper's matrix algebra)."""
+    return x[..., :, None]
+
+
+def row(x: Tensor) -> Tensor:
+    """``x [..., n]`` as a row ``[..., 1, n]``."""
+    return x[..., None, :]
 
 
 def read(M: Tensor, x: Tensor) -> Tensor:
@@ -55,6 +71,42 @@ def check_version(version: object, allowed: tuple[int, ...]) -> int:
     if version not in allowed or isinstance(version, bool):
         raise ValueError(f"version: expected one of {list(allowed)}, got {version!r}")
     return version  # type: ignore[return-value]
+
+
+def recurrent_args(gate: str = "") -> tuple[ArgSpec, ...]:
+    """``q, k, v, beta, rk, rv, rbeta`` of the Delta RNN (``gate=""``) or the Delta LSTM (``gate=", G"``)."""
+    lead = f"[B, T, H{gate}"
+    return (ArgSpec("q", f"{lead}, K]", FEATURE), ArgSpec("k", f"{lead}, K]", FEATURE),
+            ArgSpec("v", f"{lead}, V]", VALUE), ArgSpec("beta", f"{lead}]", SIGMOID),
+            ArgSpec("rk", f"{lead}, V]", SOFTMAX), ArgSpec("rv", f"{lead}, V]", VALUE),
+            ArgSpec("rbeta", f"{lead}]", SIGMOID))
+
+
+def prepare_recurrent(q, k, v, beta, rk, rv, rbeta, version, initial_state, reset, *, versions: tuple[int, ...],
+                      state: Sequence[tuple[str, str]], gates: int = 0):
+    """Validate a Delta RNN (``gates=0``) / Delta LSTM (``gates=3``) call before any work and cast it to the
+    compute dtype: ``((q, k, v, beta, rk, rv, rbeta), state tuple, reset)``."""
+    check_version(version, versions)
+    g = f", {gates}" if gates else ""
+    shape = check_qkv(q, k, v, beta, beta_layout=f"[B, T, H{g}]", q_layout=f"[B, T, H{g}, K]",
+                      v_layout=f"[B, T, H{g}, V]")
+    if gates and shape[3] != gates:
+        raise ValueError(f"q: expected a gate axis of size 3 (input, update, output) in [B, T, H, 3, K], "
+                         f"got shape {list(q.shape)}")
+    (B, T, H), (K, V) = shape[:3], shape[-2:]
+    check_recurrent_inputs(rk, rv, rbeta, tuple(shape[:-2]), V, f"[B, T, H{g}", q)
+    reset = check_reset(reset, B, T, q.device)
+    fields = [(name, layout.replace("G", str(gates))) for name, layout in state]
+    prepared = prepare_state(initial_state, fields, {"B": B, "H": H, str(gates): gates, "K": K, "V": V}, q)
+    dt = compute_dtype(q.dtype)
+    return tuple(x.to(dt) for x in (q, k, v, beta, rk, rv, rbeta)), prepared, reset
+
+
+def dispatch_recurrent(op: str, impl: str | None, *args, **kwargs):
+    """:func:`~fastweights.ops.common.registry.dispatch` for an op with a checkpoint interval (``checkpoint_every``):
+    its old name ``chunk_size`` is refused, naming the new one."""
+    refuse_chunk_size(op, kwargs)
+    return dispatch(op, impl, *args, **kwargs)
 
 
 def prepare_state(initial_state: object, fields: Sequence[tuple[str, str]], dims: dict[str, int], q: Tensor

@@ -40,6 +40,24 @@ else:  # pragma: no cover - the registry never selects a compiled implementation
     prange = range
 
 
+@kernel
+def softmax_into(x, out):
+    """``out = softmax(x)`` over a vector ``[V]`` (max-subtracted, like torch.softmax); ``out`` may be ``x``."""
+    V = x.shape[0]
+    if V == 0:
+        return
+    m = x[0]
+    for v in range(1, V):
+        m = max(m, x[v])
+    s = 0.0
+    for v in range(V):
+        e = np.exp(x[v] - m)
+        out[v] = e
+        s += e
+    for v in range(V):
+        out[v] = out[v] / s
+
+
 def numba_missing() -> str | None:
     """The ``available`` of every compiled implementation: None when numba is installed, else why not."""
     return None if NUMBA_AVAILABLE else NUMBA_MISSING

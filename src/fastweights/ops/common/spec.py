@@ -129,6 +129,15 @@ class OpSpec:
         dims = example_dims(B, 1, H, K, V)
         return [rand(*layout_shape(layout, dims)) for _, layout in self.state_specs(depth)]
 
+    def zero_state(self, zeros: Callable[..., Tensor], H: int, K: int, V: int, depth: int = 1) -> Any:
+        """The zero initial state as the op takes it (a tensor, the state NamedTuple, or a tuple for a layered op);
+        ``zeros(*shape)`` makes one zero component with the batch axis in front."""
+        dims = example_dims(0, 0, H, K, V)
+        parts = [zeros(*layout_shape(layout, dims)[1:]) for _, layout in self.state_specs(depth)]  # [1:]: not B
+        if self.layered:
+            return tuple(parts)
+        return parts[0] if self.state_type is None else self.state_type(*parts)
+
     def call(self, xs: Sequence[Tensor], *, depth: int = 1, **kwargs: Any) -> tuple[Tensor, Any]:
         """Run the op on the flat arguments ``xs`` (as :meth:`example_inputs` gives them)."""
         if self.layered:

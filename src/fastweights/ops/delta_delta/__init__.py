@@ -19,23 +19,6 @@ from ..feature_maps import elu_sum_norm
 from ..states import DeltaDeltaState
 
 
-def _delta_delta(q, k, v, beta, *, eps, initial_state, reset, output_final_state, impl):
-    check_impl("delta_delta", impl)
-    B, T, H, D, P = check_qkv(q, k, v, beta, v_layout="[B, T, H, 3D+1]")
-    if P != 3 * D + 1:
-        raise ValueError(f"v: expected last dim 3D+1 = {3 * D + 1} (level-2 query, key, value and beta), got {P}")
-    reset = check_reset(reset, B, T, q.device)
-    state = check_state_tuple(initial_state, (("M", "[B, H, D, 3D+1]", (B, H, D, P)),
-                                              ("W", "[B, H, D, D]", (B, H, D, D))), q.device)
-    M0, W0 = (None, None) if state is None else state
-    g, M = delta_rule(q, k, v, beta, initial_state=M0, reset=reset, output_final_state=True, impl=impl)
-    g = g.to(M.dtype)
-    q2, k2 = elu_sum_norm(g[..., :D], eps), elu_sum_norm(g[..., D:2 * D], eps)
-    v2, b2 = g[..., 2 * D:3 * D], torch.sigmoid(g[..., 3 * D])
-    o, W = delta_rule(q2, k2, v2, b2, initial_state=W0, reset=reset, output_final_state=True, impl=impl)
-    return o.to(q.dtype), (DeltaDeltaState(M, W) if output_final_state else None)
-
-
 def delta_delta(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, *, eps: float = 1e-5,
     initial_state: DeltaDeltaState | tuple | None = None, reset: Tensor | None = None,
@@ -52,8 +35,20 @@ def delta_delta(
     Returns:
         ``(o [B, T, H, D], DeltaDeltaState or None)``.
     """
-    return _delta_delta(q, k, v, beta, eps=eps, initial_state=initial_state, reset=reset,
-                        output_final_state=output_final_state, impl=impl)
+    check_impl("delta_delta", impl)
+    B, T, H, D, P = check_qkv(q, k, v, beta, v_layout="[B, T, H, 3D+1]")
+    if P != 3 * D + 1:
+        raise ValueError(f"v: expected last dim 3D+1 = {3 * D + 1} (level-2 query, key, value and beta), got {P}")
+    reset = check_reset(reset, B, T, q.device)
+    state = check_state_tuple(initial_state, (("M", "[B, H, D, 3D+1]", (B, H, D, P)),
+                                              ("W", "[B, H, D, D]", (B, H, D, D))), q.device)
+    M0, W0 = (None, None) if state is None else state
+    g, M = delta_rule(q, k, v, beta, initial_state=M0, reset=reset, output_final_state=True, impl=impl)
+    g = g.to(M.dtype)
+    q2, k2 = elu_sum_norm(g[..., :D], eps), elu_sum_norm(g[..., D:2 * D], eps)
+    v2, b2 = g[..., 2 * D:3 * D], torch.sigmoid(g[..., 3 * D])
+    o, W = delta_rule(q2, k2, v2, b2, initial_state=W0, reset=reset, output_final_state=True, impl=impl)
+    return o.to(q.dtype), (DeltaDeltaState(M, W) if output_final_state else None)
 
 
 register_composition("delta_delta", of="delta_rule")

@@ -13,12 +13,12 @@ Gates ``g`` in (input i, update u, output o), coupled forget gate ``1 - i``, no 
 
 from __future__ import annotations
 
+from functools import partial
+
 from torch import Tensor
 
-from ..common.checks import check_qkv, check_reset, compute_dtype, refuse_chunk_size
-from ..common.delta import check_recurrent_inputs, check_version, prepare_state
-from ..common.registry import dispatch
-from ..common.spec import FEATURE, SIGMOID, SOFTMAX, VALUE, ArgSpec, OpSpec, register_spec
+from ..common.delta import dispatch_recurrent, prepare_recurrent, recurrent_args
+from ..common.spec import OpSpec, register_spec
 from ..states import DeltaLSTMState
 
 VERSIONS = (1, 2, 3, 4)
@@ -26,21 +26,7 @@ GATES = 3  # input, update, output
 STATE = (("W", "[B, H, G, K, V]"), ("R", "[B, H, G, V, V]"), ("y", "[B, H, V]"), ("c", "[B, H, V]"))
 
 
-def prepare(q, k, v, beta, rk, rv, rbeta, version, initial_state, reset):
-    """Validate a call (before any work) and cast it to the compute dtype:
-    ``((q, k, v, beta, rk, rv, rbeta), (W0, R0, y0, c0), reset)``."""
-    check_version(version, VERSIONS)
-    B, T, H, G, K, V = check_qkv(q, k, v, beta, beta_layout="[B, T, H, 3]", q_layout="[B, T, H, 3, K]",
-                                 v_layout="[B, T, H, 3, V]")
-    if G != GATES:
-        raise ValueError(f"q: expected a gate axis of size 3 (input, update, output) in [B, T, H, 3, K], "
-                         f"got shape {list(q.shape)}")
-    check_recurrent_inputs(rk, rv, rbeta, (B, T, H, G), V, "[B, T, H, 3", q)
-    reset = check_reset(reset, B, T, q.device)
-    state = prepare_state(initial_state, [(n, lay.replace("G", "3")) for n, lay in STATE],
-                          {"B": B, "H": H, "3": G, "K": K, "V": V}, q)
-    dt = compute_dtype(q.dtype)
-    return tuple(x.to(dt) for x in (q, k, v, beta, rk, rv, rbeta)), state, reset
+prepare = partial(prepare_recurrent, versions=VERSIONS, state=STATE, gates=GATES)
 
 
 def delta_lstm(
@@ -62,17 +48,14 @@ def delta_lstm(
     Returns:
         ``(y [B, T, H, V] in q's dtype, DeltaLSTMState or None)``.
     """
-    refuse_chunk_size("delta_lstm", kwargs)
-    return dispatch("delta_lstm", impl, q, k, v, beta, rk, rv, rbeta, version=version, initial_state=initial_state,
-                    reset=reset, output_final_state=output_final_state, **kwargs)
+    return dispatch_recurrent("delta_lstm", impl, q, k, v, beta, rk, rv, rbeta, version=version,
+                              initial_state=initial_state, reset=reset, output_final_state=output_final_state,
+                              **kwargs)
 
 
 SPEC = register_spec(OpSpec(
     "delta_lstm", delta_lstm,
-    args=(ArgSpec("q", "[B, T, H, G, K]", FEATURE), ArgSpec("k", "[B, T, H, G, K]", FEATURE),
-          ArgSpec("v", "[B, T, H, G, V]", VALUE), ArgSpec("beta", "[B, T, H, G]", SIGMOID),
-          ArgSpec("rk", "[B, T, H, G, V]", SOFTMAX), ArgSpec("rv", "[B, T, H, G, V]", VALUE),
-          ArgSpec("rbeta", "[B, T, H, G]", SIGMOID)),
+    args=recurrent_args(", G"),
     state=STATE, state_type=DeltaLSTMState, versions=VERSIONS,
     step_flops=lambda K, V: 3 * (6 * K * V + 6 * V * V),
     flop_model="3 gates x (6*K*V + 6*V*V) per step and head (W^g and R^g per gate)",

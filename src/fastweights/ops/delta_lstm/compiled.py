@@ -37,31 +37,13 @@ from torch import Tensor
 from ..common import numba as nb
 from ..common.checks import check_float_tensor
 from ..common.delta import feed_forward
-from ..common.numba import as_numpy, from_bh_major, np_dtype, to_bh_major
+from ..common.numba import as_numpy, from_bh_major, np_dtype, softmax_into, to_bh_major
 from ..common.registry import register
 from ..common.scan import checkpoint_interval
 from ..states import DeltaLSTMState
 from . import prepare
 
 # ------------------------------------------------------------------------------------------------ kernels
-
-
-@nb.kernel
-def _softmax_into(x, out):
-    """``out = softmax(x)`` over a vector ``[V]`` (max-subtracted, like torch.softmax); ``out`` may be ``x``."""
-    V = x.shape[0]
-    if V == 0:
-        return
-    m = x[0]
-    for v in range(1, V):
-        m = max(m, x[v])
-    s = 0.0
-    for v in range(V):
-        e = np.exp(x[v] - m)
-        out[v] = e
-        s += e
-    for v in range(V):
-        out[v] = out[v] / s
 
 
 @nb.kernel
@@ -124,7 +106,7 @@ def _step(version, Rsrc, Rdst, yprev, cprev, z, rk, rv, rbeta, a, d, gate, cnew,
         for v in range(V):
             a[v] = yprev[v]
     else:
-        _softmax_into(yprev, a)
+        softmax_into(yprev, a)
     for g in range(G):
         Rs, Rd, dg, pg = Rsrc[g], Rdst[g], d[g], gate[g]
         # residual of the write, read with the old matrix; accumulated row by row (key-major R: each row is
@@ -162,7 +144,7 @@ def _step(version, Rsrc, Rdst, yprev, cprev, z, rk, rv, rbeta, a, d, gate, cnew,
         else:
             ynew[v] = o * cn
     if version == 1:
-        _softmax_into(ynew, ynew)
+        softmax_into(ynew, ynew)
 
 
 @nb.kernel

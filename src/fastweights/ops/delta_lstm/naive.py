@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..common.checks import check_float_tensor, keep_mask
+from ..common.delta import col, row
 from ..common.registry import register
 from ..states import DeltaLSTMState
 from . import GATES, prepare
@@ -20,8 +21,6 @@ def delta_lstm_reference(q, k, v, beta, rk, rv, rbeta, *, version=4, initial_sta
     W = [W0[:, :, g].transpose(-1, -2) for g in range(GATES)]
     R = [R0[:, :, g].transpose(-1, -2) for g in range(GATES)]
     keep = keep_mask(reset, q.dtype)
-    col = lambda x: x[..., :, None]  # noqa: E731
-    row = lambda x: x[..., None, :]  # noqa: E731
     outs = []
     for t in range(q.shape[1]):
         if keep is not None:

@@ -32,7 +32,25 @@ from ..delta_rule import delta_rule
 from ..feature_maps import elu_sum_norm
 
 
-def _delta_mlp(h, keys, values, betas, *, norms, eps, initial_state, reset, output_final_state, impl):
+def delta_mlp(
+    h: Tensor, keys: Sequence[Tensor], values: Sequence[Tensor], betas: Sequence[Tensor], *,
+    norms: Sequence[Callable[[Tensor], Tensor]] | None = None, eps: float = 1e-5,
+    initial_state: Sequence[Tensor] | None = None, reset: Tensor | None = None, output_final_state: bool = False,
+    impl: str | None = None,
+) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+    """Delta MLP with ``L = len(keys) // 2`` fast layers.
+
+    Args:
+        h: ``[B, T, H, D]`` raw fast-net input (the slow query, no activation).
+        keys: ``2L`` feature-mapped keys, alternating ``[B, T, H, D]`` (for ``A_l``) and ``[B, T, H, F]`` (``B_l``).
+        values: ``2L`` values, alternating ``[B, T, H, F]`` and ``[B, T, H, D]``. betas: ``2L`` ``[B, T, H]`` in [0, 1].
+        norms: ``L`` callables applied to ``h_l`` before its feature map (the slow LayerNorms), or None.
+        eps: sum-normalisation epsilon. initial_state: ``(A_0 [B,H,D,F], B_0 [B,H,F,D], A_1, ...)`` or None.
+        reset: bool ``[B, T]``. impl: an implementation of :func:`delta_rule` for every fast matrix (``"chunked"``,
+            the default on CPU, or ``"reference"``, ...).
+    Returns:
+        ``(h_L [B, T, H, D], tuple of the 2L final matrices or None)``.
+    """
     check_impl("delta_mlp", impl)
     h = check_float_tensor("h", h)
     check_rank("h", h, "[B, T, H, D]")
@@ -81,29 +99,6 @@ def _delta_mlp(h, keys, values, betas, *, norms, eps, initial_state, reset, outp
         h = c + h
         finals += [A, Bm]
     return h, (tuple(finals) if output_final_state else None)
-
-
-def delta_mlp(
-    h: Tensor, keys: Sequence[Tensor], values: Sequence[Tensor], betas: Sequence[Tensor], *,
-    norms: Sequence[Callable[[Tensor], Tensor]] | None = None, eps: float = 1e-5,
-    initial_state: Sequence[Tensor] | None = None, reset: Tensor | None = None, output_final_state: bool = False,
-    impl: str | None = None,
-) -> tuple[Tensor, tuple[Tensor, ...] | None]:
-    """Delta MLP with ``L = len(keys) // 2`` fast layers.
-
-    Args:
-        h: ``[B, T, H, D]`` raw fast-net input (the slow query, no activation).
-        keys: ``2L`` feature-mapped keys, alternating ``[B, T, H, D]`` (for ``A_l``) and ``[B, T, H, F]`` (``B_l``).
-        values: ``2L`` values, alternating ``[B, T, H, F]`` and ``[B, T, H, D]``. betas: ``2L`` ``[B, T, H]`` in [0, 1].
-        norms: ``L`` callables applied to ``h_l`` before its feature map (the slow LayerNorms), or None.
-        eps: sum-normalisation epsilon. initial_state: ``(A_0 [B,H,D,F], B_0 [B,H,F,D], A_1, ...)`` or None.
-        reset: bool ``[B, T]``. impl: an implementation of :func:`delta_rule` for every fast matrix (``"chunked"``,
-            the default on CPU, or ``"reference"``, ...).
-    Returns:
-        ``(h_L [B, T, H, D], tuple of the 2L final matrices or None)``.
-    """
-    return _delta_mlp(h, keys, values, betas, norms=norms, eps=eps, initial_state=initial_state, reset=reset,
-                      output_final_state=output_final_state, impl=impl)
 
 
 register_composition("delta_mlp", of="delta_rule")

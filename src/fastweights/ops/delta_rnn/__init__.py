@@ -13,28 +13,19 @@ The W part does not depend on y, so every fast implementation runs it with the c
 
 from __future__ import annotations
 
+from functools import partial
+
 from torch import Tensor
 
-from ..common.checks import check_qkv, check_reset, compute_dtype, refuse_chunk_size
-from ..common.delta import check_recurrent_inputs, check_version, prepare_state
-from ..common.registry import dispatch
-from ..common.spec import FEATURE, SIGMOID, SOFTMAX, VALUE, ArgSpec, OpSpec, register_spec
+from ..common.delta import dispatch_recurrent, prepare_recurrent, recurrent_args
+from ..common.spec import OpSpec, register_spec
 from ..states import DeltaRNNState
 
 VERSIONS = (1, 2)
 STATE = (("W", "[B, H, K, V]"), ("R", "[B, H, V, V]"), ("y", "[B, H, V]"))
 
 
-def prepare(q, k, v, beta, rk, rv, rbeta, version, initial_state, reset):
-    """Validate a call (before any work) and cast it to the compute dtype:
-    ``((q, k, v, beta, rk, rv, rbeta), (W0, R0, y0), reset)``."""
-    check_version(version, VERSIONS)
-    B, T, H, K, V = check_qkv(q, k, v, beta)
-    check_recurrent_inputs(rk, rv, rbeta, (B, T, H), V, "[B, T, H", q)
-    reset = check_reset(reset, B, T, q.device)
-    state = prepare_state(initial_state, STATE, {"B": B, "H": H, "K": K, "V": V}, q)
-    dt = compute_dtype(q.dtype)
-    return tuple(x.to(dt) for x in (q, k, v, beta, rk, rv, rbeta)), state, reset
+prepare = partial(prepare_recurrent, versions=VERSIONS, state=STATE)  # (q, ..., rbeta, version, state0, reset)
 
 
 def delta_rnn(
@@ -56,17 +47,14 @@ def delta_rnn(
     Returns:
         ``(y [B, T, H, V] in q's dtype, DeltaRNNState or None)``.
     """
-    refuse_chunk_size("delta_rnn", kwargs)
-    return dispatch("delta_rnn", impl, q, k, v, beta, rk, rv, rbeta, version=version, initial_state=initial_state,
-                    reset=reset, output_final_state=output_final_state, **kwargs)
+    return dispatch_recurrent("delta_rnn", impl, q, k, v, beta, rk, rv, rbeta, version=version,
+                              initial_state=initial_state, reset=reset, output_final_state=output_final_state,
+                              **kwargs)
 
 
 SPEC = register_spec(OpSpec(
     "delta_rnn", delta_rnn,
-    args=(ArgSpec("q", "[B, T, H, K]", FEATURE), ArgSpec("k", "[B, T, H, K]", FEATURE),
-          ArgSpec("v", "[B, T, H, V]", VALUE), ArgSpec("beta", "[B, T, H]", SIGMOID),
-          ArgSpec("rk", "[B, T, H, V]", SOFTMAX), ArgSpec("rv", "[B, T, H, V]", VALUE),
-          ArgSpec("rbeta", "[B, T, H]", SIGMOID)),
+    args=recurrent_args(),
     state=STATE, state_type=DeltaRNNState, versions=VERSIONS, softmax_versions=(1,),  # A.5: v1 softmaxes q, k
     step_flops=lambda K, V: 6 * K * V + 6 * V * V,
     flop_model="6*K*V + 6*V*V per step and head (delta rule on W [K,V] and on R [V,V])",

@@ -36,30 +36,13 @@ from torch import Tensor
 from ..common import numba as nb
 from ..common.checks import check_float_tensor
 from ..common.delta import feed_forward
-from ..common.numba import as_numpy, from_bh_major, to_bh_major
+from ..common.numba import as_numpy, from_bh_major, softmax_into, to_bh_major
 from ..common.registry import register
 from ..common.scan import checkpoint_interval
 from ..states import DeltaRNNState
 from . import prepare
 
 # ------------------------------------------------------------------------------------------------- kernels
-
-
-@nb.kernel
-def _softmax(x, out):
-    """``out = softmax(x)`` over a vector (max-subtracted, as torch.softmax)."""
-    n = x.shape[0]
-    mx = x[0]
-    for i in range(1, n):
-        if x[i] > mx:
-            mx = x[i]
-    tot = 0.0
-    for i in range(n):
-        e = np.exp(x[i] - mx)
-        out[i] = e
-        tot += e
-    for i in range(n):
-        out[i] = out[i] / tot
 
 
 @nb.kernel
@@ -84,7 +67,7 @@ def _step(v2, R, y_prev, m, z, rk, rv, rbeta, d, u, s, y_out):
     for j in range(V):
         y_out[j] = y_prev[j] * m
     if v2:
-        _softmax(y_out, s)
+        softmax_into(y_out, s)
     else:
         for j in range(V):
             s[j] = y_out[j]
@@ -100,7 +83,7 @@ def _step(v2, R, y_prev, m, z, rk, rv, rbeta, d, u, s, y_out):
     for j in range(V):
         y_out[j] = z[j] + y_out[j]
     if not v2:
-        _softmax(y_out, y_out)
+        softmax_into(y_out, y_out)
 
 
 @nb.kernel

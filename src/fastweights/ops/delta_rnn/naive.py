@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..common.checks import check_float_tensor, keep_mask
+from ..common.delta import col, row
 from ..common.registry import register
 from ..states import DeltaRNNState
 from . import prepare
@@ -19,8 +20,6 @@ def delta_rnn_reference(q, k, v, beta, rk, rv, rbeta, *, version=2, initial_stat
         q, k, v, beta, rk, rv, rbeta, version, initial_state, reset)
     W, R = W0.transpose(-1, -2), R0.transpose(-1, -2)
     keep = keep_mask(reset, q.dtype)
-    col = lambda x: x[..., :, None]  # noqa: E731
-    row = lambda x: x[..., None, :]  # noqa: E731
     outs = []
     for t in range(q.shape[1]):
         if keep is not None:

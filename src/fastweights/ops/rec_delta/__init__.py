@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..common.checks import check_float_tensor, check_qkv, check_reset, check_shape, compute_dtype, refuse_chunk_size
-from ..common.delta import prepare_state
-from ..common.registry import dispatch
+from ..common.checks import check_float_tensor, check_qkv, check_reset, check_shape, compute_dtype
+from ..common.delta import dispatch_recurrent, prepare_state
 from ..common.spec import RAW, VALUE, WEIGHT, ArgSpec, OpSpec, register_spec
 from ..states import RecDeltaState
 
@@ -60,9 +59,9 @@ def rec_delta(
     Returns:
         ``(y [B, T, H, D] in q's dtype, RecDeltaState or None)``.
     """
-    refuse_chunk_size("rec_delta", kwargs)
-    return dispatch("rec_delta", impl, q, k, v, beta, rec_q, rec_k, rec_v, rec_beta, initial_state=initial_state,
-                    reset=reset, output_final_state=output_final_state, **kwargs)
+    return dispatch_recurrent("rec_delta", impl, q, k, v, beta, rec_q, rec_k, rec_v, rec_beta,
+                              initial_state=initial_state, reset=reset, output_final_state=output_final_state,
+                              **kwargs)
 
 
 SPEC = register_spec(OpSpec(
