@@ -7,7 +7,7 @@ Every compiled backend takes its decorators (:data:`kernel`, :data:`parallel_ker
 The compiled kernels loop over time inside one machine-code function, parallel over batch x heads
 (``numba.prange``), so the per-step cost is the arithmetic, not ~60 us of Python and dispatch per step.
 They follow the memory rule of the default path: the forward keeps the state at the start of every chunk of
-``chunk_size`` steps; the backward recomputes one chunk at a time from it.
+``checkpoint_every`` steps; the backward recomputes one chunk at a time from it.
 """
 
 from __future__ import annotations

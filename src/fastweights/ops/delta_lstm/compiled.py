@@ -337,34 +337,34 @@ def _backward_kernel(version, C, z, rk, rv, rbeta, keep, cpR, cpy, cpc, gy_out, 
 
 
 @torch.library.custom_op("fastweights::delta_lstm_recurrence", mutates_args=())
-def _recurrence(version: int, chunk_size: int, keep: Tensor, z: Tensor, rk: Tensor, rv: Tensor, rbeta: Tensor,
+def _recurrence(version: int, checkpoint_every: int, keep: Tensor, z: Tensor, rk: Tensor, rv: Tensor, rbeta: Tensor,
                 R0: Tensor, y0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(z, rk, rv [B, T, H, 3, V], rbeta [B, T, H, 3], R0 [B, H, 3, V, V], y0, c0 [B, H, V])``, ``keep [B, T]``
     -> ``(y [B, T, H, V], R_T, y_T, c_T, cpR [B, H, NC, 3, V, V], cpy, cpc [B, H, NC, V])``."""
     B, T, H, G, V = z.shape
     dt = np_dtype(z.dtype)
-    NC = -(-T // chunk_size)
+    NC = -(-T // checkpoint_every)
     arrays = [to_bh_major(x) for x in (z, rk, rv, rbeta)]
     y = np.empty((B, H, T, V), dt)
     R_T, y_T, c_T = np.empty((B, H, G, V, V), dt), np.empty((B, H, V), dt), np.empty((B, H, V), dt)
     cpR, cpy, cpc = np.empty((B, H, NC, G, V, V), dt), np.empty((B, H, NC, V), dt), np.empty((B, H, NC, V), dt)
     nb.sync_threads()
-    _forward_kernel(version, chunk_size, *arrays, as_numpy(keep), *(as_numpy(x) for x in (R0, y0, c0)), y, R_T, y_T,
-                    c_T, cpR, cpy, cpc)
+    _forward_kernel(version, checkpoint_every, *arrays, as_numpy(keep), *(as_numpy(x) for x in (R0, y0, c0)), y,
+                    R_T, y_T, c_T, cpR, cpy, cpc)
     # [B, T, H, V] contiguous, like the other implementations (callers may .view() it)
     return (from_bh_major(y).contiguous(), *(torch.from_numpy(x) for x in (R_T, y_T, c_T, cpR, cpy, cpc)))
 
 
 @_recurrence.register_fake
-def _(version, chunk_size, keep, z, rk, rv, rbeta, R0, y0, c0):
+def _(version, checkpoint_every, keep, z, rk, rv, rbeta, R0, y0, c0):
     B, T, H, G, V = z.shape
-    NC = -(-T // chunk_size)
+    NC = -(-T // checkpoint_every)
     return (z.new_empty(B, T, H, V), z.new_empty(B, H, G, V, V), z.new_empty(B, H, V), z.new_empty(B, H, V),
             z.new_empty(B, H, NC, G, V, V), z.new_empty(B, H, NC, V), z.new_empty(B, H, NC, V))
 
 
 @torch.library.custom_op("fastweights::delta_lstm_recurrence_backward", mutates_args=())
-def _recurrence_backward(version: int, chunk_size: int, keep: Tensor, z: Tensor, rk: Tensor, rv: Tensor,
+def _recurrence_backward(version: int, checkpoint_every: int, keep: Tensor, z: Tensor, rk: Tensor, rv: Tensor,
                          rbeta: Tensor, cpR: Tensor, cpy: Tensor, cpc: Tensor, g_y: Tensor, g_R: Tensor,
                          g_yT: Tensor, g_cT: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The gradients of z, rk, rv, rbeta, R0, y0, c0 from those of y, R_T, y_T, c_T."""
@@ -377,14 +377,14 @@ def _recurrence_backward(version: int, chunk_size: int, keep: Tensor, z: Tensor,
     grbeta = np.empty((B, H, T, G), npdt)
     gR0, gy0, gc0 = np.empty((B, H, G, V, V), npdt), np.empty((B, H, V), npdt), np.empty((B, H, V), npdt)
     nb.sync_threads()
-    _backward_kernel(version, chunk_size, *arrays, as_numpy(keep), cpR.numpy(), cpy.numpy(), cpc.numpy(), gy_out,
+    _backward_kernel(version, checkpoint_every, *arrays, as_numpy(keep), cpR.numpy(), cpy.numpy(), cpc.numpy(), gy_out,
                      *g_final, gz, grk, grv, grbeta, gR0, gy0, gc0)
     return (from_bh_major(gz), from_bh_major(grk), from_bh_major(grv), from_bh_major(grbeta),
             torch.from_numpy(gR0), torch.from_numpy(gy0), torch.from_numpy(gc0))
 
 
 @_recurrence_backward.register_fake
-def _(version, chunk_size, keep, z, rk, rv, rbeta, cpR, cpy, cpc, g_y, g_R, g_yT, g_cT):
+def _(version, checkpoint_every, keep, z, rk, rv, rbeta, cpR, cpy, cpc, g_y, g_R, g_yT, g_cT):
     B, T, H, G, V = z.shape
     # the real gradients are [B, H, T, ...] arrays seen batch-first: the same strides here
     return (*(z.new_empty(B, H, T, G, V).transpose(1, 2) for _ in range(3)), z.new_empty(B, H, T, G).transpose(1, 2),
@@ -392,15 +392,15 @@ def _(version, chunk_size, keep, z, rk, rv, rbeta, cpR, cpy, cpc, g_y, g_R, g_yT
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    version, chunk_size, keep, z, rk, rv, rbeta = inputs[:7]
-    ctx.version, ctx.chunk_size = version, chunk_size
+    version, checkpoint_every, keep, z, rk, rv, rbeta = inputs[:7]
+    ctx.version, ctx.checkpoint_every = version, checkpoint_every
     ctx.save_for_backward(keep, z, rk, rv, rbeta, *output[4:])
 
 
 def _backward(ctx, g_y, g_R, g_yT, g_cT, *_checkpoints):
     keep, z, rk, rv, rbeta, cpR, cpy, cpc = ctx.saved_tensors
-    grads = _recurrence_backward(ctx.version, ctx.chunk_size, keep, z, rk, rv, rbeta, cpR, cpy, cpc, g_y, g_R, g_yT,
-                                 g_cT)
+    grads = _recurrence_backward(ctx.version, ctx.checkpoint_every, keep, z, rk, rv, rbeta, cpR, cpy, cpc, g_y, g_R,
+                                 g_yT, g_cT)
     return (None, None, None, *(g if need else None for g, need in zip(grads, ctx.needs_input_grad[3:])))
 
 

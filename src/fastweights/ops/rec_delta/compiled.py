@@ -266,12 +266,12 @@ def _backward_kernel(q, k, v, b, P, PT, keep, cpW, cpY, C, gout, gWf, gyf,
 
 
 @torch.library.custom_op("fastweights::rec_delta_recurrence", mutates_args=())
-def _recurrence(chunk_size: int, keep: Tensor, q: Tensor, k: Tensor, v: Tensor, b: Tensor, P: Tensor, W0: Tensor,
+def _recurrence(checkpoint_every: int, keep: Tensor, q: Tensor, k: Tensor, v: Tensor, b: Tensor, P: Tensor, W0: Tensor,
                 y0: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(q, k, v [B, T, H, D], b [B, T, H], P [H, 3D + 1, D], W0 [B, H, D, D], y0 [B, H, D])``, ``keep [B, T]``
     -> ``(y [B, T, H, D], W_T, y_T, cpW [B, H, NC, D, D], cpY [B, H, NC, D])``."""
     B, T, H, D = q.shape
-    C = chunk_size
+    C = checkpoint_every
     NC = math.ceil(T / C)
     dt = np_dtype(q.dtype)
     PT = np.ascontiguousarray(as_numpy(P).transpose(0, 2, 1))
@@ -287,15 +287,15 @@ def _recurrence(chunk_size: int, keep: Tensor, q: Tensor, k: Tensor, v: Tensor, 
 
 
 @_recurrence.register_fake
-def _(chunk_size, keep, q, k, v, b, P, W0, y0):
+def _(checkpoint_every, keep, q, k, v, b, P, W0, y0):
     B, T, H, D = q.shape
-    NC = math.ceil(T / chunk_size)
+    NC = math.ceil(T / checkpoint_every)
     return (q.new_empty(B, H, T, D).transpose(1, 2), q.new_empty(B, H, D, D), q.new_empty(B, H, D),
             q.new_empty(B, H, NC, D, D), q.new_empty(B, H, NC, D))
 
 
 @torch.library.custom_op("fastweights::rec_delta_recurrence_backward", mutates_args=())
-def _recurrence_backward(chunk_size: int, keep: Tensor, q: Tensor, k: Tensor, v: Tensor, b: Tensor, P: Tensor,
+def _recurrence_backward(checkpoint_every: int, keep: Tensor, q: Tensor, k: Tensor, v: Tensor, b: Tensor, P: Tensor,
                          cpW: Tensor, cpY: Tensor, g_out: Tensor, g_W: Tensor, g_y: Tensor
                          ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The gradients of q, k, v, b, P, W0, y0 from those of y, W_T, y_T."""
@@ -312,14 +312,14 @@ def _recurrence_backward(chunk_size: int, keep: Tensor, q: Tensor, k: Tensor, v:
     gy0 = np.empty((B, H, D), dt)
     nb.sync_threads()
     _backward_kernel(to_bh_major(q), to_bh_major(k), to_bh_major(v), to_bh_major(b), Pn, PT, as_numpy(keep),
-                     cpW.numpy(), cpY.numpy(), chunk_size, to_bh_major(g_out.to(q.dtype)), as_numpy(g_W.to(q.dtype)),
-                     as_numpy(g_y.to(q.dtype)), gq, gk, gv, gb, gP, gW0, gy0)
+                     cpW.numpy(), cpY.numpy(), checkpoint_every, to_bh_major(g_out.to(q.dtype)),
+                     as_numpy(g_W.to(q.dtype)), as_numpy(g_y.to(q.dtype)), gq, gk, gv, gb, gP, gW0, gy0)
     return (from_bh_major(gq), from_bh_major(gk), from_bh_major(gv), from_bh_major(gb),
             torch.from_numpy(gP.sum(axis=0)), torch.from_numpy(gW0), torch.from_numpy(gy0))
 
 
 @_recurrence_backward.register_fake
-def _(chunk_size, keep, q, k, v, b, P, cpW, cpY, g_out, g_W, g_y):
+def _(checkpoint_every, keep, q, k, v, b, P, cpW, cpY, g_out, g_W, g_y):
     B, T, H, D = q.shape
     # the real gradients are [B, H, T, ...] arrays seen batch-first: the same strides here
     return (*(q.new_empty(B, H, T, D).transpose(1, 2) for _ in range(3)), q.new_empty(B, H, T).transpose(1, 2),
@@ -327,14 +327,14 @@ def _(chunk_size, keep, q, k, v, b, P, cpW, cpY, g_out, g_W, g_y):
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    chunk_size, keep, q, k, v, b, P = inputs[:7]
-    ctx.chunk_size = chunk_size
+    checkpoint_every, keep, q, k, v, b, P = inputs[:7]
+    ctx.checkpoint_every = checkpoint_every
     ctx.save_for_backward(keep, q, k, v, b, P, output[3], output[4])
 
 
 def _backward(ctx, g_out, g_W, g_y, _g_cpW, _g_cpY):
     keep, q, k, v, b, P, cpW, cpY = ctx.saved_tensors
-    grads = _recurrence_backward(ctx.chunk_size, keep, q, k, v, b, P, cpW, cpY, g_out, g_W, g_y)
+    grads = _recurrence_backward(ctx.checkpoint_every, keep, q, k, v, b, P, cpW, cpY, g_out, g_W, g_y)
     return (None, None, *(g if need else None for g, need in zip(grads, ctx.needs_input_grad[2:])))
 
 
