@@ -96,8 +96,9 @@ def prepare_recurrent(q, k, v, beta, rk, rv, rbeta, version, initial_state, rese
     (B, T, H), (K, V) = shape[:3], shape[-2:]
     check_recurrent_inputs(rk, rv, rbeta, tuple(shape[:-2]), V, f"[B, T, H{g}", q)
     reset = check_reset(reset, B, T, q.device)
-    fields = [(name, layout.replace("G", str(gates))) for name, layout in state]
-    prepared = prepare_state(initial_state, fields, {"B": B, "H": H, str(gates): gates, "K": K, "V": V}, q)
+    # the gate axis is written "3" in messages, as the arguments' layouts write it
+    fields = [(name, layout.replace("G", "3")) for name, layout in state] if gates else state
+    prepared = prepare_state(initial_state, fields, {"B": B, "H": H, "3": gates, "K": K, "V": V}, q)
     dt = compute_dtype(q.dtype)
     return tuple(x.to(dt) for x in (q, k, v, beta, rk, rv, rbeta)), prepared, reset
 
@@ -133,6 +134,8 @@ def feed_forward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, W0: Tensor, rese
 
     B, T, H = q.shape[:3]
     gates, K, V = tuple(q.shape[3:-1]), q.shape[-1], v.shape[-1]
+    if not gates:  # nothing to fold (the reshapes would cost a decoding step ~10% of its time)
+        return delta_rule(q, k, v, beta, initial_state=W0, reset=reset, output_final_state=True, impl=impl)
     n = H
     for g in gates:
         n *= g

@@ -14,6 +14,7 @@ and ``P`` (``3D+1``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,9 +40,14 @@ class ArgSpec:
         return layout_shape(self.layout, dims)
 
 
+@functools.cache
+def _axes(layout: str) -> tuple[str, ...]:
+    return tuple(a.strip() for a in layout.strip("[]").split(","))
+
+
 def layout_shape(layout: str, dims: dict[str, int]) -> tuple[int, ...]:
     """``"[B, H, K, V]"`` with ``dims`` -> the shape."""
-    return tuple(dims[a.strip()] for a in layout.strip("[]").split(","))
+    return tuple(dims[a] for a in _axes(layout))
 
 
 def example_dims(B: int, T: int, H: int, K: int, V: int) -> dict[str, int]:
