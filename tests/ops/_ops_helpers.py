@@ -1,10 +1,10 @@
 """Shared helpers for the op tests: activated random inputs per op, one uniform call, error metrics.
 
-Every op is described by an :class:`OpCase`. :func:`make_inputs` builds realistic, already-activated
-inputs (feature-mapped queries/keys, sigmoid betas, softmaxed recurrent keys; raw inputs for
-``rec_delta`` and the ``h`` of ``delta_mlp``) as a flat list of tensors with their argument names, plus a
-random initial state. :func:`call` runs an op from such a flat list and always returns the final state as a
-tuple of tensors (or None).
+Every op is described by an :class:`OpCase` (an op's :class:`~fastweights.ops.OpSpec` plus the variant tested).
+:func:`make_inputs` builds realistic, already-activated inputs from the spec (feature-mapped queries/keys, sigmoid
+betas, softmaxed recurrent keys; raw inputs for ``rec_delta`` and the ``h`` of ``delta_mlp``) as a flat list of
+tensors with their argument names, plus a random initial state. :func:`call` runs an op from such a flat list
+and always returns the final state as a tuple of tensors (or None).
 
 ``K`` is the key size and ``V`` the value size of an op's fast matrix. Square ops use ``K`` only
 (``rec_delta``: D = K; ``delta_delta``: D = K, level-1 value 3D+1); ``delta_mlp`` uses D = K and the fast
@@ -35,17 +35,21 @@ class OpCase:
     version: int | None = None
     depth: int = 1  # delta_mlp: number of fast layers
     norms: bool = False  # delta_mlp: apply a (weightless) LayerNorm before each fast layer
-    chunk_kwarg: bool = True  # the default implementation takes chunk_size=
+    chunk_kwarg: bool = True  # the default implementation takes chunk_size= (checkpoint_every= if recurrent)
     square: bool = False  # the op needs K == V
     recurrent: bool = False  # nonlinear recurrence (checkpointed scan by default)
 
     @property
+    def spec(self) -> ops.OpSpec:
+        return ops.SPECS[self.op]
+
+    @property
     def fn(self):
-        return getattr(ops, self.op)
+        return self.spec.fn
 
     @property
     def single_state(self) -> bool:
-        return self.op in ("sum_rule", "delta_rule")
+        return self.spec.state_type is None and not self.spec.layered
 
     def __str__(self) -> str:
         return self.id
@@ -64,6 +68,12 @@ MLP2 = OpCase("delta_mlp_L2", "delta_mlp", depth=2, norms=True, chunk_kwarg=Fals
 ALL_CASES = [SUM, DELTA, RNN1, RNN2, *LSTM.values(), REC, DD, MLP1, MLP2]
 RECURRENT_CASES = [c for c in ALL_CASES if c.recurrent]
 CHUNK_KWARG_CASES = [c for c in ALL_CASES if c.chunk_kwarg]
+
+
+def interval_kw(case: OpCase, n: object) -> dict[str, object]:
+    """The default implementation's interval argument: ``chunk_size`` (parallel chunk width of the sum/delta rule) or
+    ``checkpoint_every`` (steps between stored states of a recurrent op)."""
+    return {("checkpoint_every" if case.spec.checkpointed else "chunk_size"): n}
 
 
 def case_params(cases: Sequence[OpCase]):
@@ -89,57 +99,16 @@ def make_inputs(
     The state is float64 for float64 inputs and float32 otherwise (what an op returns as its final state).
     """
     g = torch.Generator().manual_seed(seed)
-    fm = ops.elu_sum_norm
-    sig = torch.sigmoid
+    spec = case.spec
 
-    def sm(x):
-        return torch.softmax(x, dim=-1)
+    def rand(*shape: int) -> Tensor:
+        return _randn(g, *shape)
 
-    if case.op in ("sum_rule", "delta_rule"):
-        names = ["q", "k", "v"] + (["beta"] if case.op == "delta_rule" else [])
-        xs = [fm(_randn(g, B, T, H, K)), fm(_randn(g, B, T, H, K)), value_scale * _randn(g, B, T, H, V)]
-        if case.op == "delta_rule":
-            xs.append(sig(_randn(g, B, T, H)))
-        st_names, st = ["initial_state"], [_randn(g, B, H, K, V)]
-    elif case.op == "delta_rnn":
-        qk_map = sm if case.version == 1 else fm  # paper.md A.5: v1 uses softmax queries/keys
-        names = ["q", "k", "v", "beta", "rk", "rv", "rbeta"]
-        xs = [qk_map(_randn(g, B, T, H, K)), qk_map(_randn(g, B, T, H, K)), value_scale * _randn(g, B, T, H, V),
-              sig(_randn(g, B, T, H)), sm(_randn(g, B, T, H, V)), value_scale * _randn(g, B, T, H, V),
-              sig(_randn(g, B, T, H))]
-        st_names = ["initial_state.W", "initial_state.R", "initial_state.y"]
-        st = [_randn(g, B, H, K, V), _randn(g, B, H, V, V), _randn(g, B, H, V)]
-    elif case.op == "delta_lstm":
-        names = ["q", "k", "v", "beta", "rk", "rv", "rbeta"]
-        xs = [fm(_randn(g, B, T, H, 3, K)), fm(_randn(g, B, T, H, 3, K)), value_scale * _randn(g, B, T, H, 3, V),
-              sig(_randn(g, B, T, H, 3)), sm(_randn(g, B, T, H, 3, V)), value_scale * _randn(g, B, T, H, 3, V),
-              sig(_randn(g, B, T, H, 3))]
-        st_names = ["initial_state.W", "initial_state.R", "initial_state.y", "initial_state.c"]
-        st = [_randn(g, B, H, 3, K, V), _randn(g, B, H, 3, V, V), _randn(g, B, H, V), _randn(g, B, H, V)]
-    elif case.op == "rec_delta":
-        D = K
-        names = ["q", "k", "v", "beta", "rec_q", "rec_k", "rec_v", "rec_beta"]
-        xs = [_randn(g, B, T, H, D), _randn(g, B, T, H, D), value_scale * _randn(g, B, T, H, D), _randn(g, B, T, H),
-              *(_randn(g, H, D, D) / D**0.5 for _ in range(3)), _randn(g, H, D) / D**0.5]
-        st_names, st = ["initial_state.W", "initial_state.y"], [_randn(g, B, H, D, D), _randn(g, B, H, D)]
-    elif case.op == "delta_delta":
-        D = K
-        names = ["q", "k", "v", "beta"]
-        xs = [fm(_randn(g, B, T, H, D)), fm(_randn(g, B, T, H, D)), value_scale * _randn(g, B, T, H, 3 * D + 1),
-              sig(_randn(g, B, T, H))]
-        st_names, st = ["initial_state.M", "initial_state.W"], [_randn(g, B, H, D, 3 * D + 1), _randn(g, B, H, D, D)]
-    elif case.op == "delta_mlp":
-        D, Fh, L2 = K, V, 2 * case.depth
-        names = ["h", *(f"keys[{i}]" for i in range(L2)), *(f"values[{i}]" for i in range(L2)),
-                 *(f"betas[{i}]" for i in range(L2))]
-        xs = [_randn(g, B, T, H, D)]
-        xs += [fm(_randn(g, B, T, H, (D, Fh)[i % 2])) for i in range(L2)]
-        xs += [value_scale * _randn(g, B, T, H, (Fh, D)[i % 2]) for i in range(L2)]
-        xs += [sig(_randn(g, B, T, H)) for _ in range(L2)]
-        st_names = [f"initial_state.{'AB'[i % 2]}{i // 2}" for i in range(L2)]
-        st = [_randn(g, B, H, *((D, Fh), (Fh, D))[i % 2]) for i in range(L2)]
-    else:  # pragma: no cover
-        raise AssertionError(case.op)
+    xs = spec.example_inputs(rand, B, T, H, K, V, version=case.version, value_scale=value_scale, depth=case.depth)
+    st = spec.example_state(rand, B, H, K, V, depth=case.depth)
+    names = [a.name for a in spec.arg_specs(case.depth)]
+    st_names = (["initial_state"] if spec.state_type is None and not spec.layered else
+                [f"initial_state.{n}" for n, _ in spec.state_specs(case.depth)])
     state_dtype = F64 if dtype == F64 else torch.float32
     xs = [x.to(dtype) for x in xs]
     st = [(state_scale * s).to(state_dtype) for s in st]
@@ -184,16 +153,10 @@ def call(case: OpCase, xs: Sequence[Tensor], state: Sequence[Tensor] | None = No
         init = state
     else:
         init = state[0] if case.single_state else tuple(state)
-    if case.op == "delta_mlp":
-        L2 = 2 * case.depth
-        h, keys, values, betas = xs[0], xs[1:1 + L2], xs[1 + L2:1 + 2 * L2], xs[1 + 2 * L2:]
-        if case.norms:
-            kwargs.setdefault("norms", [layer_norm] * case.depth)
-        out, fin = ops.delta_mlp(h, list(keys), list(values), list(betas), initial_state=init, reset=reset,
-                                 output_final_state=output_final_state, impl=impl, **kwargs)
-    else:
-        out, fin = case.fn(*xs, initial_state=init, reset=reset, output_final_state=output_final_state, impl=impl,
-                           **kwargs)
+    if case.norms:
+        kwargs.setdefault("norms", [layer_norm] * case.depth)
+    out, fin = case.spec.call(xs, depth=case.depth, initial_state=init, reset=reset,
+                              output_final_state=output_final_state, impl=impl, **kwargs)
     if fin is None:
         return out, None
     return out, ((fin,) if isinstance(fin, Tensor) else tuple(fin))

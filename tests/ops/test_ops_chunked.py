@@ -9,7 +9,7 @@ import pytest
 import torch
 from _ops_helpers import DELTA, SUM, case_params, compare_runs, make_inputs, make_reset, run_with_grads
 
-from fastweights.ops._chunked import _unit_lower_inverse, resolve_chunk_size
+from fastweights.ops.common.chunked import _unit_lower_inverse, resolve_chunk_size
 
 TOL = 1e-9
 

@@ -31,9 +31,9 @@ from _ops_helpers import (
     standard_reset,
 )
 
-import fastweights.ops.delta_lstm_compiled as compiled_mod
 from fastweights import ops
-from fastweights.ops._registry import resolve
+from fastweights.ops.common.registry import resolve
+from fastweights.ops.delta_lstm import compiled as compiled_mod
 
 F64 = torch.float64
 TOL = 1e-9
@@ -52,7 +52,7 @@ def _chunk_sizes(T: int) -> list[int | None]:
 @pytest.mark.parametrize("T", [1, 2, 63, 64, 65, 100])
 @pytest.mark.parametrize("version", VERSIONS)
 def test_matches_reference(version, T):
-    """Random initial state; resets at t = 0, mid-sequence, at chunk boundaries (3, 63: of chunk_size 3;
+    """Random initial state; resets at t = 0, mid-sequence, at chunk boundaries (3, 63: of checkpoint_every 3;
     16: the default chunk here; 64: the chunked delta rule's chunk) and at the last step."""
     case = LSTM[version]
     names, xs, st_names, st = make_inputs(case, T=T, **SHAPE, seed=10 * T + version)
@@ -61,7 +61,7 @@ def test_matches_reference(version, T):
     for impl in ("compiled", "checkpointed"):
         # (T and T + 5 are the same single chunk for the checkpointed scan; the compiled buffers differ)
         for cs in _chunk_sizes(T) if impl == "compiled" else _chunk_sizes(T)[:-1]:
-            kw = {} if cs is None else {"chunk_size": cs}
+            kw = {} if cs is None else {"checkpoint_every": cs}
             got = run_with_grads(case, xs, st, reset, impl=impl, **kw)
             compare_runs(case, got, ref, TOL, names, st_names)
 
@@ -71,7 +71,7 @@ def test_matches_reference_zero_state_no_reset(version):
     """The ``initial_state=None, reset=None`` path (zeros; v2-v4 read a uniform softmax at t = 0)."""
     case, T = LSTM[version], 40
     names, xs, st_names, _ = make_inputs(case, T=T, **SHAPE, seed=7)
-    got = run_with_grads(case, xs, None, None, impl="compiled", chunk_size=16)
+    got = run_with_grads(case, xs, None, None, impl="compiled", checkpoint_every=16)
     ref = run_with_grads(case, xs, None, None, impl="reference")
     compare_runs(case, got, ref, TOL, names, st_names)
 
@@ -79,7 +79,7 @@ def test_matches_reference_zero_state_no_reset(version):
 @pytest.mark.parametrize("version", VERSIONS)
 def test_gradcheck(version):
     """Finite differences of every input and initial-state component, through the output and every
-    final-state component; chunk_size 2 over T = 3 (a ragged last chunk) and a reset on its boundary, which
+    final-state component; checkpoint_every 2 over T = 3 (a ragged last chunk) and a reset on its boundary, which
     the initial state reaches before (resets inside a chunk: see test_matches_reference)."""
     case = LSTM[version]
     _, xs, _, st = make_inputs(case, B=1, T=3, H=1, K=2, V=3, seed=17)
@@ -88,7 +88,7 @@ def test_gradcheck(version):
     n = len(xs)
 
     def fn(*ts):
-        out, fin = call(case, list(ts[:n]), list(ts[n:]), reset, impl="compiled", chunk_size=2)
+        out, fin = call(case, list(ts[:n]), list(ts[n:]), reset, impl="compiled", checkpoint_every=2)
         return (out, *fin)
 
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
@@ -115,13 +115,14 @@ def test_bfloat16_inputs_run_and_return_bfloat16():
     case = LSTM[4]
     _, xs, _, st = make_inputs(case, T=20, **SHAPE, dtype=torch.bfloat16)
     xs = [x.requires_grad_() for x in xs]
-    out, fin = call(case, xs, st, standard_reset(2, 20), impl="compiled", chunk_size=6)
+    out, fin = call(case, xs, st, standard_reset(2, 20), impl="compiled", checkpoint_every=6)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
     assert all(f.dtype == torch.float32 for f in fin)  # the state is kept in float32
     (out.float().sum() + sum(f.sum() for f in fin)).backward()
     assert all(x.grad is not None and x.grad.dtype == torch.bfloat16 for x in xs)
     # equals float32 compute on the same rounded inputs, rounded once at the end
-    ref, _ = call(case, [x.detach().float() for x in xs], st, standard_reset(2, 20), impl="compiled", chunk_size=6)
+    ref, _ = call(case, [x.detach().float() for x in xs], st, standard_reset(2, 20), impl="compiled",
+                  checkpoint_every=6)
     assert torch.equal(out, ref.to(torch.bfloat16))
 
 
@@ -134,9 +135,9 @@ def test_reset_equals_two_independent_runs(version):
     case, T, k = LSTM[version], 23, 9
     _, xs, _, st = make_inputs(case, T=T, **SHAPE, seed=5)
     reset = make_reset(2, T, [(0, k), (1, k)])
-    out, fin = call(case, xs, st, reset, impl="compiled", chunk_size=4)
-    out1, _ = call(case, [x[:, :k] for x in xs], st, impl="compiled", chunk_size=4)
-    out2, fin2 = call(case, [x[:, k:] for x in xs], None, impl="compiled", chunk_size=4)
+    out, fin = call(case, xs, st, reset, impl="compiled", checkpoint_every=4)
+    out1, _ = call(case, [x[:, :k] for x in xs], st, impl="compiled", checkpoint_every=4)
+    out2, fin2 = call(case, [x[:, k:] for x in xs], None, impl="compiled", checkpoint_every=4)
     assert_rel_close(out, torch.cat([out1, out2], dim=1), 1e-12, "output")
     for a, b in zip(fin, fin2):
         assert_rel_close(a, b, 1e-12, "final state")
@@ -151,7 +152,7 @@ def test_inputs_not_mutated():
     st = [s.requires_grad_() for s in st]
     reset = standard_reset(2, T, boundaries=(8, 16))
     before = [t.detach().clone() for t in [*xs, *st, reset]]
-    out, fin = call(case, xs, st, reset, impl="compiled", chunk_size=8)
+    out, fin = call(case, xs, st, reset, impl="compiled", checkpoint_every=8)
     outs = [out, *fin]
     sum((w * t).sum() for w, t in zip(loss_weights(outs), outs)).backward()
     for i, (b, a) in enumerate(zip(before, [*xs, *st, reset])):
@@ -165,14 +166,14 @@ def test_inputs_not_mutated():
 
 def test_auto_selects_compiled_on_cpu():
     q = torch.zeros(1, 2, 1, 3, 2)
-    assert resolve("delta_lstm", None, q) is compiled_mod.delta_lstm_compiled
+    assert resolve("delta_lstm", None, q).fn is compiled_mod.delta_lstm_compiled
     assert ops.available_implementations()["delta_lstm"][0] == "compiled"
 
 
 def test_errors_match_checkpointed():
     case = LSTM[2]
     _, xs, _, st = make_inputs(case, T=3, **SHAPE)
-    for kwargs in ({"chunk_size": 0}, {"chunk_size": 2.0}, {"version": 5}):
+    for kwargs in ({"checkpoint_every": 0}, {"checkpoint_every": 2.0}, {"version": 5}):
         messages = []
         for impl in ("compiled", "checkpointed"):
             with pytest.raises(ValueError) as err:

@@ -25,9 +25,9 @@ from _ops_helpers import (
     run_with_grads,
 )
 
-import fastweights.ops.delta_rnn_compiled as drc
 from fastweights import ops
-from fastweights.ops._registry import resolve
+from fastweights.ops.common.registry import resolve
+from fastweights.ops.delta_rnn import compiled as drc
 
 CASES = {1: RNN1, 2: RNN2}
 B, H, K, V = 3, 2, 3, 4
@@ -57,8 +57,8 @@ def test_matches_reference_float64(version, T, impl):
     case = CASES[version]
     names, xs, st_names, st = _inputs(version, T)
     ref = _reference(version, T)
-    for chunk_size in sorted({1, 3, T, T + 5}):
-        got = run_with_grads(case, xs, st, _reset(T), impl=impl, chunk_size=chunk_size)
+    for checkpoint_every in sorted({1, 3, T, T + 5}):
+        got = run_with_grads(case, xs, st, _reset(T), impl=impl, checkpoint_every=checkpoint_every)
         compare_runs(case, got, ref, 1e-9, names, st_names)
     if impl == "compiled":  # the default chunk size (16 here) and no reset at all
         compare_runs(case, run_with_grads(case, xs, st, _reset(T), impl=impl), ref, 1e-9, names, st_names)
@@ -70,12 +70,12 @@ def test_matches_reference_float64(version, T, impl):
 def test_gradcheck(version):
     case = CASES[version]
     _, xs, _, st = make_inputs(case, B=2, T=5, H=1, K=2, V=3, seed=17)
-    reset = make_reset(2, 5, [(0, 2), (1, 3)])  # on a chunk boundary (chunk_size=2) and inside a chunk
+    reset = make_reset(2, 5, [(0, 2), (1, 3)])  # on a chunk boundary (checkpoint_every=2) and inside a chunk
     leaves = tuple(x.clone().requires_grad_() for x in [*xs, *st])
     n = len(xs)
 
     def fn(*ts):
-        out, fin = call(case, list(ts[:n]), list(ts[n:]), reset, impl="compiled", chunk_size=2)
+        out, fin = call(case, list(ts[:n]), list(ts[n:]), reset, impl="compiled", checkpoint_every=2)
         return (out, *fin)
 
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
@@ -97,7 +97,7 @@ def test_bfloat16_runs_and_returns_bfloat16(version):
     case = CASES[version]
     _, xs, _, st = make_inputs(case, B=2, T=9, H=2, K=3, V=4, dtype=torch.bfloat16, seed=3)
     leaves = [x.clone().requires_grad_() for x in xs]
-    out, fin = call(case, leaves, st, make_reset(2, 9, [(1, 4)]), impl="compiled", chunk_size=4)
+    out, fin = call(case, leaves, st, make_reset(2, 9, [(1, 4)]), impl="compiled", checkpoint_every=4)
     assert out.dtype == torch.bfloat16 and all(f.dtype == torch.float32 for f in fin)
     out.float().sum().backward()
     assert all(x.grad is not None and x.grad.dtype == torch.bfloat16 and torch.isfinite(x.grad).all()
@@ -111,9 +111,9 @@ def test_reset_equals_two_independent_runs(version):
     case, T, k = CASES[version], 11, 6
     _, xs, _, st = make_inputs(case, B=2, T=T, H=2, K=3, V=4, seed=9)
     reset = make_reset(2, T, [(0, k), (1, k)])
-    out, fin = call(case, xs, st, reset, impl="compiled", chunk_size=4)
-    out_a, _ = call(case, [x[:, :k] for x in xs], st, None, impl="compiled", chunk_size=4)
-    out_b, fin_b = call(case, [x[:, k:] for x in xs], None, None, impl="compiled", chunk_size=4)
+    out, fin = call(case, xs, st, reset, impl="compiled", checkpoint_every=4)
+    out_a, _ = call(case, [x[:, :k] for x in xs], st, None, impl="compiled", checkpoint_every=4)
+    out_b, fin_b = call(case, [x[:, k:] for x in xs], None, None, impl="compiled", checkpoint_every=4)
     torch.testing.assert_close(out, torch.cat([out_a, out_b], dim=1), rtol=1e-12, atol=1e-12)
     for a, e in zip(fin, fin_b):
         torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
@@ -124,7 +124,7 @@ def test_inputs_not_mutated(version):
     case = CASES[version]
     _, xs, _, st = make_inputs(case, B=2, T=7, H=2, K=3, V=4, seed=4)
     before = [t.clone() for t in [*xs, *st]]
-    run_with_grads(case, xs, st, make_reset(2, 7, [(0, 0), (1, 3)]), impl="compiled", chunk_size=3)
+    run_with_grads(case, xs, st, make_reset(2, 7, [(0, 0), (1, 3)]), impl="compiled", checkpoint_every=3)
     for a, e in zip([*xs, *st], before):
         assert torch.equal(a, e)
 
@@ -132,7 +132,7 @@ def test_inputs_not_mutated(version):
 def test_auto_selects_compiled_on_cpu():
     assert ops.available_implementations()["delta_rnn"][0] == "compiled"
     _, xs, _, st = make_inputs(RNN2, B=2, T=5, H=2, K=3, V=4)
-    assert resolve("delta_rnn", None, xs[0]) is drc.delta_rnn_compiled
+    assert resolve("delta_rnn", None, xs[0]).fn is drc.delta_rnn_compiled
     out, fin = call(RNN2, xs, st, impl=None)
     out_c, fin_c = call(RNN2, xs, st, impl="compiled")
     assert torch.equal(out, out_c) and all(torch.equal(a, e) for a, e in zip(fin, fin_c))
@@ -147,12 +147,12 @@ def test_no_grad_and_no_final_state():
     assert_rel_close(out, ref, 1e-12, "output")
 
 
-@pytest.mark.parametrize("chunk_size", [0, -2, 1.5, True])
-def test_chunk_size_errors_match_checkpointed(chunk_size):
+@pytest.mark.parametrize("checkpoint_every", [0, -2, 1.5, True])
+def test_checkpoint_every_errors_match_checkpointed(checkpoint_every):
     _, xs, _, _ = make_inputs(RNN2, B=1, T=3, H=1, K=2, V=2)
     messages = []
     for impl in ("checkpointed", "compiled"):
-        with pytest.raises(ValueError, match="chunk_size") as err:
-            ops.delta_rnn(*xs, impl=impl, chunk_size=chunk_size)
+        with pytest.raises(ValueError, match="checkpoint_every") as err:
+            ops.delta_rnn(*xs, impl=impl, checkpoint_every=checkpoint_every)
         messages.append(str(err.value))
     assert messages[0] == messages[1]

@@ -19,6 +19,7 @@ from _ops_helpers import (
     call,
     case_params,
     compare_runs,
+    interval_kw,
     make_inputs,
     make_reset,
     run_with_grads,
@@ -85,11 +86,11 @@ def test_chunked_matches_reference_for_every_remainder(case, T):
 @pytest.mark.parametrize("T", [1, 10])
 @pytest.mark.parametrize("case", case_params(CHUNK_KWARG_CASES))
 def test_chunk_size_sweep_matches_reference(case, T, chunk):
-    """chunk_size 1, 3, T and > T for the chunked rules and the checkpointed scans."""
+    """chunk_size (the chunked rules) / checkpoint_every (the checkpointed scans) 1, 3, T and > T."""
     chunk_size = {"T": T, "T+5": T + 5}.get(chunk, chunk)
     names, xs, st_names, st = make_inputs(case, T=T, **_shape(case), seed=200 + T)
     reset = make_reset(2, T, [(0, 3), (1, 6)])
-    got = run_with_grads(case, xs, st, reset, chunk_size=chunk_size)
+    got = run_with_grads(case, xs, st, reset, **interval_kw(case, chunk_size))
     ref = run_with_grads(case, xs, st, reset, impl="reference")
     compare_runs(case, got, ref, TOL, names, st_names)
 
@@ -119,7 +120,7 @@ def test_reset_equals_two_independent_runs(case, k):
     """A reset at step k (in batch 0 only) == a run over [0, k) from the initial state followed by an
     independent run over [k, T) from zero state; batch 1 (no reset) == a plain run."""
     T = 20
-    kw = {"chunk_size": 8} if case.chunk_kwarg else {}  # k = 8 is then a chunk boundary
+    kw = interval_kw(case, 8) if case.chunk_kwarg else {}  # k = 8 is then a chunk boundary
     names, xs, st_names, st = make_inputs(case, T=T, **_shape(case), seed=k)
     reset = make_reset(2, T, [(0, k)])
     out, fin = call(case, xs, st, reset, **kw)
@@ -156,7 +157,7 @@ def test_carrying_the_final_state_equals_one_long_run(case):
     """Running [0, k) and then [k, T) from the returned final state equals one run over [0, T)
     (segment-wise processing / carry-over), including gradients of the first segment's inputs."""
     T, k = 21, 13
-    kw = {"chunk_size": 8} if case.chunk_kwarg else {}
+    kw = interval_kw(case, 8) if case.chunk_kwarg else {}
     names, xs, st_names, st = make_inputs(case, T=T, **_shape(case), seed=11)
     leaves = [x.clone().requires_grad_() for x in xs]
     out, fin = call(case, leaves, st, None, **kw)
@@ -179,7 +180,7 @@ def test_strided_inputs_and_batch_expanded_initial_state(case):
     """Inputs as strided views (as produced by splitting a fused projection) and an initial state expanded
     over the batch from one learned state (stride 0): same results and gradients as contiguous tensors."""
     T = 20
-    kw = {"chunk_size": 8} if case.chunk_kwarg else {}
+    kw = interval_kw(case, 8) if case.chunk_kwarg else {}
     names, xs, st_names, st = make_inputs(case, T=T, **_shape(case), seed=4)
     strided = []
     for n, x in zip(names, xs):

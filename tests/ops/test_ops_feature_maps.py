@@ -17,7 +17,7 @@ from fastweights.ops import (
     softmax,
     sum_norm,
 )
-from fastweights.ops._compiled import NUMBA_AVAILABLE
+from fastweights.ops.common.numba import NUMBA_AVAILABLE
 
 HALF = [pytest.param(torch.float16, id="fp16"), pytest.param(torch.bfloat16, id="bf16")]
 ALL_FLOATS = [*HALF, pytest.param(torch.float32, id="fp32"), pytest.param(torch.float64, id="fp64")]

@@ -1,15 +1,15 @@
 """``torch.autograd.gradcheck`` of every op on tiny float64 shapes, with an initial state and resets.
 
 Gradients are checked w.r.t. every input (including ``rec_delta``'s slow recurrent matrices) and every
-initial-state component, for the output and every final-state component. The chunked rules and the
-checkpointed scans get ``chunk_size=2`` so that T = 5 spans several chunks (and a ragged last one).
+initial-state component, for the output and every final-state component. The chunked rules get ``chunk_size=2``
+and the checkpointed scans ``checkpoint_every=2`` so that T = 5 spans several chunks (and a ragged last one).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from _ops_helpers import ALL_CASES, DELTA, SUM, call, case_params, make_inputs, make_reset
+from _ops_helpers import ALL_CASES, DELTA, SUM, call, case_params, interval_kw, make_inputs, make_reset
 
 B, T, H, K, V = 2, 5, 2, 2, 3
 
@@ -19,7 +19,7 @@ def _gradcheck(case, impl):
                                           V=3 if case.square else V, seed=17)
     # batch 0: reset on a chunk boundary; batch 1: inside a chunk (initial state still reaches both)
     reset = make_reset(B, T, [(0, 2), (1, 3)])
-    kw = {"chunk_size": 2} if case.chunk_kwarg and impl is None else {}
+    kw = interval_kw(case, 2) if case.chunk_kwarg and impl is None else {}
     leaves = tuple(x.clone().requires_grad_() for x in [*xs, *st])
     n = len(xs)
 

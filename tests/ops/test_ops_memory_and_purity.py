@@ -14,12 +14,13 @@ from _ops_helpers import (
     RNN2,
     call,
     case_params,
+    interval_kw,
     loss_weights,
     make_inputs,
     standard_reset,
 )
 
-from fastweights.ops._scan import default_chunk_size
+from fastweights.ops.common.scan import default_checkpoint_every
 
 # --------------------------------------------------------------------------------------------- purity
 
@@ -30,7 +31,7 @@ def test_no_in_place_mutation(case, impl):
     """Inputs, initial state and reset are bit-identical after forward + backward; the outputs and the
     final state share no memory with them (so writing into a returned state cannot corrupt an input)."""
     T = 19
-    kw = {"chunk_size": 8} if case.chunk_kwarg and impl is None else {}
+    kw = interval_kw(case, 8) if case.chunk_kwarg and impl is None else {}
     names, xs, st_names, st = make_inputs(case, T=T, K=3, V=3 if case.square else 4)
     reset = standard_reset(2, T, boundaries=(8, 16))
     xs = [x.requires_grad_() for x in xs]
@@ -81,7 +82,7 @@ def test_saved_activation_memory_is_linear_in_T_D(case):
     st = [s.requires_grad_() for s in st]
     input_bytes = sum(x.numel() * x.element_size() for x in xs)
     state_bytes = sum(s.numel() * s.element_size() for s in st)
-    n_checkpoints = math.ceil(T / default_chunk_size(T)) + 1
+    n_checkpoints = math.ceil(T / default_checkpoint_every(T)) + 1
     chunk_matrices = 0 if case.op == "rec_delta" else 8 * G * T * H * C * 4
     bound = 8 * input_bytes + chunk_matrices + n_checkpoints * state_bytes
 

@@ -26,24 +26,24 @@ from _ops_helpers import (
 
 pytest.importorskip("numba")
 
-import fastweights.ops.rec_delta_compiled as rdc
 from fastweights import ops
-from fastweights.ops._registry import available_implementations, resolve
+from fastweights.ops.common.registry import available_implementations, resolve
+from fastweights.ops.rec_delta import compiled as rdc
 
 TOL = 1e-9
 B, H, D = 2, 2, 3
-CHUNKS = ("default", 1, 3, "T", "T+7")  # chunk_size: None, 1, 3, T and longer than T
+CHUNKS = ("default", 1, 3, "T", "T+7")  # checkpoint_every: None, 1, 3, T and longer than T
 
 
 def _chunk_kw(chunk, T: int) -> dict:
     size = {"default": None, "T": T, "T+7": T + 7}.get(chunk, chunk)
-    return {} if size is None else {"chunk_size": size}
+    return {} if size is None else {"checkpoint_every": size}
 
 
 @functools.cache
 def _case(T: int):
     """Inputs with a random initial state; resets at t = 0 and mid-sequence (batch 0), at chunk boundaries
-    (3 and 63 for chunk_size 3, 16 and 64 for the default 16 and for 1) and at the last step (batch 1)."""
+    (3 and 63 for checkpoint_every 3, 16 and 64 for the default 16 and for 1) and at the last step (batch 1)."""
     names, xs, st_names, st = make_inputs(REC, B=B, T=T, H=H, K=D, seed=100 + T)
     reset = standard_reset(B, T, boundaries=(3, 16, 63, 64))
     ref = run_with_grads(REC, xs, st, reset, impl="reference")
@@ -64,7 +64,7 @@ def test_matches_reference(T, impl):
 def test_matches_reference_zero_state_no_reset(impl):
     T = 40
     names, xs, st_names, _ = make_inputs(REC, B=B, T=T, H=H, K=D, seed=5)
-    got = run_with_grads(REC, xs, None, None, impl=impl, chunk_size=16)
+    got = run_with_grads(REC, xs, None, None, impl=impl, checkpoint_every=16)
     ref = run_with_grads(REC, xs, None, None, impl="reference")
     compare_runs(REC, got, ref, TOL, names, st_names)
 
@@ -75,7 +75,7 @@ def test_gradcheck():
     leaves = tuple(x.clone().requires_grad_() for x in [*xs, *st])
 
     def fn(*ts):
-        out, fin = call(REC, list(ts[:8]), list(ts[8:]), reset, impl="compiled", chunk_size=2)
+        out, fin = call(REC, list(ts[:8]), list(ts[8:]), reset, impl="compiled", checkpoint_every=2)
         return (out, *fin)
 
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
@@ -110,7 +110,7 @@ def test_float32_slow_matrices_with_float64_inputs():
     """The slow matrices may stay float32 parameters: their gradients come back in float32."""
     names, xs, _, st = make_inputs(REC, B=2, T=9, H=2, K=3, seed=6)
     mixed = [x.float() if n.startswith("rec_") else x for n, x in zip(names, xs)]
-    got = run_with_grads(REC, mixed, st, None, impl="compiled", chunk_size=4)
+    got = run_with_grads(REC, mixed, st, None, impl="compiled", checkpoint_every=4)
     assert got[0].dtype == F64
     assert [g.dtype for g in got[2]] == [x.dtype for x in mixed]
     ref = run_with_grads(REC, [x.to(F64) for x in mixed], st, None, impl="reference")
@@ -120,12 +120,12 @@ def test_float32_slow_matrices_with_float64_inputs():
 @pytest.mark.parametrize("k", [0, 5, 9])
 def test_reset_equals_two_independent_runs(k):
     """A reset at k in every row == a run over [0, k) from the initial state, then one over [k, T) from zeros:
-    outputs, final state, and the gradients of every input and of the initial state (chunk_size 5: k = 5 is a
+    outputs, final state, and the gradients of every input and of the initial state (checkpoint_every 5: k = 5 is a
     chunk boundary, k = 9 is not)."""
     T = 14
     names, xs, st_names, st = make_inputs(REC, B=B, T=T, H=H, K=D, seed=k)
     reset = make_reset(B, T, [(b, k) for b in range(B)])
-    got = run_with_grads(REC, xs, st, reset, impl="compiled", chunk_size=5)
+    got = run_with_grads(REC, xs, st, reset, impl="compiled", checkpoint_every=5)
     w_out, w_W, w_y = loss_weights([got[0], *got[1]])
 
     leaves = [x.clone().requires_grad_() for x in xs]
@@ -134,10 +134,10 @@ def test_reset_equals_two_independent_runs(k):
     loss = 0.0
     outs = []
     if k > 0:
-        out_a, _ = call(REC, [x[:, :k] for x in per_step] + shared, st_leaves, impl="compiled", chunk_size=5)
+        out_a, _ = call(REC, [x[:, :k] for x in per_step] + shared, st_leaves, impl="compiled", checkpoint_every=5)
         loss = loss + (w_out[:, :k] * out_a).sum()
         outs.append(out_a)
-    out_b, (W_b, y_b) = call(REC, [x[:, k:] for x in per_step] + shared, None, impl="compiled", chunk_size=5)
+    out_b, (W_b, y_b) = call(REC, [x[:, k:] for x in per_step] + shared, None, impl="compiled", checkpoint_every=5)
     loss = loss + (w_out[:, k:] * out_b).sum() + (w_W * W_b).sum() + (w_y * y_b).sum()
     outs.append(out_b)
     grads = torch.autograd.grad(loss, leaves + st_leaves, allow_unused=True)
@@ -159,7 +159,7 @@ def test_inputs_not_mutated(T):
     xs = [x.requires_grad_() for x in xs]
     st = [s.requires_grad_() for s in st]
     before = [t.detach().clone() for t in [*xs, *st, reset]]
-    out, fin = call(REC, xs, st, reset, impl="compiled", chunk_size=8)
+    out, fin = call(REC, xs, st, reset, impl="compiled", checkpoint_every=8)
     outs = [out, *fin]
     sum((w * t).sum() for w, t in zip(loss_weights(outs), outs)).backward()
     for name, b, a in zip([*names, *st_names, "reset"], before, [*xs, *st, reset]):
@@ -174,9 +174,9 @@ def test_threads_give_bit_identical_results():
     parameters' gradient is reduced over b after the parallel loop (no races, deterministic order)."""
     _, xs, _, st = make_inputs(REC, B=4, T=30, H=3, K=D, seed=11)
     reset = standard_reset(4, 30, boundaries=(7,))
-    one = run_with_grads(REC, xs, st, reset, impl="compiled", chunk_size=7)
+    one = run_with_grads(REC, xs, st, reset, impl="compiled", checkpoint_every=7)
     torch.set_num_threads(2)  # the autouse fixture restores the thread count
-    two = run_with_grads(REC, xs, st, reset, impl="compiled", chunk_size=7)
+    two = run_with_grads(REC, xs, st, reset, impl="compiled", checkpoint_every=7)
     for a, e in zip([one[0], *one[1], *one[2], *one[3]], [two[0], *two[1], *two[2], *two[3]]):
         assert torch.equal(a, e)
 
@@ -198,14 +198,14 @@ def test_partial_input_grads():
 
 def test_auto_selects_compiled_on_cpu():
     _, xs, _, _ = make_inputs(REC, B=1, T=2, H=1, K=2)
-    assert resolve("rec_delta", None, xs[0]) is rdc.rec_delta_compiled
-    assert resolve("rec_delta", "auto", xs[0]) is rdc.rec_delta_compiled
+    assert resolve("rec_delta", None, xs[0]).fn is rdc.rec_delta_compiled
+    assert resolve("rec_delta", "auto", xs[0]).fn is rdc.rec_delta_compiled
     assert available_implementations()["rec_delta"][0] == "compiled"
 
 
 def test_errors_match_checkpointed():
     _, xs, _, st = make_inputs(REC, B=B, T=4, H=H, K=D)
-    for kw in ({"chunk_size": 0}, {"chunk_size": 2.0}, {"chunk_size": True}):
+    for kw in ({"checkpoint_every": 0}, {"checkpoint_every": 2.0}, {"checkpoint_every": True}):
         with pytest.raises(ValueError) as e1:
             call(REC, xs, st, impl="compiled", **kw)
         with pytest.raises(ValueError) as e2:

@@ -183,7 +183,7 @@ def test_recurrent_resets_state_and_ragged_checkpoints(case):
     and on a checkpoint boundary; gradients of every input, the recurrent weights (RDN) and the initial state."""
     B, T = 2, 11
     _check(case, B, T, 1, 5, 5 if case.square else 6, reset=make_reset(B, T, [(0, 4), (1, 0), (1, 8)]),
-           chunk_size=4)
+           checkpoint_every=4)
 
 
 @needs_triton
@@ -193,7 +193,7 @@ def test_recurrent_resets_state_and_ragged_checkpoints(case):
     pytest.param(REC, torch.bfloat16, id="rec_delta-bf16"),
 ])
 def test_recurrent_half_precision(case, dtype):
-    _check(case, 2, 9, 1, 16, 16, dtype=dtype, reset=make_reset(2, 9, [(1, 5)]), chunk_size=4,
+    _check(case, 2, 9, 1, 16, 16, dtype=dtype, reset=make_reset(2, 9, [(1, 5)]), checkpoint_every=4,
            tol_out=TOL_HALF_OUT, tol_grad=TOL_HALF_GRAD)
 
 

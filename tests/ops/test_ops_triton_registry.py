@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fastweights import ops
-from fastweights.ops import _registry
+from fastweights.ops.common import registry as _registry
 from fastweights.ops.triton import _support
 
 TRITON_OPS = ("sum_rule", "delta_rule", "delta_rnn", "delta_lstm", "rec_delta", "delta_delta", "delta_mlp")
@@ -28,14 +28,16 @@ def _impl(tag):
 
 @pytest.fixture
 def fake(monkeypatch):
-    """A fake op: ``accel`` (meta tensors only, refuses everything: "its library is missing"), ``cpu_fast`` (CPU
-    only, accepts CPU tensors unless ``state['cpu_ok']`` is False) and ``generic`` (every device)."""
+    """A fake op: ``accel`` (meta tensors only, never available: "its library is missing"), ``cpu_fast`` (CPU
+    only, available unless ``state['cpu_ok']`` is False) and ``generic`` (every device)."""
     state = {"cpu_ok": True}
     impls = {
-        "accel": _registry.Implementation(_impl("accel"), 30, lambda q: False, "its library is missing", ("meta",)),
-        "cpu_fast": _registry.Implementation(_impl("cpu_fast"), 20, lambda q: state["cpu_ok"] and
-                                             q.device.type == "cpu", "numba is not installed", ("cpu",)),
-        "generic": _registry.Implementation(_impl("generic"), 10, None, None),
+        "accel": _registry.Implementation("fake_op", "accel", _impl("accel"), 30,
+                                          available=lambda: "its library is missing", devices=("meta",)),
+        "cpu_fast": _registry.Implementation("fake_op", "cpu_fast", _impl("cpu_fast"), 20,
+                                             available=lambda: None if state["cpu_ok"] else "numba is not installed",
+                                             devices=("cpu",)),
+        "generic": _registry.Implementation("fake_op", "generic", _impl("generic"), 10),
     }
     monkeypatch.setitem(_registry.IMPLEMENTATIONS, "fake_op", impls)
     monkeypatch.setattr(_registry, "_NOTICED", set())
@@ -91,9 +93,10 @@ def test_register_keeps_devices():
 
 @pytest.mark.parametrize("op", TRITON_OPS)
 def test_triton_is_registered_for_cuda_first(op):
-    entry = _registry.IMPLEMENTATIONS[op]["triton"]
+    base = _registry.COMPOSITIONS.get(op, op)  # a composition passes impl="triton" to the delta rule
+    entry = _registry.IMPLEMENTATIONS[base]["triton"]
     assert entry.devices == ("cuda",) and entry.priority > max(
-        e.priority for name, e in _registry.IMPLEMENTATIONS[op].items() if name != "triton")
+        e.priority for name, e in _registry.IMPLEMENTATIONS[base].items() if name != "triton")
     assert ops.available_implementations("cuda")[op][0] == "triton"
     assert "triton" not in ops.available_implementations("cpu")[op]
     assert "compiled" not in ops.available_implementations("cuda")[op]
@@ -102,11 +105,11 @@ def test_triton_is_registered_for_cuda_first(op):
 def test_triton_never_chosen_or_noticed_for_cpu_tensors(monkeypatch):
     monkeypatch.setattr(_registry, "_NOTICED", set())
     q = torch.zeros(1, 2, 1, 4)
-    assert not _support.supports_triton(q)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for op in ("sum_rule", "delta_rule"):
-            assert _registry.resolve(op, None, q) is _registry.IMPLEMENTATIONS[op]["chunked"].fn
+            assert not _registry.IMPLEMENTATIONS[op]["triton"].meant_for(q.device.type)
+            assert _registry.resolve(op, None, q, q, q) is _registry.IMPLEMENTATIONS[op]["chunked"]
 
 
 def test_triton_missing_is_reported_for_cuda_inputs(monkeypatch):
@@ -115,10 +118,48 @@ def test_triton_missing_is_reported_for_cuda_inputs(monkeypatch):
     monkeypatch.setattr(_support, "_available", False)
     entry = _registry.IMPLEMENTATIONS["delta_rule"]["triton"]
     monkeypatch.setattr(entry, "devices", ("meta",))
-    monkeypatch.setattr(entry, "supports", lambda q: q.device.type == "meta" and _support.triton_available())
     with pytest.warns(UserWarning, match=r"delta_rule uses the 'chunked' implementation because triton is not "
                                          r"installed \(pip install 'fastweights\[triton\]'\)"):
         _registry.resolve("delta_rule", None, torch.zeros(1, device="meta"))
+
+
+@pytest.fixture
+def partial(monkeypatch):
+    """A fake op whose fast ``kern`` (``covers_all=False``) takes heads up to 4 and declines float64 as a choice."""
+    from fastweights.ops.triton import FLOAT64
+
+    def supports(q, *args, **kwargs):
+        if q.dtype == torch.float64:
+            return FLOAT64
+        return f"it takes heads up to 4, got {q.shape[-1]}" if q.shape[-1] > 4 else None
+
+    impls = {"kern": _registry.Implementation("fake_op", "kern", _impl("kern"), 30, supports, covers_all=False),
+             "generic": _registry.Implementation("fake_op", "generic", _impl("generic"), 10)}
+    monkeypatch.setitem(_registry.IMPLEMENTATIONS, "fake_op", impls)
+    monkeypatch.setattr(_registry, "_NOTICED", set())
+
+
+@pytest.mark.parametrize("impl", [None, "kern"])
+def test_supports_sees_the_call_and_the_registry_falls_back(partial, impl):
+    """The one fallback mechanism: a refused call goes to the next implementation with a one-time notice, also for an
+    explicit impl= of a partial kernel; a Choice refusal (float64) falls back silently."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _registry.resolve("fake_op", impl, torch.zeros(2, 4)).name == "kern"
+        assert _registry.resolve("fake_op", impl, torch.zeros(2, 4, dtype=torch.float64)).name == "generic"
+    with pytest.warns(UserWarning, match=r"^fastweights: fake_op uses the 'generic' implementation because it takes "
+                                         r"heads up to 4, got 8 \(the 'kern' one is faster\)$"):
+        assert _registry.resolve("fake_op", impl, torch.zeros(2, 8)).name == "generic"
+
+
+def test_triton_supports_refuse_float64_and_large_heads():
+    from fastweights.ops.triton import FLOAT64, supports_linear, supports_recurrent
+
+    q = torch.zeros(1, 2, 1, 4)
+    assert supports_linear(q, q, q) is None and supports_recurrent(q, q, q) is None
+    assert supports_linear(q.double(), q, q) is FLOAT64
+    assert "key sizes up to 256, got 512" in supports_linear(torch.zeros(1, 2, 1, 512), q, q)
+    assert "head sizes up to 128, got 256" in supports_recurrent(q, q, torch.zeros(1, 2, 1, 256))
 
 
 def test_interpreting_flag(monkeypatch):

@@ -13,9 +13,11 @@ from _ops_helpers import (
     LSTM,
     MLP2,
     REC,
+    RECURRENT_CASES,
     RNN2,
     call,
     case_params,
+    interval_kw,
     make_inputs,
 )
 
@@ -293,9 +295,18 @@ def test_version_is_checked_by_every_implementation(op, impl):
 @pytest.mark.parametrize("chunk_size", [0, -1, 2.5, True, "8"], ids=repr)
 @pytest.mark.parametrize("case", case_params(CHUNK_KWARG_CASES))
 def test_invalid_chunk_size(case, chunk_size):
-    """chunk_size must be a positive int, for the chunked rules and the checkpointed scans alike."""
+    """chunk_size (the chunked rules) and checkpoint_every (the checkpointed scans) must be positive ints."""
     _, xs, _, st = _inputs(case)
-    raises(ValueError, lambda: call(case, xs, st, chunk_size=chunk_size), "chunk_size:", repr(chunk_size))
+    (name,) = interval_kw(case, chunk_size)
+    raises(ValueError, lambda: call(case, xs, st, **interval_kw(case, chunk_size)), f"{name}:", repr(chunk_size))
+
+
+@pytest.mark.parametrize("impl", [None, "reference"])
+@pytest.mark.parametrize("case", case_params(RECURRENT_CASES))
+def test_chunk_size_of_a_recurrent_op_is_refused_with_the_new_name(case, impl):
+    """The recurrent ops' checkpoint interval was once called chunk_size; that use is refused, naming the new key."""
+    _, xs, _, st = _inputs(case)
+    raises(TypeError, lambda: call(case, xs, st, impl=impl, chunk_size=8), "chunk_size:", "checkpoint_every=")
 
 
 def test_delta_mlp_list_arguments():

@@ -26,33 +26,19 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import torch
 
-from ..ops import feature_maps as fm
+from ..ops import SPECS
 from ..train.progress import Progress
 
-OPS = ("sum_rule", "delta_rule", "delta_rnn", "delta_lstm", "rec_delta")
+OPS = tuple(name for name, spec in SPECS.items() if spec.step_flops is not None)  # the recurrences, not compositions
 
 
 def make_inputs(op: str, B: int, T: int, H: int, D: int, seed: int = 0) -> tuple[list[torch.Tensor], list]:
-    """Activated random inputs of ``op`` (leaf tensors requiring grad) and the op's positional args."""
+    """Raw random inputs of ``op`` (leaf tensors requiring grad) and the op's positional args made from them by
+    the activations of its spec (so the activations are part of the graph)."""
     g = torch.Generator().manual_seed(seed)
-    rand = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    G = (3,) if op == "delta_lstm" else ()
-    if op == "rec_delta":
-        leaves = [rand(B, T, H, D), rand(B, T, H, D), rand(B, T, H, D), rand(B, T, H),
-                  rand(H, D, D) / D**0.5, rand(H, D, D) / D**0.5, rand(H, D, D) / D**0.5, rand(H, D) / D**0.5]
-        leaves = [x.requires_grad_() for x in leaves]
-        return leaves, leaves
-    leaves = [rand(B, T, H, *G, D) for _ in range(3)] + [rand(B, T, H, *G)]
-    if op in ("delta_rnn", "delta_lstm"):
-        leaves += [rand(B, T, H, *G, D), rand(B, T, H, *G, D), rand(B, T, H, *G)]
-    leaves = [x.requires_grad_() for x in leaves]
-    q, k, v, b = leaves[:4]
-    args = [fm.elu_sum_norm(q), fm.elu_sum_norm(k), v, torch.sigmoid(b)]
-    if op in ("delta_rnn", "delta_lstm"):
-        args += [fm.softmax(leaves[4]), leaves[5], torch.sigmoid(leaves[6])]
-    if op == "sum_rule":
-        args = args[:3]
-    return leaves, args
+    spec = SPECS[op]
+    leaves = [x.requires_grad_() for x in spec.example_raw(lambda *s: torch.randn(*s, generator=g), B, T, H, D, D)]
+    return leaves, spec.activate(leaves)
 
 
 def _vm_hwm() -> int | None:
@@ -84,15 +70,9 @@ def _peak_rss() -> int:
     return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def measure(op: str, impl: str, B: int, T: int, H: int, D: int) -> dict:
-    """Forward+backward of ``op`` in this process; returns ``saved`` and ``peak`` bytes."""
-    import fastweights.ops as ops
-
-    fn = getattr(ops, op)
-    # warm-up: the first call loads kernels and thread pools, which must not count as the op's memory
-    _, warm = make_inputs(op, 1, 3, 1, 4)
-    fn(*warm, impl=impl)[0].sum().backward()
-    _, args = make_inputs(op, B, T, H, D)
+def _saved_and_peak(forward) -> tuple[int, int]:
+    """Run ``forward()`` (returning the output) and the backward of its squared sum; returns ``(bytes of the
+    distinct storages autograd saved, peak resident memory growth)``."""
     storages: dict[int, int] = {}  # views of one storage (slices, transposes) count once
 
     def pack(t: torch.Tensor):
@@ -102,11 +82,21 @@ def measure(op: str, impl: str, B: int, T: int, H: int, D: int) -> dict:
 
     before = _peak_rss_start()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out, _ = fn(*args, impl=impl)
+        out = forward()
     out.square().sum().backward()
-    after = _peak_rss()
-    return {"op": op, "impl": impl, "shape": {"B": B, "T": T, "H": H, "D": D}, "saved_bytes": sum(storages.values()),
-            "peak_bytes": after - before}
+    return sum(storages.values()), _peak_rss() - before
+
+
+def measure(op: str, impl: str, B: int, T: int, H: int, D: int) -> dict:
+    """Forward+backward of ``op`` in this process; returns ``saved`` and ``peak`` bytes."""
+    fn = SPECS[op].fn
+    # warm-up: the first call loads kernels and thread pools, which must not count as the op's memory
+    _, warm = make_inputs(op, 1, 3, 1, 4)
+    fn(*warm, impl=impl)[0].sum().backward()
+    _, args = make_inputs(op, B, T, H, D)
+    saved, peak = _saved_and_peak(lambda: fn(*args, impl=impl)[0])
+    return {"op": op, "impl": impl, "shape": {"B": B, "T": T, "H": H, "D": D}, "saved_bytes": saved,
+            "peak_bytes": peak}
 
 
 def measure_layer(name: str, impl: str | None, B: int, T: int, H: int, D: int, seed: int = 0) -> dict:
@@ -119,20 +109,9 @@ def measure_layer(name: str, impl: str | None, B: int, T: int, H: int, D: int, s
     layer(torch.randn(1, 3, H * D))[0].sum().backward()  # warm-up, as in measure
     layer.zero_grad(set_to_none=True)
     x = torch.randn(B, T, H * D, generator=torch.Generator().manual_seed(seed + 1)).requires_grad_()
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor):
-        st = t.untyped_storage()
-        storages[st.data_ptr()] = st.nbytes()
-        return t
-
-    before = _peak_rss_start()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out, _ = layer(x)
-    out.square().sum().backward()
-    after = _peak_rss()
-    return {"layer": name, "impl": impl, "shape": {"B": B, "T": T, "H": H, "D": D},
-            "saved_bytes": sum(storages.values()), "peak_bytes": after - before}
+    saved, peak = _saved_and_peak(lambda: layer(x)[0])
+    return {"layer": name, "impl": impl, "shape": {"B": B, "T": T, "H": H, "D": D}, "saved_bytes": saved,
+            "peak_bytes": peak}
 
 
 def _in_fresh_interpreter(call: str, threads: int | None) -> dict:

@@ -73,6 +73,7 @@ from datetime import datetime
 import torch
 from torch import Tensor, nn
 
+from ..ops import SPECS
 from ..train.progress import Progress
 from . import memory
 from .memory import OPS, make_inputs, run_isolated, run_isolated_layer
@@ -84,14 +85,8 @@ SHAPES: dict[str, tuple[int, int, int, int]] = {
     "lm": (4, 2048, 8, 64),
 }
 DEFAULT_SHAPES = ("tiny", "paper", "lm")
-# the layers benchmarked and the op each runs (its implementation is what impl= picks)
-LAYER_OPS: dict[str, str] = {
-    "delta_net": "delta_rule",
-    "delta_rnn": "delta_rnn",
-    "delta_lstm": "delta_lstm",
-    "rdn": "rec_delta",
-    "linear_transformer": "sum_rule",
-}
+# the layers benchmarked and the op each runs (its implementation is what impl= picks), from the ops' specs
+LAYER_OPS: dict[str, str] = {spec.bench_layer: name for name, spec in SPECS.items() if spec.bench_layer}
 NAIVE = "reference"
 PREFIX_STEPS = 128  # steps of the prefix whose naive forward+backward estimates the full call
 MAX_CALLS = 1000  # cap on calls per timed repeat (tiny shapes take ~0.1 ms)
@@ -106,26 +101,14 @@ PEAK_MIN_BYTES = 16 * 2**20  # naive-loop states below this: no peak-RSS measure
 
 
 def step_flops(op: str, K: int, V: int) -> int:
-    """Forward FLOPs of the recurrent form of ``op`` per time step and head (see the module docstring)."""
-    per_op = {
-        "sum_rule": 4 * K * V,
-        "delta_rule": 6 * K * V,
-        "delta_rnn": 6 * K * V + 6 * V * V,
-        "delta_lstm": 3 * (6 * K * V + 6 * V * V),
-        "rec_delta": 10 * K * V + 2 * V * V,
-    }
-    if op not in per_op:
-        raise ValueError(f"op: no FLOP model for {op!r}; expected one of {sorted(per_op)}")
-    return per_op[op]
+    """Forward FLOPs of the recurrent form of ``op`` per time step and head (the op's spec; module docstring)."""
+    spec = SPECS.get(op)
+    if spec is None or spec.step_flops is None:
+        raise ValueError(f"op: no FLOP model for {op!r}; expected one of {sorted(FLOP_MODEL)}")
+    return spec.step_flops(K, V)
 
 
-FLOP_MODEL = {
-    "sum_rule": "4*K*V per step and head (write k v^T, read S^T q)",
-    "delta_rule": "6*K*V per step and head (read S^T k, rank-1 write, read S^T q)",
-    "delta_rnn": "6*K*V + 6*V*V per step and head (delta rule on W [K,V] and on R [V,V])",
-    "delta_lstm": "3 gates x (6*K*V + 6*V*V) per step and head (W^g and R^g per gate)",
-    "rec_delta": "10*K*V + 2*V*V per step and head (R_q a, R_k a, R_v a, then the delta rule)",
-}
+FLOP_MODEL = {name: spec.flop_model for name, spec in SPECS.items() if spec.flop_model is not None}
 
 
 def op_flops(op: str, B: int, T: int, H: int, D: int) -> int:
@@ -259,14 +242,12 @@ def measure_peaks(head_dims: list[int], when: str, min_time: float) -> dict[str,
 Calls = tuple[Callable[[], Tensor], Callable[[], Tensor]]  # (forward, forward_backward)
 
 
-def op_calls(op: str, impl: str | None, B: int, T: int, H: int, D: int) -> tuple[Calls, Tensor]:
-    """The forward and forward+backward closures of ``op`` on ``[B, T, H, D]`` inputs, and its ``q``."""
-    import fastweights.ops as ops
-
+def op_calls(op: str, impl: str | None, B: int, T: int, H: int, D: int) -> tuple[Calls, list[Tensor]]:
+    """The forward and forward+backward closures of ``op`` on ``[B, T, H, D]`` inputs, and its arguments."""
     _, args = make_inputs(op, B, T, H, D)
     # the feature maps of make_inputs stay outside the timing: the activated inputs become the leaves
     leaves = [a.detach().requires_grad_() for a in args]
-    fn = getattr(ops, op)
+    fn = SPECS[op].fn
 
     def forward() -> Tensor:
         with torch.no_grad():
@@ -279,7 +260,7 @@ def op_calls(op: str, impl: str | None, B: int, T: int, H: int, D: int) -> tuple
         out.square().sum().backward()
         return out
 
-    return (forward, forward_backward), leaves[0]
+    return (forward, forward_backward), leaves
 
 
 def build_bench_layer(name: str, impl: str | None, H: int, D: int, seed: int = 0) -> nn.Module:
@@ -335,16 +316,15 @@ def time_steps(name: str, B: int, H: int, D: int, repeat: int, min_time: float) 
     return {side: min(t) for side, t in times.items()}
 
 
-def resolved_impl(op: str, q: Tensor) -> tuple[str, list[str]]:
-    """The name of the implementation ``impl=None`` runs for ``op`` on inputs like ``q``, and any fallback
-    notice that resolving it raised."""
-    from ..ops import _registry
+def resolved_impl(op: str, args: list[Tensor]) -> tuple[str, list[str]]:
+    """The name of the implementation ``impl=None`` runs for ``op`` on ``args`` (its positional arguments), and
+    any fallback notice that resolving it raised."""
+    from ..ops.common.registry import resolve
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fn = _registry.resolve(op, None, q)
-    names = [name for name, entry in _registry.IMPLEMENTATIONS[op].items() if entry.fn is fn]
-    return (names[0] if names else getattr(fn, "__name__", "?")), [str(w.message) for w in caught]
+        name = resolve(op, None, *args).name
+    return name, [str(w.message) for w in caught]
 
 
 def bench_case(kind: str, name: str, shape: str, B: int, T: int, H: int, D: int, *, repeat: int,
@@ -352,14 +332,14 @@ def bench_case(kind: str, name: str, shape: str, B: int, T: int, H: int, D: int,
     """Time the naive and the default implementation of one op or layer at one shape (see module doc)."""
     op = name if kind == "op" else LAYER_OPS[name]
 
-    def calls(impl: str | None, steps: int) -> tuple[Calls, Tensor]:
+    def calls(impl: str | None, steps: int) -> tuple[Calls, list[Tensor]]:
         if kind == "op":
             return op_calls(op, impl, B, steps, H, D)
-        return layer_calls(name, impl, B, steps, H, D), torch.zeros(1)
+        return layer_calls(name, impl, B, steps, H, D), [torch.zeros(1)]  # a CPU tensor: what a layer gets
 
     notes: list[str] = []
-    (d_f, d_fb), q = calls(None, T)
-    impl_name, notices = resolved_impl(op, q)
+    (d_f, d_fb), args = calls(None, T)
+    impl_name, notices = resolved_impl(op, args)
     notes += notices
     flops = op_flops(op, B, T, H, D)
     if kind == "layer":
@@ -676,7 +656,7 @@ def _run(ops: list[str], layers: list[str], shapes: list[tuple[str, tuple[int, i
     torch_threads = torch.get_num_threads()
     numba_threads = None
     if "numba" in sys.modules:  # only when a compiled implementation loaded it
-        from ..ops._compiled import sync_threads
+        from ..ops.common.numba import sync_threads
 
         sync_threads()  # asking numba starts its OpenMP pool, which would reset torch's thread count
         numba_threads = sys.modules["numba"].get_num_threads()

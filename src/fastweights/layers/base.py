@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from fastweights.ops import feature_maps as fm
-from fastweights.ops._common import check_reset
+from fastweights.ops.common import check_reset
 
 # Names accepted by the ``feature_map`` option of the layers that allow a choice (paper.md A.2, A.10).
 FEATURE_MAP_NAMES = ("elu1_sum_norm", "elu1", "softmax", "dpfp", "favor")
@@ -219,9 +219,12 @@ class FastWeightLayer(SequenceLayer):
     """``x -> slow_net (bias-free Linear) -> per-head pieces -> fast net -> [x 1/sqrt(d)] -> out_proj``.
 
     Subclasses set ``piece_size`` (projection width per head, or the total width through
-    ``slow_net_width``) and implement ``_fast(p, state, reset)`` mapping the projection ``p [B, T, P]`` to
-    the per-head output ``o [B, T, H, d]`` and the final state.
+    ``slow_net_width``) and ``op`` (the :mod:`fastweights.ops` recurrence they run, whose spec gives the state's
+    layout) and implement ``_fast(p, state, reset)`` mapping the projection ``p [B, T, P]`` to the per-head output
+    ``o [B, T, H, d]`` and the final state.
     """
+
+    op: str  # the name of the op in fastweights.ops.SPECS
 
     def __init__(self, d_model: int, num_heads: int, head_dim: int | None, *, slow_net_width: int,
                  output_scale: bool = False, impl: str | None = None) -> None:
@@ -256,6 +259,21 @@ class FastWeightLayer(SequenceLayer):
                     ) -> tuple[torch.device | str, torch.dtype]:
         pdev, pdt = self._param_device_dtype()
         return (pdev if device is None else device), state_dtype(pdt if dtype is None else dtype)
+
+    def _state_sizes(self) -> tuple[int, int, int]:
+        """``(K, V, depth)`` of the op's state: key and value size of its fast matrices, number of fast layers."""
+        return self.head_dim, self.head_dim, 1
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None,
+                      dtype: torch.dtype | None = None) -> Any:
+        """The op's zero state for ``batch_size`` sequences, laid out as ``fastweights.ops.SPECS[self.op].state``
+        says (e.g. ``DeltaRNNState(W [B, H, d, d], R [B, H, d, d], y [B, H, d])``), on the parameters' device, in
+        float32 or float64."""
+        from fastweights.ops import SPECS
+
+        K, V, depth = self._state_sizes()
+        zeros = zeros_factory(batch_size, *self._state_like(device, dtype))
+        return SPECS[self.op].zero_state(zeros, self.num_heads, K, V, depth)
 
 
 def detach_state(state: Any) -> Any:

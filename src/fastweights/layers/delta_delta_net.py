@@ -8,7 +8,7 @@ from torch import Tensor
 from fastweights import ops
 from fastweights.ops import feature_maps as fm
 
-from .base import FastWeightLayer, check_nonnegative_float, resolve_head_dim, zeros_factory
+from .base import FastWeightLayer, check_nonnegative_float, resolve_head_dim
 
 
 class DeltaDeltaNet(FastWeightLayer):
@@ -28,19 +28,14 @@ class DeltaDeltaNet(FastWeightLayer):
     State: ``DeltaDeltaState(M [B, H, d, 3d+1], W [B, H, d, d])``.
     """
 
+    op = "delta_delta"
+
     def __init__(self, d_model: int, num_heads: int, head_dim: int | None = None, *, sum_norm_eps: float = 1e-5,
                  output_scale: bool = False, impl: str | None = None) -> None:
         _, h, hd = resolve_head_dim(d_model, num_heads, head_dim)
         super().__init__(d_model, num_heads, head_dim, slow_net_width=h * (5 * hd + 2),
                          output_scale=output_scale, impl=impl)
         self.sum_norm_eps = check_nonnegative_float("sum_norm_eps", sum_norm_eps)
-
-    def initial_state(self, batch_size: int, device: torch.device | str | None = None,
-                      dtype: torch.dtype | None = None) -> ops.DeltaDeltaState:
-        """Zero ``DeltaDeltaState(M [B, H, d, 3d+1], W [B, H, d, d])``."""
-        zeros = zeros_factory(batch_size, *self._state_like(device, dtype))
-        H, d = self.num_heads, self.head_dim
-        return ops.DeltaDeltaState(zeros(H, d, 3 * d + 1), zeros(H, d, d))
 
     def _fast(self, p: Tensor, state: ops.DeltaDeltaState | None, reset: Tensor | None
               ) -> tuple[Tensor, ops.DeltaDeltaState]:

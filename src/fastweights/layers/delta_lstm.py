@@ -7,7 +7,7 @@ from torch import Tensor
 
 from fastweights import ops
 
-from .base import FastWeightLayer, FeatureMap, check_choice, resolve_head_dim, zeros_factory
+from .base import FastWeightLayer, FeatureMap, check_choice, resolve_head_dim
 from .delta_rnn import RECURRENT_FEATURE_MAPS
 
 GATES = 3  # input i, update u, output o
@@ -35,6 +35,8 @@ class DeltaLSTM(FastWeightLayer):
     State: ``DeltaLSTMState(W [B, H, 3, d, d], R [B, H, 3, d, d], y [B, H, d], c [B, H, d])``.
     """
 
+    op = "delta_lstm"
+
     def __init__(self, d_model: int, num_heads: int, head_dim: int | None = None, *, version: int = 4,
                  feature_map: str = "elu1_sum_norm", sum_norm_eps: float = 0.0, output_scale: bool = False,
                  impl: str | None = None) -> None:
@@ -48,13 +50,6 @@ class DeltaLSTM(FastWeightLayer):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, version={self.version}"
-
-    def initial_state(self, batch_size: int, device: torch.device | str | None = None,
-                      dtype: torch.dtype | None = None) -> ops.DeltaLSTMState:
-        """Zero ``DeltaLSTMState(W [B, H, 3, d, d], R [B, H, 3, d, d], y [B, H, d], c [B, H, d])``."""
-        zeros = zeros_factory(batch_size, *self._state_like(device, dtype))
-        H, d = self.num_heads, self.head_dim
-        return ops.DeltaLSTMState(zeros(H, GATES, d, d), zeros(H, GATES, d, d), zeros(H, d), zeros(H, d))
 
     def _fast(self, p: Tensor, state: ops.DeltaLSTMState | None, reset: Tensor | None
               ) -> tuple[Tensor, ops.DeltaLSTMState]:

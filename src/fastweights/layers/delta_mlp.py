@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from fastweights import ops
 from fastweights.ops import feature_maps as fm
 
-from .base import FastWeightLayer, check_nonnegative_float, check_positive_int, resolve_head_dim, zeros_factory
+from .base import FastWeightLayer, check_nonnegative_float, check_positive_int, resolve_head_dim
 
 
 class DeltaMLP(FastWeightLayer):
@@ -34,6 +34,8 @@ class DeltaMLP(FastWeightLayer):
 
     State: tuple of 2L matrices ``(A_0 [B, H, d, f], B_0 [B, H, f, d], A_1, B_1, ...)``.
     """
+
+    op = "delta_mlp"
 
     def __init__(self, d_model: int, num_heads: int, head_dim: int | None = None, *, fast_net_depth: int = 1,
                  fast_ff_dim: int | None = None, sum_norm_eps: float = 1e-5, output_scale: bool = False,
@@ -60,15 +62,8 @@ class DeltaMLP(FastWeightLayer):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, fast_net_depth={self.fast_net_depth}, fast_ff_dim={self.fast_ff_dim}"
 
-    def initial_state(self, batch_size: int, device: torch.device | str | None = None,
-                      dtype: torch.dtype | None = None) -> tuple[Tensor, ...]:
-        """Zero matrices ``(A_0 [B, H, d, f], B_0 [B, H, f, d], ...)``."""
-        zeros = zeros_factory(batch_size, *self._state_like(device, dtype))
-        H, d, f = self.num_heads, self.head_dim, self.fast_ff_dim
-        out: list[Tensor] = []
-        for _ in range(self.fast_net_depth):
-            out += [zeros(H, d, f), zeros(H, f, d)]
-        return tuple(out)
+    def _state_sizes(self) -> tuple[int, int, int]:
+        return self.head_dim, self.fast_ff_dim, self.fast_net_depth  # A_l [d, f], B_l [f, d]
 
     def _forward(self, x: Tensor, state: tuple[Tensor, ...] | None, reset: Tensor | None
                  ) -> tuple[Tensor, tuple[Tensor, ...]]:

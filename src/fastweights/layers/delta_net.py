@@ -7,7 +7,7 @@ from torch import Tensor
 
 from fastweights import ops
 
-from .base import FastWeightLayer, FeatureMap, resolve_head_dim, zeros_factory
+from .base import FastWeightLayer, FeatureMap, resolve_head_dim
 
 
 class DeltaNet(FastWeightLayer):
@@ -30,6 +30,8 @@ class DeltaNet(FastWeightLayer):
     State: ``S [B, H, K, d]`` (key-major; ``K`` = feature dimension), float32 (float64 for float64 layers).
     """
 
+    op = "delta_rule"
+
     def __init__(self, d_model: int, num_heads: int, head_dim: int | None = None, *,
                  feature_map: str = "elu1_sum_norm", sum_norm_eps: float = 0.0, output_scale: bool = False,
                  dpfp_nu: int = 2, favor_features: int = 16, favor_redraw: bool = True,
@@ -40,11 +42,8 @@ class DeltaNet(FastWeightLayer):
         self.feature_map = FeatureMap(feature_map, self.head_dim, sum_norm_eps=sum_norm_eps, dpfp_nu=dpfp_nu,
                                       favor_features=favor_features, favor_redraw=favor_redraw)
 
-    def initial_state(self, batch_size: int, device: torch.device | str | None = None,
-                      dtype: torch.dtype | None = None) -> Tensor:
-        """Zero fast matrix ``[B, H, K, d]``."""
-        zeros = zeros_factory(batch_size, *self._state_like(device, dtype))
-        return zeros(self.num_heads, self.feature_map.out_dim, self.head_dim)
+    def _state_sizes(self) -> tuple[int, int, int]:
+        return self.feature_map.out_dim, self.head_dim, 1  # the fast matrix is [K, d], K the feature size
 
     def _fast(self, p: Tensor, state: Tensor | None, reset: Tensor | None) -> tuple[Tensor, Tensor]:
         d = self.head_dim

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from fastweights import ops
 
-from .base import FastWeightLayer, FeatureMap, check_choice, resolve_head_dim, zeros_factory
+from .base import FastWeightLayer, FeatureMap, check_choice, resolve_head_dim
 
 # q/k feature maps that keep K = d (the recurrent part needs no other choice).
 RECURRENT_FEATURE_MAPS = ("elu1_sum_norm", "elu1", "softmax")
@@ -38,6 +38,8 @@ class DeltaRNN(FastWeightLayer):
     State: ``DeltaRNNState(W [B, H, d, d], R [B, H, d, d], y [B, H, d])``.
     """
 
+    op = "delta_rnn"
+
     def __init__(self, d_model: int, num_heads: int, head_dim: int | None = None, *, version: int = 2,
                  feature_map: str | None = None, sum_norm_eps: float = 0.0, output_scale: bool = False,
                  impl: str | None = None) -> None:
@@ -53,13 +55,6 @@ class DeltaRNN(FastWeightLayer):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, version={self.version}"
-
-    def initial_state(self, batch_size: int, device: torch.device | str | None = None,
-                      dtype: torch.dtype | None = None) -> ops.DeltaRNNState:
-        """Zero ``DeltaRNNState(W [B, H, d, d], R [B, H, d, d], y [B, H, d])``."""
-        zeros = zeros_factory(batch_size, *self._state_like(device, dtype))
-        H, d = self.num_heads, self.head_dim
-        return ops.DeltaRNNState(zeros(H, d, d), zeros(H, d, d), zeros(H, d))
 
     def _fast(self, p: Tensor, state: ops.DeltaRNNState | None, reset: Tensor | None
               ) -> tuple[Tensor, ops.DeltaRNNState]:

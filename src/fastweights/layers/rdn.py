@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from fastweights import ops
 
-from .base import FastWeightLayer, resolve_head_dim, zeros_factory
+from .base import FastWeightLayer, resolve_head_dim
 
 
 class RecurrentDeltaNet(FastWeightLayer):
@@ -28,6 +28,8 @@ class RecurrentDeltaNet(FastWeightLayer):
     State: ``RecDeltaState(W [B, H, d, d], y [B, H, d])``.
     """
 
+    op = "rec_delta"
+
     def __init__(self, d_model: int, num_heads: int, head_dim: int | None = None, *, output_scale: bool = False,
                  impl: str | None = None) -> None:
         _, h, hd = resolve_head_dim(d_model, num_heads, head_dim)
@@ -44,13 +46,6 @@ class RecurrentDeltaNet(FastWeightLayer):
         std = 1.0 / math.sqrt(self.head_dim)
         for p in (self.rec_q, self.rec_k, self.rec_v, self.rec_beta):
             nn.init.normal_(p, mean=0.0, std=std)
-
-    def initial_state(self, batch_size: int, device: torch.device | str | None = None,
-                      dtype: torch.dtype | None = None) -> ops.RecDeltaState:
-        """Zero ``RecDeltaState(W [B, H, d, d], y [B, H, d])``."""
-        zeros = zeros_factory(batch_size, *self._state_like(device, dtype))
-        H, d = self.num_heads, self.head_dim
-        return ops.RecDeltaState(zeros(H, d, d), zeros(H, d))
 
     def _fast(self, p: Tensor, state: ops.RecDeltaState | None, reset: Tensor | None
               ) -> tuple[Tensor, ops.RecDeltaState]:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastweights.layers.registry import available_layers, build_layer
-from fastweights.ops._common import check_reset
+from fastweights.ops.common import check_reset
 
 from .blocks import PositionwiseFF, PostLNBlock, ResidualBlock
 from .sequence_model import ModelState, _check_tokens, episode_positions

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from fastweights.layers.lstm import LSTMState, run_lstm
 from fastweights.layers.registry import build_layer
-from fastweights.ops._common import check_reset
+from fastweights.ops.common import check_reset
 
 from .blocks import PostLNBlock, ResidualBlock
 from .config import ModelConfig

@@ -10,14 +10,17 @@ in place; gradients reach every input and the initial state.
 
 Each op has several implementations with the same signature (``impl=``; see
 :func:`available_implementations`): ``"reference"`` is a plain step loop, the float64 test oracle.
+
+Each op lives in its own package ``ops/<op>/``: the public function and its :class:`~.common.spec.OpSpec` in
+``__init__.py``, the step loop in ``naive.py`` and one file per further implementation (``chunked.py``,
+``checkpointed.py``, ``compiled.py`` for numba, ``triton.py``), each registering itself; what several ops share
+is in :mod:`fastweights.ops.common`. ``docs/extending.md`` walks through adding one.
 """
 
-# compiled CPU implementations (numba; used only when numba is installed) and the Triton GPU kernels
-# (impl="triton", the default for CUDA tensors; triton itself is imported on first use only) register themselves
-from . import delta_lstm_compiled, delta_rnn_compiled, feature_maps, rec_delta_compiled  # noqa: F401
-from . import triton as triton_kernels  # noqa: F401
-from ._common import set_value_checks
-from ._registry import available_implementations
+from . import feature_maps
+from .common.checks import check_reset, set_value_checks
+from .common.registry import available_implementations
+from .common.spec import SPECS, OpSpec
 from .delta_delta import delta_delta
 from .delta_lstm import delta_lstm
 from .delta_mlp import delta_mlp
@@ -37,8 +40,8 @@ from .states import DeltaDeltaState, DeltaLSTMState, DeltaRNNState, RecDeltaStat
 from .sum_rule import sum_rule
 
 __all__ = [
-    "DeltaDeltaState", "DeltaLSTMState", "DeltaRNNState", "RecDeltaState", "available_implementations",
-    "delta_delta", "delta_lstm", "delta_mlp", "delta_rnn", "delta_rule", "dpfp", "elu_plus_one", "elu_sum_norm",
-    "favor_plus", "feature_maps", "orthogonal_gaussian_projection", "rec_delta", "set_value_checks", "softmax",
-    "sum_norm", "sum_rule",
+    "SPECS", "DeltaDeltaState", "DeltaLSTMState", "DeltaRNNState", "OpSpec", "RecDeltaState",
+    "available_implementations", "check_reset", "delta_delta", "delta_lstm", "delta_mlp", "delta_rnn", "delta_rule",
+    "dpfp", "elu_plus_one", "elu_sum_norm", "favor_plus", "feature_maps", "orthogonal_gaussian_projection",
+    "rec_delta", "set_value_checks", "softmax", "sum_norm", "sum_rule",
 ]

@@ -14,6 +14,8 @@ import os
 from torch import Tensor
 
 TRITON_MISSING = "triton is not installed (pip install 'fastweights[triton]')"
+MAX_KEY_DIM = 256  # the chunked kernels hold K in one register tile; larger heads use the PyTorch implementation
+MAX_VALUE_DIM = 128  # the recurrent state is a register tile: larger heads use the PyTorch implementation
 _TRUE = ("1", "true", "yes", "on", "y")  # what triton's own env_bool accepts
 _available: bool | None = None
 
@@ -31,9 +33,9 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in _TRUE
 
 
-def supports_triton(q: Tensor) -> bool:
-    """``impl="auto"``: CUDA tensors, with triton installed."""
-    return q.device.type == "cuda" and triton_available()
+def triton_missing() -> str | None:
+    """The ``available`` of every Triton implementation: None when triton is installed, else why not."""
+    return None if triton_available() else TRITON_MISSING
 
 
 def check_runnable(op: str, q: Tensor) -> None:

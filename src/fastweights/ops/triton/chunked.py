@@ -1,4 +1,4 @@
-"""Triton kernels of the chunkwise-parallel sum and delta rules (the UT/WY form of ``ops/_chunked.py``).
+"""Triton kernels of the chunkwise-parallel sum and delta rules (the UT/WY form of ``ops/common/chunked.py``).
 
 Per chunk of ``C`` steps starting from the state ``S0 [K, V]`` (key-major, read ``o = S^T q``)::
 
@@ -20,14 +20,12 @@ backward  ``_prep_kernel``        W again, from the saved T                  (de
                                   the full dU and the initial-state gradient
           ``_bwd_inputs_kernel``  dq, dk, dv, dbeta per chunk (loops over the V-blocks)
 
-The backward follows the hand-written backward of ``ops/_chunked.py`` line by line (same variable names). Resets
+The backward follows the hand-written backward of ``ops/common/chunked.py`` line by line (same variable names). Resets
 are segment masks (:func:`chunk_segments`); the padded tail of the last chunk is loaded as zeros (zero keys,
 values and betas leave the state unchanged). Saved for the backward: the inputs, T and one state per chunk.
 """
 
 from __future__ import annotations
-
-import warnings
 
 import torch
 import triton
@@ -35,12 +33,11 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._common import check_chunk_size, check_float_tensor, check_qkv, check_reset, check_state_tensor
+from ..common.checks import check_chunk_size, check_float_tensor, check_qkv, check_reset, check_state_tensor
 from ._common import chunk_segments, device_fn, dot_config, keep_factor, mm, mm_in, next_pow2, warps_for
 from ._support import check_runnable
 
 DEFAULT_CHUNK = 64
-MAX_KEY_DIM = 256  # K is one register tile; larger heads fall back to the PyTorch chunked implementation
 
 
 # ------------------------------------------------------------------------------------------------- kernels
@@ -535,37 +532,16 @@ def resolve_triton_chunk(chunk_size: object, T: int) -> int:
     return C
 
 
-_WARNED: set[str] = set()
-
-
-def _fallback(op: str, why: str):
-    """The PyTorch ``chunked`` implementation, with a one-time notice when the reason is worth one."""
-    from .._registry import IMPLEMENTATIONS
-
-    if why and op not in _WARNED:
-        _WARNED.add(op)
-        warnings.warn(f"fastweights: {op} uses the 'chunked' implementation because the 'triton' one {why}",
-                      stacklevel=4)
-    return IMPLEMENTATIONS[op]["chunked"].fn
-
-
 def linear_rule(op: str, q, k, v, beta, initial_state, reset, output_final_state, chunk_size):
-    """``sum_rule`` (``beta is None``) / ``delta_rule`` with the Triton kernels; arguments as the ops."""
-    in_dtype = check_float_tensor("q", q).dtype
+    """``sum_rule`` (``beta is None``) / ``delta_rule`` with the Triton kernels; arguments as the ops.
+
+    The registry sends float64 inputs and keys over ``MAX_KEY_DIM`` to the PyTorch implementation
+    (:func:`fastweights.ops.triton.supports_linear`)."""
+    check_float_tensor("q", q)
     B, T, H, K, V = check_qkv(q, k, v, beta) if beta is not None else check_qkv(q, k, v)
     reset = check_reset(reset, B, T, q.device)
     if initial_state is not None:
         initial_state = check_state_tensor("initial_state", initial_state, "[B, H, K, V]", (B, H, K, V), q.device)
-    extra = {} if chunk_size is None else {"chunk_size": chunk_size}
-    if in_dtype == torch.float64:  # float64 stays float64: the PyTorch implementation (no notice: a choice)
-        fn = _fallback(op, "")
-    elif K > MAX_KEY_DIM:
-        fn = _fallback(op, f"supports key sizes up to {MAX_KEY_DIM}, got {K}")
-    else:
-        fn = None
-    if fn is not None:
-        args = (q, k, v) if beta is None else (q, k, v, beta)
-        return fn(*args, initial_state=initial_state, reset=reset, output_final_state=output_final_state, **extra)
     check_runnable(op, q)
     C = resolve_triton_chunk(chunk_size, T)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
@@ -580,11 +556,3 @@ def linear_rule(op: str, q, k, v, beta, initial_state, reset, output_final_state
         o, s = ChunkedTriton.apply(q, k, v, beta, s0, reset_i, C)
     return o, (s if output_final_state else None)
 
-
-def sum_rule_triton(q, k, v, *, initial_state=None, reset=None, output_final_state=False, chunk_size=None):
-    return linear_rule("sum_rule", q, k, v, None, initial_state, reset, output_final_state, chunk_size)
-
-
-def delta_rule_triton(q, k, v, beta, *, initial_state=None, reset=None, output_final_state=False,
-                      chunk_size=None):
-    return linear_rule("delta_rule", q, k, v, beta, initial_state, reset, output_final_state, chunk_size)

@@ -50,8 +50,7 @@ FLA_TARGET = 1.2  # ours / fastest fla, fwd+bwd, at most
 NAIVE_TARGET = 50.0  # naive / ours, fwd+bwd, at least
 TOLERANCES = {"bf16": (1e-2, 2e-2), "fp16": (1e-2, 2e-2), "fp32": (1e-3, 1e-3)}  # (outputs, gradients)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-ORACLE = {"sum_rule": "chunked", "delta_rule": "chunked", "delta_rnn": "checkpointed", "delta_lstm": "checkpointed",
-          "rec_delta": "checkpointed"}
+ORACLE = {name: spec.fast_oracle for name, spec in ops.SPECS.items()}  # the float64 oracle at benchmark sizes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,41 +88,16 @@ def make_args(case: Case, device: str, seed: int = 0) -> tuple[list[Tensor], lis
     ``n_time_major`` args have the time axis at dim 1 (the rest: RDN's slow recurrent weights)."""
     g = torch.Generator(device=device).manual_seed(seed)
     dt = DTYPES[case.dtype]
-    B, T, H, D = case.B, case.T, case.H, case.D
+    spec = ops.SPECS.get(case.op)
+    if spec is None:
+        raise ValueError(f"op: unknown op {case.op!r}")
 
     def rn(*shape: int) -> Tensor:
         return torch.randn(*shape, generator=g, device=device)
 
-    def fm(x: Tensor) -> Tensor:
-        return ops.elu_sum_norm(x).to(dt)
-
-    def sm(x: Tensor) -> Tensor:
-        return torch.softmax(x, dim=-1).to(dt)
-
-    def sig(x: Tensor) -> Tensor:
-        return torch.sigmoid(x).to(dt)
-
-    if case.op in ("sum_rule", "delta_rule"):
-        args = [fm(rn(B, T, H, D)), fm(rn(B, T, H, D)), rn(B, T, H, D).to(dt)]
-        names = ["q", "k", "v"]
-        if case.op == "delta_rule":
-            args.append(sig(rn(B, T, H)))
-            names.append("beta")
-        return args, names, len(args)
-    if case.op == "delta_rnn":
-        qk = sm if case.version == 1 else fm
-        args = [qk(rn(B, T, H, D)), qk(rn(B, T, H, D)), rn(B, T, H, D).to(dt), sig(rn(B, T, H)),
-                sm(rn(B, T, H, D)), rn(B, T, H, D).to(dt), sig(rn(B, T, H))]
-        return args, ["q", "k", "v", "beta", "rk", "rv", "rbeta"], 7
-    if case.op == "delta_lstm":
-        args = [fm(rn(B, T, H, 3, D)), fm(rn(B, T, H, 3, D)), rn(B, T, H, 3, D).to(dt), sig(rn(B, T, H, 3)),
-                sm(rn(B, T, H, 3, D)), rn(B, T, H, 3, D).to(dt), sig(rn(B, T, H, 3))]
-        return args, ["q", "k", "v", "beta", "rk", "rv", "rbeta"], 7
-    if case.op == "rec_delta":
-        args = [rn(B, T, H, D).to(dt), rn(B, T, H, D).to(dt), rn(B, T, H, D).to(dt), rn(B, T, H).to(dt),
-                *((rn(H, D, D) / D**0.5).to(dt) for _ in range(3)), (rn(H, D) / D**0.5).to(dt)]
-        return args, ["q", "k", "v", "beta", "rec_q", "rec_k", "rec_v", "rec_beta"], 4
-    raise ValueError(f"op: unknown op {case.op!r}")
+    args = [a.to(dt) for a in spec.example_inputs(rn, case.B, case.T, case.H, case.D, case.D, version=case.version)]
+    specs = spec.arg_specs()
+    return args, [a.name for a in specs], sum(1 for a in specs if "T" in a.layout)
 
 
 def prefix(args: list[Tensor], n_time: int, steps: int) -> list[Tensor]:
@@ -290,18 +264,18 @@ def numerics(case: Case, args: list[Tensor], names: list[str], device: str,
 # ------------------------------------------------------------------------------------------------ run
 
 
-def resolved_impl(case: Case, q: Tensor) -> str:
-    from .._registry import IMPLEMENTATIONS, resolve
+def resolved_impl(case: Case, args: list[Tensor]) -> str:
+    from ..common.registry import resolve
 
-    fn = resolve(case.op, None, q)
-    return next((n for n, e in IMPLEMENTATIONS[case.op].items() if e.fn is fn), "?")
+    kw = {} if case.version is None else {"version": case.version}
+    return resolve(case.op, None, *args, **kw).name
 
 
 def run_case(case: Case, device: str, *, reps: int, deadline: float, log: Callable[[str], None]) -> dict:
     args, names, n_time = make_args(case, device)
     fla, fla_why = fla_variants(case.op)
     rec: dict = {"op": case.op, "version": case.version, "dtype": case.dtype,
-                 "shape": {"B": case.B, "T": case.T, "H": case.H, "D": case.D}, "impl": resolved_impl(case, args[0]),
+                 "shape": {"B": case.B, "T": case.T, "H": case.H, "D": case.D}, "impl": resolved_impl(case, args),
                  "target": case.target}
     log(f"[{case.name}] numerics ...")
     try:

@@ -1,15 +1,15 @@
 """Fused recurrent Triton kernels: Delta RNN (v1, v2), Delta LSTM (v1-v4) and the Recurrent Delta Net.
 
 One program per (batch, head) walks the time axis with the whole state in registers (``[V, V]`` tiles, padded to a
-power of two and masked), as the numba kernels do on CPU (``ops/*_compiled.py``, whose docstrings derive the
+power of two and masked), as the numba kernels do on CPU (``ops/<op>/compiled.py``, whose docstrings derive the
 backward passes used here). The Delta RNN/LSTM feed-forward parts ``z = W^T q`` do not depend on the recurrence
 and come from the chunked delta-rule kernels; only the recurrent part is fused.
 
 Memory: the forward writes the outputs (float32, kept for the backward: they are the previous outputs the
-recurrence feeds back) and the state at the start of every chunk of ``chunk_size`` steps. The backward kernel
+recurrence feeds back) and the state at the start of every chunk of ``checkpoint_every`` steps. The backward kernel
 recomputes one chunk at a time from its checkpoint, writing the state entering each step of the chunk to a
-per-program scratch buffer (``[chunk_size, ...]`` per (b, h), L2-resident at the usual sizes), then walks the chunk
-backwards with the hand-derived step gradients; everything else a step needs is recomputed from that state.
+per-program scratch buffer (``[checkpoint_every, ...]`` per (b, h), L2-resident at the usual sizes), then walks the
+chunk backwards with the hand-derived step gradients; everything else a step needs is recomputed from that state.
 A reset at ``t`` multiplies the state by 0 before step ``t`` (and the state gradients after it).
 """
 
@@ -21,14 +21,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._common import check_chunk_size, check_float_tensor
-from .._scan import default_chunk_size
-from ..states import DeltaLSTMState, DeltaRNNState, RecDeltaState
 from ._common import device_fn, keep_factor, masked_softmax, next_pow2, sigmoid, warps_for
-from ._support import check_runnable
-
-MAX_VALUE_DIM = 128  # the recurrent state is a register tile: larger heads use the PyTorch implementation
-
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -726,99 +719,31 @@ class _RecDeltaTriton(torch.autograd.Function):
         return None, None, gq, gk, gv, gb, gP.sum(0), gW0, gy0
 
 
-# ------------------------------------------------------------------------------------------------ the ops
-
-
-def _checkpoint_interval(chunk_size: object, T: int) -> int:
-    return default_chunk_size(T) if chunk_size is None else check_chunk_size(chunk_size)
+# ------------------------------------------------------------------------------------------------ entries
+# Called by the ``triton`` backends of the ops (``ops/<op>/triton.py``) on validated inputs in float32;
+# ``CS`` is the checkpoint interval, ``reset`` the op's bool ``[B, T]`` or None.
 
 
 def _int_reset(reset: Tensor | None) -> Tensor | None:
     return None if reset is None else reset.to(torch.int32).contiguous()
 
 
-def _fallback(op: str, V: int, dtype: torch.dtype):
-    """The next implementation for float64 inputs (silently) or too large heads (with a one-time notice)."""
-    import warnings
-
-    from .._registry import IMPLEMENTATIONS
-    from .chunked import _WARNED
-
-    if dtype != torch.float64 and op not in _WARNED:
-        _WARNED.add(op)
-        warnings.warn(f"fastweights: {op} uses the 'checkpointed' implementation because the 'triton' one supports "
-                      f"head sizes up to {MAX_VALUE_DIM}, got {V}", stacklevel=4)
-    return IMPLEMENTATIONS[op]["checkpointed"].fn
+def delta_rnn_recurrence(v2: bool, CS: int, reset: Tensor | None, z: Tensor, rk: Tensor, rv: Tensor, rbeta: Tensor,
+                         R0: Tensor, y0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The (R, y) recursion of the Delta RNN: ``(y [B, T, H, V], R_T [B, H, V, V], y_T [B, H, V])``."""
+    return _DeltaRNNTriton.apply(v2, CS, _int_reset(reset), z.contiguous(), rk.contiguous(), rv.contiguous(),
+                                 rbeta.contiguous(), R0.contiguous(), y0.contiguous())
 
 
-def _z(q, k, v, beta, W0, reset):
-    from .chunked import delta_rule_triton
-
-    return delta_rule_triton(q, k, v, beta, initial_state=W0, reset=reset, output_final_state=True)
-
-
-def delta_rnn_triton(q, k, v, beta, rk, rv, rbeta, *, version=2, initial_state=None, reset=None,
-                     output_final_state=False, chunk_size=None):
-    from ..delta_rnn import _prepare
-
-    in_dtype = check_float_tensor("q", q).dtype
-    V = v.shape[-1] if isinstance(v, Tensor) else 0
-    if in_dtype == torch.float64 or V > MAX_VALUE_DIM:
-        return _fallback("delta_rnn", V, in_dtype)(
-            q, k, v, beta, rk, rv, rbeta, version=version, initial_state=initial_state, reset=reset,
-            output_final_state=output_final_state, chunk_size=chunk_size)
-    (q, k, v, beta, rk, rv, rbeta), (W0, R0, y0), reset = _prepare(
-        q, k, v, beta, rk, rv, rbeta, version, initial_state, reset)
-    check_runnable("delta_rnn", q)
-    CS = _checkpoint_interval(chunk_size, q.shape[1])
-    z, W = _z(q, k, v, beta, W0, reset)
-    y, R, y_last = _DeltaRNNTriton.apply(version == 2, CS, _int_reset(reset), z.contiguous(), rk.contiguous(),
-                                         rv.contiguous(), rbeta.contiguous(), R0.contiguous(), y0.contiguous())
-    final = DeltaRNNState(W, R, y_last) if output_final_state else None
-    return y.to(in_dtype), final
+def delta_lstm_recurrence(version: int, CS: int, reset: Tensor | None, z: Tensor, rk: Tensor, rv: Tensor,
+                          rbeta: Tensor, R0: Tensor, y0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The (R, y, c) recursion of the Delta LSTM: ``(y [B, T, H, V], R_T [B, H, 3, V, V], y_T, c_T [B, H, V])``."""
+    return _DeltaLSTMTriton.apply(version, CS, _int_reset(reset), z.contiguous(), rk.contiguous(), rv.contiguous(),
+                                  rbeta.contiguous(), R0.contiguous(), y0.contiguous(), c0.contiguous())
 
 
-def delta_lstm_triton(q, k, v, beta, rk, rv, rbeta, *, version=4, initial_state=None, reset=None,
-                      output_final_state=False, chunk_size=None):
-    from ..delta_lstm import _prepare
-
-    in_dtype = check_float_tensor("q", q).dtype
-    V = v.shape[-1] if isinstance(v, Tensor) else 0
-    if in_dtype == torch.float64 or V > MAX_VALUE_DIM:
-        return _fallback("delta_lstm", V, in_dtype)(
-            q, k, v, beta, rk, rv, rbeta, version=version, initial_state=initial_state, reset=reset,
-            output_final_state=output_final_state, chunk_size=chunk_size)
-    (q, k, v, beta, rk, rv, rbeta), (W0, R0, y0, c0), reset = _prepare(
-        q, k, v, beta, rk, rv, rbeta, version, initial_state, reset)
-    check_runnable("delta_lstm", q)
-    B, T, H, G, K = q.shape
-    V = v.shape[-1]
-    CS = _checkpoint_interval(chunk_size, T)
-    # the three feed-forward matrices are independent delta rules: fold the gate axis into the heads
-    z, W = _z(q.reshape(B, T, H * G, K), k.reshape(B, T, H * G, K), v.reshape(B, T, H * G, V),
-              beta.reshape(B, T, H * G), W0.reshape(B, H * G, K, V), reset)
-    y, R, y_last, c = _DeltaLSTMTriton.apply(version, CS, _int_reset(reset), z.reshape(B, T, H, G, V).contiguous(),
-                                             rk.contiguous(), rv.contiguous(), rbeta.contiguous(), R0.contiguous(),
-                                             y0.contiguous(), c0.contiguous())
-    final = DeltaLSTMState(W.view(B, H, G, K, V), R, y_last, c) if output_final_state else None
-    return y.to(in_dtype), final
-
-
-def rec_delta_triton(q, k, v, beta, rec_q, rec_k, rec_v, rec_beta, *, initial_state=None, reset=None,
-                     output_final_state=False, chunk_size=None):
-    from ..rec_delta import _prepare
-
-    in_dtype = check_float_tensor("q", q).dtype
-    D = q.shape[-1]
-    if in_dtype == torch.float64 or D > MAX_VALUE_DIM:
-        return _fallback("rec_delta", D, in_dtype)(
-            q, k, v, beta, rec_q, rec_k, rec_v, rec_beta, initial_state=initial_state, reset=reset,
-            output_final_state=output_final_state, chunk_size=chunk_size)
-    (q, k, v, beta), (rq, rk, rv, rb), (W0, y0), reset = _prepare(
-        q, k, v, beta, rec_q, rec_k, rec_v, rec_beta, initial_state, reset)
-    check_runnable("rec_delta", q)
-    CS = _checkpoint_interval(chunk_size, q.shape[1])
-    P = torch.cat([rq, rk, rv, rb.unsqueeze(1)], dim=1).contiguous()  # [H, 3D+1, D]; autograd splits the gradient
-    y, W, y_last = _RecDeltaTriton.apply(CS, _int_reset(reset), q.contiguous(), k.contiguous(), v.contiguous(),
-                                         beta.contiguous(), P, W0.contiguous(), y0.contiguous())
-    return y.to(in_dtype), (RecDeltaState(W, y_last) if output_final_state else None)
+def rec_delta_recurrence(CS: int, reset: Tensor | None, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, P: Tensor,
+                         W0: Tensor, y0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The Recurrent Delta Net with the stacked ``P [H, 3D+1, D]``: ``(y [B, T, H, D], W_T, y_T)``."""
+    return _RecDeltaTriton.apply(CS, _int_reset(reset), q.contiguous(), k.contiguous(), v.contiguous(),
+                                 beta.contiguous(), P.contiguous(), W0.contiguous(), y0.contiguous())

@@ -3,7 +3,7 @@
 A nonlinear recurrence cannot be chunked over time, and autograd through a step loop keeps every
 per-step state (a d x d matrix per head per step) for the backward pass. ``checkpointed_scan`` instead
 runs the loop without building a graph, keeps only the state at the start of every chunk of
-``chunk_size`` steps, and in the backward pass recomputes one chunk at a time (last chunk first) to
+``checkpoint_every`` steps, and in the backward pass recomputes one chunk at a time (last chunk first) to
 back-propagate through it. Memory: the inputs/outputs (O(T D)), one state per chunk, and one chunk's
 graph; compute: about one extra forward pass.
 """
@@ -16,15 +16,22 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ._common import check_chunk_size
+from .checks import check_chunk_size
 
 # step(xs_t, params, state) -> (y_t, new_state); xs_t are the per-step slices x[:, t] of every input.
 StepFn = Callable[[tuple[Tensor, ...], tuple[Tensor, ...], tuple[Tensor, ...]], tuple[Tensor, tuple[Tensor, ...]]]
 
 
-def default_chunk_size(T: int) -> int:
+def default_checkpoint_every(T: int) -> int:
     """~sqrt(T): balances the stored chunk-start states against one chunk's recomputed graph."""
     return max(16, math.isqrt(max(T - 1, 0)) + 1)
+
+
+def checkpoint_interval(checkpoint_every: object, T: int) -> int:
+    """``checkpoint_every`` (a positive int) or the default for ``T`` steps."""
+    if checkpoint_every is None:
+        return default_checkpoint_every(T)
+    return check_chunk_size(checkpoint_every, "checkpoint_every")
 
 
 def _run(step: StepFn, xs: Sequence[Tensor], params: Sequence[Tensor], state: tuple[Tensor, ...],
@@ -96,7 +103,7 @@ class _Shift:
 
 def checkpointed_scan(
     step: StepFn, xs: Sequence[Tensor], params: Sequence[Tensor], state: Sequence[Tensor],
-    reset: Tensor | None = None, chunk_size: int | None = None,
+    reset: Tensor | None = None, checkpoint_every: int | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Run ``step`` over time with chunk-checkpointed backpropagation.
 
@@ -105,12 +112,12 @@ def checkpointed_scan(
         xs: per-step inputs ``[B, T, ...]``. params: time-invariant tensors (gradients are summed over t).
         state: initial state tensors ``[B, ...]`` (gradients flow into them).
         reset: bool ``[B, T]``: True at ``t`` multiplies every state tensor by 0 before step ``t``.
-        chunk_size: steps per checkpoint (default ~sqrt(T)).
+        checkpoint_every: steps per checkpoint (default ~sqrt(T)).
     Returns:
         ``(ys [B, T, ...], final_state)``.
     """
     T = xs[0].shape[1]
-    C = default_chunk_size(T) if chunk_size is None else check_chunk_size(chunk_size)
+    C = checkpoint_interval(checkpoint_every, T)
     keep = None if reset is None else (~reset).to(xs[0].dtype)
     out = _CheckpointedScan.apply(step, C, len(xs), len(params), keep, *xs, *params, *state)
     return out[0], tuple(out[1:])

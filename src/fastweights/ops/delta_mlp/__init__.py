@@ -9,7 +9,7 @@ hidden size):
     h_{l+1} = c + h_l
 
 Every fast matrix is driven by slow-net outputs only, so each is a chunked delta rule over the whole
-sequence; the layers run one after the other.
+sequence; the layers run one after the other, and ``impl=`` is passed to every delta rule.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
-from ._common import (
+from ..common.checks import (
     check_float_tensor,
     check_rank,
     check_reset,
@@ -26,12 +26,32 @@ from ._common import (
     check_state_tuple,
     check_unit_interval,
 )
-from ._registry import register, resolve
-from .delta_rule import delta_rule
-from .feature_maps import elu_sum_norm
+from ..common.registry import check_impl, register_composition
+from ..common.spec import FEATURE, RAW, SIGMOID, VALUE, ArgSpec, OpSpec, register_spec
+from ..delta_rule import delta_rule
+from ..feature_maps import elu_sum_norm
 
 
-def _delta_mlp(h, keys, values, betas, *, norms, eps, initial_state, reset, output_final_state, impl):
+def delta_mlp(
+    h: Tensor, keys: Sequence[Tensor], values: Sequence[Tensor], betas: Sequence[Tensor], *,
+    norms: Sequence[Callable[[Tensor], Tensor]] | None = None, eps: float = 1e-5,
+    initial_state: Sequence[Tensor] | None = None, reset: Tensor | None = None, output_final_state: bool = False,
+    impl: str | None = None,
+) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+    """Delta MLP with ``L = len(keys) // 2`` fast layers.
+
+    Args:
+        h: ``[B, T, H, D]`` raw fast-net input (the slow query, no activation).
+        keys: ``2L`` feature-mapped keys, alternating ``[B, T, H, D]`` (for ``A_l``) and ``[B, T, H, F]`` (``B_l``).
+        values: ``2L`` values, alternating ``[B, T, H, F]`` and ``[B, T, H, D]``. betas: ``2L`` ``[B, T, H]`` in [0, 1].
+        norms: ``L`` callables applied to ``h_l`` before its feature map (the slow LayerNorms), or None.
+        eps: sum-normalisation epsilon. initial_state: ``(A_0 [B,H,D,F], B_0 [B,H,F,D], A_1, ...)`` or None.
+        reset: bool ``[B, T]``. impl: an implementation of :func:`delta_rule` for every fast matrix (``"chunked"``,
+            the default on CPU, or ``"reference"``, ...).
+    Returns:
+        ``(h_L [B, T, H, D], tuple of the 2L final matrices or None)``.
+    """
+    check_impl("delta_mlp", impl)
     h = check_float_tensor("h", h)
     check_rank("h", h, "[B, T, H, D]")
     if h.shape[1] == 0:
@@ -81,38 +101,11 @@ def _delta_mlp(h, keys, values, betas, *, norms, eps, initial_state, reset, outp
     return h, (tuple(finals) if output_final_state else None)
 
 
-@register("delta_mlp", "chunked", priority=10)
-def delta_mlp_chunked(h, keys, values, betas, *, norms=None, eps=1e-5, initial_state=None, reset=None,
-                      output_final_state=False):
-    return _delta_mlp(h, keys, values, betas, norms=norms, eps=eps, initial_state=initial_state, reset=reset,
-                      output_final_state=output_final_state, impl="chunked")
-
-
-@register("delta_mlp", "reference")
-def delta_mlp_reference(h, keys, values, betas, *, norms=None, eps=1e-5, initial_state=None, reset=None,
-                        output_final_state=False):
-    return _delta_mlp(h, keys, values, betas, norms=norms, eps=eps, initial_state=initial_state, reset=reset,
-                      output_final_state=output_final_state, impl="reference")
-
-
-def delta_mlp(
-    h: Tensor, keys: Sequence[Tensor], values: Sequence[Tensor], betas: Sequence[Tensor], *,
-    norms: Sequence[Callable[[Tensor], Tensor]] | None = None, eps: float = 1e-5,
-    initial_state: Sequence[Tensor] | None = None, reset: Tensor | None = None, output_final_state: bool = False,
-    impl: str | None = None,
-) -> tuple[Tensor, tuple[Tensor, ...] | None]:
-    """Delta MLP with ``L = len(keys) // 2`` fast layers.
-
-    Args:
-        h: ``[B, T, H, D]`` raw fast-net input (the slow query, no activation).
-        keys: ``2L`` feature-mapped keys, alternating ``[B, T, H, D]`` (for ``A_l``) and ``[B, T, H, F]`` (``B_l``).
-        values: ``2L`` values, alternating ``[B, T, H, F]`` and ``[B, T, H, D]``. betas: ``2L`` ``[B, T, H]`` in [0, 1].
-        norms: ``L`` callables applied to ``h_l`` before its feature map (the slow LayerNorms), or None.
-        eps: sum-normalisation epsilon. initial_state: ``(A_0 [B,H,D,F], B_0 [B,H,F,D], A_1, ...)`` or None.
-        reset: bool ``[B, T]``. impl: ``"chunked"`` (default) or ``"reference"`` for every fast matrix.
-    Returns:
-        ``(h_L [B, T, H, D], tuple of the 2L final matrices or None)``.
-    """
-    fn = resolve("delta_mlp", impl, h)
-    return fn(h, keys, values, betas, norms=norms, eps=eps, initial_state=initial_state, reset=reset,
-              output_final_state=output_final_state)
+register_composition("delta_mlp", of="delta_rule")
+SPEC = register_spec(OpSpec(
+    "delta_mlp", delta_mlp,
+    # per fast layer l: keys[2l] [D], values[2l] [F] (A_l), keys[2l+1] [F], values[2l+1] [D] (B_l)
+    args=(ArgSpec("h", "[B, T, H, D]", RAW), ArgSpec("keys", "[B, T, H, K]", FEATURE),
+          ArgSpec("values", "[B, T, H, V]", VALUE), ArgSpec("betas", "[B, T, H]", SIGMOID)),
+    state=(("A", "[B, H, D, F]"), ("B", "[B, H, F, D]")), fast_oracle="chunked", layered=True,
+))

@@ -23,7 +23,7 @@ and ``gR`` the gradient w.r.t. ``R_t``:
     gR_{t-1} = m_t (gR - rbeta_t rk_t gu^T)     (R_{t-1} reaches R_t directly and through the old value)
     gy_{t-1} = m_t (s_t * (gs - <s_t, gs>))     (v2: softmax Jacobian)  |  m_t gs   (v1)
 
-The forward keeps R and y at the start of every chunk of ``chunk_size`` steps; the backward recomputes a chunk's
+The forward keeps R and y at the start of every chunk of ``checkpoint_every`` steps; the backward recomputes a chunk's
 R_{t-1}, y_{t-1}, s_t and d_t from its checkpoint into per-(b, h) buffers and walks the chunk backwards.
 """
 
@@ -33,52 +33,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._common import check_chunk_size, check_float_tensor
-from ._compiled import (
-    NUMBA_AVAILABLE,
-    NUMBA_MISSING,
-    from_bh_major,
-    keep_tensor,
-    supports_compiled,
-    sync_threads,
-    to_bh_major,
-)
-from ._registry import register
-from ._scan import default_chunk_size
-from .delta_rnn import _prepare
-from .delta_rule import delta_rule
-from .states import DeltaRNNState
-
-if NUMBA_AVAILABLE:
-    from numba import njit, prange
-else:  # pragma: no cover - the registry never selects this implementation without numba
-    prange = range
-
-    def njit(*args, **kwargs):
-        return lambda fn: fn
-
+from ..common import numba as nb
+from ..common.checks import check_float_tensor
+from ..common.delta import feed_forward
+from ..common.numba import as_numpy, from_bh_major, softmax_into, to_bh_major
+from ..common.registry import register
+from ..common.scan import checkpoint_interval
+from ..states import DeltaRNNState
+from . import prepare
 
 # ------------------------------------------------------------------------------------------------- kernels
 
 
-@njit(cache=True, fastmath=False)
-def _softmax(x, out):
-    """``out = softmax(x)`` over a vector (max-subtracted, as torch.softmax)."""
-    n = x.shape[0]
-    mx = x[0]
-    for i in range(1, n):
-        if x[i] > mx:
-            mx = x[i]
-    tot = 0.0
-    for i in range(n):
-        e = np.exp(x[i] - mx)
-        out[i] = e
-        tot += e
-    for i in range(n):
-        out[i] = out[i] / tot
-
-
-@njit(cache=True, fastmath=False)
+@nb.kernel
 def _step(v2, R, y_prev, m, z, rk, rv, rbeta, d, u, s, y_out):
     """One step in place on ``R [V, V]`` (the state before step t, not yet masked); writes ``d_t = rv - R^T rk``,
     ``u_t = rbeta d_t``, the read vector ``s_t`` and ``y_t`` into ``d, u, s, y_out [V]``. ``y_prev`` is only read."""
@@ -100,7 +67,7 @@ def _step(v2, R, y_prev, m, z, rk, rv, rbeta, d, u, s, y_out):
     for j in range(V):
         y_out[j] = y_prev[j] * m
     if v2:
-        _softmax(y_out, s)
+        softmax_into(y_out, s)
     else:
         for j in range(V):
             s[j] = y_out[j]
@@ -116,10 +83,10 @@ def _step(v2, R, y_prev, m, z, rk, rv, rbeta, d, u, s, y_out):
     for j in range(V):
         y_out[j] = z[j] + y_out[j]
     if not v2:
-        _softmax(y_out, y_out)
+        softmax_into(y_out, y_out)
 
 
-@njit(cache=True, fastmath=False)
+@nb.kernel
 def _forward_sequence(v2, C, z, rk, rv, rbeta, keep, R0, y0, ys, R, yT, Rcp, ycp):
     """One (b, h): z, rk, rv ``[T, V]``, rbeta, keep ``[T]``, R0 ``[V, V]``, y0 ``[V]``; writes ys ``[T, V]``, the
     final R ``[V, V]`` / yT ``[V]`` and the chunk-start states Rcp ``[NC, V, V]`` / ycp ``[NC, V]``."""
@@ -143,7 +110,7 @@ def _forward_sequence(v2, C, z, rk, rv, rbeta, keep, R0, y0, ys, R, yT, Rcp, ycp
         yT[j] = ys[T - 1, j]
 
 
-@njit(cache=True, fastmath=False)
+@nb.kernel
 def _backward_sequence(v2, C, z, rk, rv, rbeta, keep, Rcp, ycp, gys, gRT, gyT, gz, grk, grv, grbeta, gR, gy0):
     """One (b, h), arguments as in :func:`_forward_sequence` plus the output gradients gys ``[T, V]``, gRT
     ``[V, V]``, gyT ``[V]``; writes the gradients gz, grk, grv ``[T, V]``, grbeta ``[T]``, gR (of R0) and gy0."""
@@ -248,24 +215,24 @@ def _backward_sequence(v2, C, z, rk, rv, rbeta, keep, Rcp, ycp, gys, gRT, gyT, g
 # compilation short; the per-sequence work is compiled once as a plain function
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@nb.parallel_kernel
 def _forward_kernel(v2, C, z, rk, rv, rbeta, keep, R0, y0, ys, RT, yT, Rcp, ycp):
     """z, rk, rv: ``[B, H, T, V]``; rbeta: ``[B, H, T]``; keep: ``[B, T]``; R0: ``[B, H, V, V]``; y0: ``[B, H, V]``.
     Writes ys ``[B, H, T, V]``, the final RT ``[B, H, V, V]`` / yT ``[B, H, V]`` and the chunk-start states
     Rcp ``[B, H, NC, V, V]`` / ycp ``[B, H, NC, V]``."""
     B, H = z.shape[:2]
-    for n in prange(B * H):
+    for n in nb.prange(B * H):
         b, h = n // H, n % H
         _forward_sequence(v2, C, z[b, h], rk[b, h], rv[b, h], rbeta[b, h], keep[b], R0[b, h], y0[b, h], ys[b, h],
                           RT[b, h], yT[b, h], Rcp[b, h], ycp[b, h])
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@nb.parallel_kernel
 def _backward_kernel(v2, C, z, rk, rv, rbeta, keep, Rcp, ycp, gys, gRT, gyT, gz, grk, grv, grbeta, gR0, gy0):
     """Inputs as in :func:`_forward_kernel` plus the output gradients gys ``[B, H, T, V]``, gRT ``[B, H, V, V]``,
     gyT ``[B, H, V]``; writes the gradients of z, rk, rv (``[B, H, T, V]``), rbeta (``[B, H, T]``), R0, y0."""
     B, H = z.shape[:2]
-    for n in prange(B * H):
+    for n in nb.prange(B * H):
         b, h = n // H, n % H
         _backward_sequence(v2, C, z[b, h], rk[b, h], rv[b, h], rbeta[b, h], keep[b], Rcp[b, h], ycp[b, h],
                            gys[b, h], gRT[b, h], gyT[b, h], gz[b, h], grk[b, h], grv[b, h], grbeta[b, h], gR0[b, h],
@@ -273,11 +240,6 @@ def _backward_kernel(v2, C, z, rk, rv, rbeta, keep, Rcp, ycp, gys, gRT, gyT, gz,
 
 
 # ------------------------------------------------------------------------------------------------- autograd
-
-
-def _numpy(x: Tensor) -> np.ndarray:
-    """A C-contiguous numpy array of ``x`` (already batch-head-major state tensors)."""
-    return x.detach().contiguous().numpy()
 
 
 # The recurrence is a pair of custom ops (forward, backward) with fake implementations (shapes only) and a
@@ -299,8 +261,8 @@ def _recurrence(v2: bool, C: int, keep: Tensor, z: Tensor, rk: Tensor, rv: Tenso
     yT = np.empty((B, H, V), dt)
     Rcp = np.empty((B, H, NC, V, V), dt)
     ycp = np.empty((B, H, NC, V), dt)
-    sync_threads()
-    _forward_kernel(v2, C, zn, rkn, rvn, rbn, _numpy(keep), _numpy(R0), _numpy(y0), ys, RT, yT, Rcp, ycp)
+    nb.sync_threads()
+    _forward_kernel(v2, C, zn, rkn, rvn, rbn, as_numpy(keep), as_numpy(R0), as_numpy(y0), ys, RT, yT, Rcp, ycp)
     # batch-first and contiguous, like the other implementations' outputs
     return (from_bh_major(ys).contiguous(), torch.from_numpy(RT), torch.from_numpy(yT), torch.from_numpy(Rcp),
             torch.from_numpy(ycp))
@@ -326,9 +288,9 @@ def _recurrence_backward(v2: bool, C: int, keep: Tensor, z: Tensor, rk: Tensor, 
     B, H, _, V = zn.shape
     gR0 = np.empty((B, H, V, V), dt)
     gy0 = np.empty((B, H, V), dt)
-    sync_threads()
-    _backward_kernel(v2, C, zn, rkn, rvn, rbn, _numpy(keep), Rcp.numpy(), ycp.numpy(), to_bh_major(g_ys.to(z.dtype)),
-                     _numpy(g_RT.to(z.dtype)), _numpy(g_yT.to(z.dtype)), gz, grk, grv, grbeta, gR0, gy0)
+    nb.sync_threads()
+    _backward_kernel(v2, C, zn, rkn, rvn, rbn, as_numpy(keep), Rcp.numpy(), ycp.numpy(), to_bh_major(g_ys.to(z.dtype)),
+                     as_numpy(g_RT.to(z.dtype)), as_numpy(g_yT.to(z.dtype)), gz, grk, grv, grbeta, gR0, gy0)
     return (from_bh_major(gz), from_bh_major(grk), from_bh_major(grv), from_bh_major(grbeta),
             torch.from_numpy(gR0), torch.from_numpy(gy0))
 
@@ -356,12 +318,11 @@ def _backward(ctx, g_ys, g_RT, g_yT, _g_Rcp, _g_ycp):
 _recurrence.register_autograd(_backward, setup_context=_setup_context)
 
 
-@register("delta_rnn", "compiled", priority=20, supports=supports_compiled, missing=NUMBA_MISSING,
-          devices=("cpu",))
+@register("delta_rnn", "compiled", priority=20, available=nb.numba_missing, devices=("cpu",))
 def delta_rnn_compiled(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, rk: Tensor, rv: Tensor, rbeta: Tensor, *, version: int = 2,
     initial_state: DeltaRNNState | tuple | None = None, reset: Tensor | None = None,
-    output_final_state: bool = False, chunk_size: int | None = None,
+    output_final_state: bool = False, checkpoint_every: int | None = None,
 ) -> tuple[Tensor, DeltaRNNState | None]:
     """Same signature and semantics as ``delta_rnn(impl="checkpointed")``; the (R, y) recursion runs in numba
     kernels on CPU tensors.
@@ -369,19 +330,17 @@ def delta_rnn_compiled(
     Args:
         q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``; beta: ``[B, T, H]``; rk, rv: ``[B, T, H, V]``; rbeta:
             ``[B, T, H]``; initial_state: ``DeltaRNNState(W [B,H,K,V], R [B,H,V,V], y [B,H,V])`` or None;
-            reset: bool ``[B, T]``; chunk_size: steps between stored (R, y) states (default ~sqrt(T)).
+            reset: bool ``[B, T]``; checkpoint_every: steps between stored (R, y) states (default ~sqrt(T)).
     Returns:
         ``(y [B, T, H, V] in q's dtype, DeltaRNNState or None)``.
     """
     in_dtype = check_float_tensor("q", q).dtype
-    (q, k, v, beta, rk, rv, rbeta), (W0, R0, y0), reset = _prepare(
+    (q, k, v, beta, rk, rv, rbeta), (W0, R0, y0), reset = prepare(
         q, k, v, beta, rk, rv, rbeta, version, initial_state, reset)
     B, T = q.shape[:2]
-    C = default_chunk_size(T) if chunk_size is None else check_chunk_size(chunk_size)
-    if not supports_compiled(q):  # only reachable with an explicit impl="compiled"
-        why = NUMBA_MISSING if not NUMBA_AVAILABLE else f"it runs on CPU tensors, got device {q.device}"
-        raise RuntimeError(f"delta_rnn: the 'compiled' implementation is unavailable: {why}")
-    z, W = delta_rule(q, k, v, beta, initial_state=W0, reset=reset, output_final_state=True)
-    y, R, y_last, _, _ = _recurrence(version == 2, C, keep_tensor(reset, B, T, z.dtype), z, rk, rv, rbeta, R0, y0)
+    C = checkpoint_interval(checkpoint_every, T)
+    nb.check_runnable("delta_rnn", q)
+    z, W = feed_forward(q, k, v, beta, W0, reset)
+    y, R, y_last, _, _ = _recurrence(version == 2, C, nb.keep_tensor(reset, B, T, z.dtype), z, rk, rv, rbeta, R0, y0)
     final = DeltaRNNState(W, R, y_last) if output_final_state else None
     return y.to(in_dtype), final

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._common import check_chunk_size, check_qkv, check_reset, check_state_tensor, compute_dtype
+from .checks import check_chunk_size, check_float_tensor, check_qkv, check_reset, check_state_tensor, compute_dtype
 
 
 def prepare_linear_inputs(
@@ -43,6 +43,17 @@ def prepare_linear_inputs(
     dt = compute_dtype(q.dtype)
     s0 = None if initial_state is None else initial_state.to(dt)
     return q.to(dt), k.to(dt), v.to(dt), None if beta is None else beta.to(dt), s0, reset
+
+
+def linear_rule_chunked(q: Tensor, k: Tensor, v: Tensor, beta: Tensor | None, initial_state: Tensor | None,
+                        reset: Tensor | None, output_final_state: bool, chunk_size: int | None
+                        ) -> tuple[Tensor, Tensor | None]:
+    """The ``chunked`` implementation of ``sum_rule`` (``beta=None``) and ``delta_rule``; arguments as the ops."""
+    in_dtype = check_float_tensor("q", q).dtype
+    q, k, v, beta, s0, reset = prepare_linear_inputs(q, k, v, beta, initial_state, reset)
+    C = resolve_chunk_size(chunk_size, q.shape[-1], delta=beta is not None)
+    o, s = chunked_linear_recurrence(q, k, v, beta, s0, reset, C)
+    return o.to(in_dtype), (s if output_final_state else None)
 
 
 def resolve_chunk_size(chunk_size: int | None, head_dim: int, delta: bool) -> int:

@@ -2,8 +2,8 @@
 
 The whole layer is one nonlinear recurrence, so both the forward and the hand-derived backward run as
 machine-code time loops, parallel over the B x H pairs (``prange``). Memory follows the checkpointed path:
-the forward keeps the state ``(W, y)`` at the start of every chunk of ``chunk_size`` steps; the backward
-recomputes one chunk at a time from its checkpoint (into a per-pair buffer of ``chunk_size`` states) and
+the forward keeps the state ``(W, y)`` at the start of every chunk of ``checkpoint_every`` steps; the backward
+recomputes one chunk at a time from its checkpoint (into a per-pair buffer of ``checkpoint_every`` states) and
 back-propagates through it step by step.
 
 Per step (key-major ``W [D, D]``; ``P = [R_q; R_k; R_v; r_beta]`` stacked ``[3D+1, D]``, ``r = P a``)::
@@ -34,35 +34,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._common import check_chunk_size, check_float_tensor
-from ._compiled import (
-    NUMBA_AVAILABLE,
-    NUMBA_MISSING,
-    from_bh_major,
-    keep_tensor,
-    supports_compiled,
-    sync_threads,
-    to_bh_major,
-)
-from ._registry import register
-from ._scan import default_chunk_size
-from .rec_delta import _prepare
-from .states import RecDeltaState
-
-if NUMBA_AVAILABLE:
-    from numba import njit, prange
-else:  # pragma: no cover - the implementation is then never selected (supports_compiled is False)
-
-    def njit(*args, **kwargs):
-        return lambda fn: fn
-
-    prange = range
-
+from ..common import numba as nb
+from ..common.checks import check_float_tensor
+from ..common.delta import stack_recurrent
+from ..common.numba import as_numpy, from_bh_major, np_dtype, to_bh_major
+from ..common.registry import register
+from ..common.scan import checkpoint_interval
+from ..states import RecDeltaState
+from . import prepare
 
 # ------------------------------------------------------------------------------------------------ kernels
 
 
-@njit(cache=True, fastmath=False)
+@nb.kernel
 def _softmax(x, r, out):  # pragma: no cover - compiled
     """``out = softmax(x + r)`` (max-subtracted), all ``[D]``."""
     D = x.shape[0]
@@ -78,7 +62,7 @@ def _softmax(x, r, out):  # pragma: no cover - compiled
         out[i] = out[i] / s
 
 
-@njit(cache=True, fastmath=False)
+@nb.kernel
 def _step(W, y, PT, qt, kt, vt, bt, a, r, qs, ks, d, u):  # pragma: no cover - compiled
     """One step in place: ``W [D, D]`` (= W_{t-1}, already reset) -> W_t, ``y [D]`` -> y_t; returns beta.
 
@@ -120,14 +104,14 @@ def _step(W, y, PT, qt, kt, vt, bt, a, r, qs, ks, d, u):  # pragma: no cover - c
     return beta
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@nb.parallel_kernel
 def _forward_kernel(q, k, v, b, PT, keep, W0, y0, C, out, Wf, yf, cpW, cpY):  # pragma: no cover - compiled
     """q, k, v ``[B, H, T, D]``, b ``[B, H, T]``, PT ``[H, D, 3D+1]``, keep ``[B, T]``, W0 ``[B, H, D, D]``,
     y0 ``[B, H, D]``. Writes out ``[B, H, T, D]``, the final state Wf, yf, and the chunk-start states
     cpW ``[B, H, NC, D, D]``, cpY ``[B, H, NC, D]`` (before that step's reset)."""
     B, H, T, D = q.shape
     M = 3 * D + 1
-    for bh in prange(B * H):
+    for bh in nb.prange(B * H):
         bi = bh // H
         h = bh % H
         W = W0[bi, h].copy()
@@ -152,7 +136,7 @@ def _forward_kernel(q, k, v, b, PT, keep, W0, y0, C, out, Wf, yf, cpW, cpY):  # 
         yf[bi, h] = y
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@nb.parallel_kernel
 def _backward_kernel(q, k, v, b, P, PT, keep, cpW, cpY, C, gout, gWf, gyf,
                      gq, gk, gv, gb, gP, gW0, gy0):  # pragma: no cover - compiled
     """Inputs as in the forward plus P ``[H, 3D+1, D]``, the checkpoints, and the incoming gradients gout
@@ -162,7 +146,7 @@ def _backward_kernel(q, k, v, b, P, PT, keep, cpW, cpY, C, gout, gWf, gyf,
     M = 3 * D + 1
     NC = cpW.shape[2]
     L = min(C, T)  # the longest chunk
-    for bh in prange(B * H):
+    for bh in nb.prange(B * H):
         bi = bh // H
         h = bh % H
         gW = gWf[bi, h].copy()
@@ -281,51 +265,43 @@ def _backward_kernel(q, k, v, b, P, PT, keep, cpW, cpY, C, gout, gWf, gyf,
 # into NumPy. The forward also returns the chunk-start states the backward needs.
 
 
-def _np_dtype(x: Tensor) -> type:
-    return np.float64 if x.dtype == torch.float64 else np.float32
-
-
-def _numpy(x: Tensor) -> np.ndarray:
-    return x.detach().contiguous().numpy()
-
-
 @torch.library.custom_op("fastweights::rec_delta_recurrence", mutates_args=())
-def _recurrence(chunk_size: int, keep: Tensor, q: Tensor, k: Tensor, v: Tensor, b: Tensor, P: Tensor, W0: Tensor,
+def _recurrence(checkpoint_every: int, keep: Tensor, q: Tensor, k: Tensor, v: Tensor, b: Tensor, P: Tensor, W0: Tensor,
                 y0: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(q, k, v [B, T, H, D], b [B, T, H], P [H, 3D + 1, D], W0 [B, H, D, D], y0 [B, H, D])``, ``keep [B, T]``
     -> ``(y [B, T, H, D], W_T, y_T, cpW [B, H, NC, D, D], cpY [B, H, NC, D])``."""
     B, T, H, D = q.shape
-    C = chunk_size
+    C = checkpoint_every
     NC = math.ceil(T / C)
-    dt = _np_dtype(q)
-    PT = np.ascontiguousarray(_numpy(P).transpose(0, 2, 1))
+    dt = np_dtype(q.dtype)
+    PT = np.ascontiguousarray(as_numpy(P).transpose(0, 2, 1))
     out = np.empty((B, H, T, D), dt)
     Wf = np.empty((B, H, D, D), dt)
     yf = np.empty((B, H, D), dt)
     cpW = np.empty((B, H, NC, D, D), dt)
     cpY = np.empty((B, H, NC, D), dt)
-    sync_threads()
-    _forward_kernel(to_bh_major(q), to_bh_major(k), to_bh_major(v), to_bh_major(b), PT, _numpy(keep), _numpy(W0),
-                    _numpy(y0), C, out, Wf, yf, cpW, cpY)
+    nb.sync_threads()
+    _forward_kernel(to_bh_major(q), to_bh_major(k), to_bh_major(v), to_bh_major(b), PT, as_numpy(keep), as_numpy(W0),
+                    as_numpy(y0), C, out, Wf, yf, cpW, cpY)
     return from_bh_major(out), *(torch.from_numpy(x) for x in (Wf, yf, cpW, cpY))
 
 
 @_recurrence.register_fake
-def _(chunk_size, keep, q, k, v, b, P, W0, y0):
+def _(checkpoint_every, keep, q, k, v, b, P, W0, y0):
     B, T, H, D = q.shape
-    NC = math.ceil(T / chunk_size)
+    NC = math.ceil(T / checkpoint_every)
     return (q.new_empty(B, H, T, D).transpose(1, 2), q.new_empty(B, H, D, D), q.new_empty(B, H, D),
             q.new_empty(B, H, NC, D, D), q.new_empty(B, H, NC, D))
 
 
 @torch.library.custom_op("fastweights::rec_delta_recurrence_backward", mutates_args=())
-def _recurrence_backward(chunk_size: int, keep: Tensor, q: Tensor, k: Tensor, v: Tensor, b: Tensor, P: Tensor,
+def _recurrence_backward(checkpoint_every: int, keep: Tensor, q: Tensor, k: Tensor, v: Tensor, b: Tensor, P: Tensor,
                          cpW: Tensor, cpY: Tensor, g_out: Tensor, g_W: Tensor, g_y: Tensor
                          ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The gradients of q, k, v, b, P, W0, y0 from those of y, W_T, y_T."""
     B, T, H, D = q.shape
-    dt = _np_dtype(q)
-    Pn = _numpy(P)
+    dt = np_dtype(q.dtype)
+    Pn = as_numpy(P)
     PT = np.ascontiguousarray(Pn.transpose(0, 2, 1))
     gq = np.empty((B, H, T, D), dt)
     gk = np.empty((B, H, T, D), dt)
@@ -334,16 +310,16 @@ def _recurrence_backward(chunk_size: int, keep: Tensor, q: Tensor, k: Tensor, v:
     gP = np.empty((B, H, 3 * D + 1, D), dt)
     gW0 = np.empty((B, H, D, D), dt)
     gy0 = np.empty((B, H, D), dt)
-    sync_threads()
-    _backward_kernel(to_bh_major(q), to_bh_major(k), to_bh_major(v), to_bh_major(b), Pn, PT, _numpy(keep),
-                     cpW.numpy(), cpY.numpy(), chunk_size, to_bh_major(g_out.to(q.dtype)), _numpy(g_W.to(q.dtype)),
-                     _numpy(g_y.to(q.dtype)), gq, gk, gv, gb, gP, gW0, gy0)
+    nb.sync_threads()
+    _backward_kernel(to_bh_major(q), to_bh_major(k), to_bh_major(v), to_bh_major(b), Pn, PT, as_numpy(keep),
+                     cpW.numpy(), cpY.numpy(), checkpoint_every, to_bh_major(g_out.to(q.dtype)),
+                     as_numpy(g_W.to(q.dtype)), as_numpy(g_y.to(q.dtype)), gq, gk, gv, gb, gP, gW0, gy0)
     return (from_bh_major(gq), from_bh_major(gk), from_bh_major(gv), from_bh_major(gb),
             torch.from_numpy(gP.sum(axis=0)), torch.from_numpy(gW0), torch.from_numpy(gy0))
 
 
 @_recurrence_backward.register_fake
-def _(chunk_size, keep, q, k, v, b, P, cpW, cpY, g_out, g_W, g_y):
+def _(checkpoint_every, keep, q, k, v, b, P, cpW, cpY, g_out, g_W, g_y):
     B, T, H, D = q.shape
     # the real gradients are [B, H, T, ...] arrays seen batch-first: the same strides here
     return (*(q.new_empty(B, H, T, D).transpose(1, 2) for _ in range(3)), q.new_empty(B, H, T).transpose(1, 2),
@@ -351,38 +327,38 @@ def _(chunk_size, keep, q, k, v, b, P, cpW, cpY, g_out, g_W, g_y):
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    chunk_size, keep, q, k, v, b, P = inputs[:7]
-    ctx.chunk_size = chunk_size
+    checkpoint_every, keep, q, k, v, b, P = inputs[:7]
+    ctx.checkpoint_every = checkpoint_every
     ctx.save_for_backward(keep, q, k, v, b, P, output[3], output[4])
 
 
 def _backward(ctx, g_out, g_W, g_y, _g_cpW, _g_cpY):
     keep, q, k, v, b, P, cpW, cpY = ctx.saved_tensors
-    grads = _recurrence_backward(ctx.chunk_size, keep, q, k, v, b, P, cpW, cpY, g_out, g_W, g_y)
+    grads = _recurrence_backward(ctx.checkpoint_every, keep, q, k, v, b, P, cpW, cpY, g_out, g_W, g_y)
     return (None, None, *(g if need else None for g, need in zip(grads, ctx.needs_input_grad[2:])))
 
 
 _recurrence.register_autograd(_backward, setup_context=_setup_context)
 
 
-@register("rec_delta", "compiled", priority=20, supports=supports_compiled, missing=NUMBA_MISSING,
-          devices=("cpu",))
+@register("rec_delta", "compiled", priority=20, available=nb.numba_missing, devices=("cpu",))
 def rec_delta_compiled(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, rec_q: Tensor, rec_k: Tensor, rec_v: Tensor, rec_beta: Tensor,
     *, initial_state: RecDeltaState | tuple | None = None, reset: Tensor | None = None,
-    output_final_state: bool = False, chunk_size: int | None = None,
+    output_final_state: bool = False, checkpoint_every: int | None = None,
 ) -> tuple[Tensor, RecDeltaState | None]:
     """Same arguments and results as :func:`fastweights.ops.rec_delta` (numba kernels, CPU tensors only).
 
     q, k, v ``[B, T, H, D]`` and beta ``[B, T, H]`` raw; rec_q, rec_k, rec_v ``[H, D, D]``, rec_beta ``[H, D]``;
-    state ``(W [B, H, D, D], y [B, H, D])``; chunk_size: steps per checkpoint (default ~sqrt(T)).
+    state ``(W [B, H, D, D], y [B, H, D])``; checkpoint_every: steps per checkpoint (default ~sqrt(T)).
     Returns ``(y [B, T, H, D] in q's dtype, RecDeltaState or None)``.
     """
     in_dtype = check_float_tensor("q", q).dtype
-    (q, k, v, beta), (rq, rk, rv, rb), (W0, y0), reset = _prepare(
-        q, k, v, beta, rec_q, rec_k, rec_v, rec_beta, initial_state, reset)
+    (q, k, v, beta), params, (W0, y0), reset = prepare(q, k, v, beta, rec_q, rec_k, rec_v, rec_beta, initial_state,
+                                                       reset)
     B, T = q.shape[:2]
-    C = default_chunk_size(T) if chunk_size is None else check_chunk_size(chunk_size)
-    P = torch.cat([rq, rk, rv, rb.unsqueeze(1)], dim=1)  # [H, 3D+1, D]; autograd splits its gradient back
-    y, W, y_last, _, _ = _recurrence(C, keep_tensor(reset, B, T, q.dtype), q, k, v, beta, P, W0, y0)
+    C = checkpoint_interval(checkpoint_every, T)
+    nb.check_runnable("rec_delta", q)
+    y, W, y_last, _, _ = _recurrence(C, nb.keep_tensor(reset, B, T, q.dtype), q, k, v, beta, stack_recurrent(*params),
+                                     W0, y0)
     return y.to(in_dtype), (RecDeltaState(W, y_last) if output_final_state else None)

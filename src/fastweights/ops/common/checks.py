@@ -99,10 +99,19 @@ def check_reset(reset: object, batch: int, time: int, device: torch.device) -> T
     return reset
 
 
-def check_chunk_size(chunk_size: object) -> int:
+def check_chunk_size(chunk_size: object, name: str = "chunk_size") -> int:
+    """A positive int (``name``: the argument, ``chunk_size`` or ``checkpoint_every``)."""
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+        raise ValueError(f"{name}: expected a positive int, got {chunk_size!r}")
     return chunk_size
+
+
+def refuse_chunk_size(op: str, kwargs: dict) -> None:
+    """The recurrent ops once called their checkpoint interval ``chunk_size``; that name now means only the
+    parallel chunk width of the sum/delta rule, so its old use is refused with the new name."""
+    if "chunk_size" in kwargs:
+        raise TypeError(f"chunk_size: {op} has no parallel chunk width; its steps between stored states are "
+                        f"set with checkpoint_every= (got chunk_size={kwargs['chunk_size']!r})")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -23,7 +23,7 @@ t+1 sent back), ``gc`` that of c_t and ``G^g`` that of R^g_t:
     gy' = a * (ga - <a, ga>)  (v2-v4: softmax Jacobian)  |  ga  (v1)
     gradients of R_{t-1}, y_{t-1}, c_{t-1}: m gR', m gy', m gc'
 
-The forward kernel keeps the state at the start of every chunk of ``chunk_size`` steps; the backward kernel
+The forward kernel keeps the state at the start of every chunk of ``checkpoint_every`` steps; the backward kernel
 recomputes one chunk at a time from it into per-(b, h) buffers and walks the chunk backwards. All kernel
 arrays are ``[B, H, T, ...]`` (each (b, h) sequence contiguous).
 """
@@ -34,57 +34,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._common import check_chunk_size, check_float_tensor
-from ._compiled import (
-    NUMBA_AVAILABLE,
-    NUMBA_MISSING,
-    from_bh_major,
-    keep_tensor,
-    numba,
-    supports_compiled,
-    sync_threads,
-    to_bh_major,
-)
-from ._registry import register
-from ._scan import default_chunk_size
-from .delta_lstm import _prepare
-from .delta_rule import delta_rule
-from .states import DeltaLSTMState
-
-if NUMBA_AVAILABLE:
-    _njit = numba.njit(cache=True, fastmath=False)
-    _njit_parallel = numba.njit(parallel=True, cache=True, fastmath=False)
-    prange = numba.prange
-else:  # pragma: no cover - the implementation refuses to run without numba (supports_compiled is False)
-    def _njit(fn):
-        return fn
-
-    _njit_parallel = _njit
-    prange = range
-
+from ..common import numba as nb
+from ..common.checks import check_float_tensor
+from ..common.delta import feed_forward
+from ..common.numba import as_numpy, from_bh_major, np_dtype, softmax_into, to_bh_major
+from ..common.registry import register
+from ..common.scan import checkpoint_interval
+from ..states import DeltaLSTMState
+from . import prepare
 
 # ------------------------------------------------------------------------------------------------ kernels
 
 
-@_njit
-def _softmax_into(x, out):
-    """``out = softmax(x)`` over a vector ``[V]`` (max-subtracted, like torch.softmax); ``out`` may be ``x``."""
-    V = x.shape[0]
-    if V == 0:
-        return
-    m = x[0]
-    for v in range(1, V):
-        m = max(m, x[v])
-    s = 0.0
-    for v in range(V):
-        e = np.exp(x[v] - m)
-        out[v] = e
-        s += e
-    for v in range(V):
-        out[v] = out[v] / s
-
-
-@_njit
+@nb.kernel
 def _dot(x, y):
     """``sum_v x[v] y[v]`` for vectors of length >= 1, in their dtype, with four partial sums: without
     fastmath the compiler may not reorder a single running sum, which would serialise the adds."""
@@ -109,7 +71,7 @@ def _dot(x, y):
     return s
 
 
-@_njit
+@nb.kernel
 def _reset(kp, R, y, c):
     """Multiply the state ``R [3, V, V]``, ``y, c [V]`` by the keep flag in place (a no-op for kp = 1)."""
     if kp != 1.0:
@@ -118,7 +80,7 @@ def _reset(kp, R, y, c):
         c *= kp
 
 
-@_njit
+@nb.kernel
 def _reset_into(kp, R, y, c, Rr, yr, cr):
     """``Rr, yr, cr = kp R, kp y, kp c`` (the reset state, into scratch buffers of the same shapes)."""
     for g in range(R.shape[0]):
@@ -130,7 +92,7 @@ def _reset_into(kp, R, y, c, Rr, yr, cr):
         cr[v] = kp * c[v]
 
 
-@_njit
+@nb.kernel
 def _step(version, Rsrc, Rdst, yprev, cprev, z, rk, rv, rbeta, a, d, gate, cnew, ynew):
     """One step of one (batch, head), after the reset.
 
@@ -144,7 +106,7 @@ def _step(version, Rsrc, Rdst, yprev, cprev, z, rk, rv, rbeta, a, d, gate, cnew,
         for v in range(V):
             a[v] = yprev[v]
     else:
-        _softmax_into(yprev, a)
+        softmax_into(yprev, a)
     for g in range(G):
         Rs, Rd, dg, pg = Rsrc[g], Rdst[g], d[g], gate[g]
         # residual of the write, read with the old matrix; accumulated row by row (key-major R: each row is
@@ -182,10 +144,10 @@ def _step(version, Rsrc, Rdst, yprev, cprev, z, rk, rv, rbeta, a, d, gate, cnew,
         else:
             ynew[v] = o * cn
     if version == 1:
-        _softmax_into(ynew, ynew)
+        softmax_into(ynew, ynew)
 
 
-@_njit
+@nb.kernel
 def _step_backward(version, kp, Rsrc, Rt, cprev, cnew, ynew, a, d, gate, rk, rbeta, gy, gc, GR, gyprev,
                    gz, grk, grv, grbeta, gh, gp, ga, gd):
     """Back-propagate one step of one (batch, head) (the inverse data flow of :func:`_reset` + :func:`_step`).
@@ -265,14 +227,14 @@ def _step_backward(version, kp, Rsrc, Rt, cprev, cnew, ynew, a, d, gate, rk, rbe
         gyprev *= kp
 
 
-@_njit_parallel
+@nb.parallel_kernel
 def _forward_kernel(version, C, z, rk, rv, rbeta, keep, R0, y0, c0, y_out, R_out, y_last, c_last, cpR, cpy, cpc):
     """Forward over ``z, rk, rv [B, H, T, 3, V]``, ``rbeta [B, H, T, 3]``, ``keep [B, T]`` from ``R0 [B, H, 3, V, V]``,
     ``y0, c0 [B, H, V]``. Writes ``y_out [B, H, T, V]``, the final ``R_out, y_last, c_last`` and the state at the
     start of every chunk of ``C`` steps (before that step's reset) into ``cpR [B, H, NC, 3, V, V]``,
     ``cpy, cpc [B, H, NC, V]``."""
     B, H, T, G, V = z.shape
-    for bh in prange(B * H):
+    for bh in nb.prange(B * H):
         b, h = bh // H, bh % H
         # R ping-pongs between two buffers: a step that reads and writes the same array cannot be vectorised
         # (the compiler's runtime overlap check fails and it falls back to scalar code)
@@ -300,7 +262,7 @@ def _forward_kernel(version, C, z, rk, rv, rbeta, keep, R0, y0, c0, y_out, R_out
         c_last[b, h] = cprev
 
 
-@_njit_parallel
+@nb.parallel_kernel
 def _backward_kernel(version, C, z, rk, rv, rbeta, keep, cpR, cpy, cpc, gy_out, gR_T, gy_T, gc_T,
                      gz, grk, grv, grbeta, gR0, gy0, gc0):
     """Backward of :func:`_forward_kernel`. In: its inputs and checkpoints, ``gy_out [B, H, T, V]`` and the
@@ -309,7 +271,7 @@ def _backward_kernel(version, C, z, rk, rv, rbeta, keep, cpR, cpy, cpc, gy_out, 
     B, H, T, G, V = z.shape
     NC = cpR.shape[2]
     Cm = min(C, T)
-    for bh in prange(B * H):
+    for bh in nb.prange(B * H):
         b, h = bh // H, bh % H
         # one chunk's recomputed states: Rs[j], Ys[j], Cs[j] hold the state entering step t0 + j (before its
         # reset; the reset state of a reset step goes to the scratch Rr, yr, cr), so Rs[j + 1] is R after the
@@ -374,63 +336,55 @@ def _backward_kernel(version, C, z, rk, rv, rbeta, keep, cpR, cpy, cpc, gy_out, 
 # into NumPy. The forward also returns the chunk-start states the backward needs.
 
 
-def _np_dtype(dtype: torch.dtype) -> type:
-    return np.float64 if dtype == torch.float64 else np.float32
-
-
-def _numpy(x: Tensor) -> np.ndarray:
-    return x.detach().contiguous().numpy()
-
-
 @torch.library.custom_op("fastweights::delta_lstm_recurrence", mutates_args=())
-def _recurrence(version: int, chunk_size: int, keep: Tensor, z: Tensor, rk: Tensor, rv: Tensor, rbeta: Tensor,
+def _recurrence(version: int, checkpoint_every: int, keep: Tensor, z: Tensor, rk: Tensor, rv: Tensor, rbeta: Tensor,
                 R0: Tensor, y0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(z, rk, rv [B, T, H, 3, V], rbeta [B, T, H, 3], R0 [B, H, 3, V, V], y0, c0 [B, H, V])``, ``keep [B, T]``
     -> ``(y [B, T, H, V], R_T, y_T, c_T, cpR [B, H, NC, 3, V, V], cpy, cpc [B, H, NC, V])``."""
     B, T, H, G, V = z.shape
-    dt = _np_dtype(z.dtype)
-    NC = -(-T // chunk_size)
+    dt = np_dtype(z.dtype)
+    NC = -(-T // checkpoint_every)
     arrays = [to_bh_major(x) for x in (z, rk, rv, rbeta)]
     y = np.empty((B, H, T, V), dt)
     R_T, y_T, c_T = np.empty((B, H, G, V, V), dt), np.empty((B, H, V), dt), np.empty((B, H, V), dt)
     cpR, cpy, cpc = np.empty((B, H, NC, G, V, V), dt), np.empty((B, H, NC, V), dt), np.empty((B, H, NC, V), dt)
-    sync_threads()
-    _forward_kernel(version, chunk_size, *arrays, _numpy(keep), *(_numpy(x) for x in (R0, y0, c0)), y, R_T, y_T, c_T,
-                    cpR, cpy, cpc)
+    nb.sync_threads()
+    _forward_kernel(version, checkpoint_every, *arrays, as_numpy(keep), *(as_numpy(x) for x in (R0, y0, c0)), y,
+                    R_T, y_T, c_T, cpR, cpy, cpc)
     # [B, T, H, V] contiguous, like the other implementations (callers may .view() it)
     return (from_bh_major(y).contiguous(), *(torch.from_numpy(x) for x in (R_T, y_T, c_T, cpR, cpy, cpc)))
 
 
 @_recurrence.register_fake
-def _(version, chunk_size, keep, z, rk, rv, rbeta, R0, y0, c0):
+def _(version, checkpoint_every, keep, z, rk, rv, rbeta, R0, y0, c0):
     B, T, H, G, V = z.shape
-    NC = -(-T // chunk_size)
+    NC = -(-T // checkpoint_every)
     return (z.new_empty(B, T, H, V), z.new_empty(B, H, G, V, V), z.new_empty(B, H, V), z.new_empty(B, H, V),
             z.new_empty(B, H, NC, G, V, V), z.new_empty(B, H, NC, V), z.new_empty(B, H, NC, V))
 
 
 @torch.library.custom_op("fastweights::delta_lstm_recurrence_backward", mutates_args=())
-def _recurrence_backward(version: int, chunk_size: int, keep: Tensor, z: Tensor, rk: Tensor, rv: Tensor,
+def _recurrence_backward(version: int, checkpoint_every: int, keep: Tensor, z: Tensor, rk: Tensor, rv: Tensor,
                          rbeta: Tensor, cpR: Tensor, cpy: Tensor, cpc: Tensor, g_y: Tensor, g_R: Tensor,
                          g_yT: Tensor, g_cT: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The gradients of z, rk, rv, rbeta, R0, y0, c0 from those of y, R_T, y_T, c_T."""
     B, T, H, G, V = z.shape
     arrays = [to_bh_major(x) for x in (z, rk, rv, rbeta)]
     gy_out = to_bh_major(g_y.to(z.dtype))
-    g_final = [_numpy(g.to(z.dtype)) for g in (g_R, g_yT, g_cT)]
-    npdt = _np_dtype(z.dtype)
+    g_final = [as_numpy(g.to(z.dtype)) for g in (g_R, g_yT, g_cT)]
+    npdt = np_dtype(z.dtype)
     gz, grk, grv = (np.empty((B, H, T, G, V), npdt) for _ in range(3))
     grbeta = np.empty((B, H, T, G), npdt)
     gR0, gy0, gc0 = np.empty((B, H, G, V, V), npdt), np.empty((B, H, V), npdt), np.empty((B, H, V), npdt)
-    sync_threads()
-    _backward_kernel(version, chunk_size, *arrays, _numpy(keep), cpR.numpy(), cpy.numpy(), cpc.numpy(), gy_out,
+    nb.sync_threads()
+    _backward_kernel(version, checkpoint_every, *arrays, as_numpy(keep), cpR.numpy(), cpy.numpy(), cpc.numpy(), gy_out,
                      *g_final, gz, grk, grv, grbeta, gR0, gy0, gc0)
     return (from_bh_major(gz), from_bh_major(grk), from_bh_major(grv), from_bh_major(grbeta),
             torch.from_numpy(gR0), torch.from_numpy(gy0), torch.from_numpy(gc0))
 
 
 @_recurrence_backward.register_fake
-def _(version, chunk_size, keep, z, rk, rv, rbeta, cpR, cpy, cpc, g_y, g_R, g_yT, g_cT):
+def _(version, checkpoint_every, keep, z, rk, rv, rbeta, cpR, cpy, cpc, g_y, g_R, g_yT, g_cT):
     B, T, H, G, V = z.shape
     # the real gradients are [B, H, T, ...] arrays seen batch-first: the same strides here
     return (*(z.new_empty(B, H, T, G, V).transpose(1, 2) for _ in range(3)), z.new_empty(B, H, T, G).transpose(1, 2),
@@ -438,15 +392,15 @@ def _(version, chunk_size, keep, z, rk, rv, rbeta, cpR, cpy, cpc, g_y, g_R, g_yT
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    version, chunk_size, keep, z, rk, rv, rbeta = inputs[:7]
-    ctx.version, ctx.chunk_size = version, chunk_size
+    version, checkpoint_every, keep, z, rk, rv, rbeta = inputs[:7]
+    ctx.version, ctx.checkpoint_every = version, checkpoint_every
     ctx.save_for_backward(keep, z, rk, rv, rbeta, *output[4:])
 
 
 def _backward(ctx, g_y, g_R, g_yT, g_cT, *_checkpoints):
     keep, z, rk, rv, rbeta, cpR, cpy, cpc = ctx.saved_tensors
-    grads = _recurrence_backward(ctx.version, ctx.chunk_size, keep, z, rk, rv, rbeta, cpR, cpy, cpc, g_y, g_R, g_yT,
-                                 g_cT)
+    grads = _recurrence_backward(ctx.version, ctx.checkpoint_every, keep, z, rk, rv, rbeta, cpR, cpy, cpc, g_y, g_R,
+                                 g_yT, g_cT)
     return (None, None, None, *(g if need else None for g, need in zip(grads, ctx.needs_input_grad[3:])))
 
 
@@ -456,36 +410,27 @@ _recurrence.register_autograd(_backward, setup_context=_setup_context)
 # ------------------------------------------------------------------------------------------------ the op
 
 
-@register("delta_lstm", "compiled", priority=20, supports=supports_compiled, missing=NUMBA_MISSING,
-          devices=("cpu",))
+@register("delta_lstm", "compiled", priority=20, available=nb.numba_missing, devices=("cpu",))
 def delta_lstm_compiled(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, rk: Tensor, rv: Tensor, rbeta: Tensor, *,
                         version: int = 4, initial_state: DeltaLSTMState | tuple | None = None,
                         reset: Tensor | None = None, output_final_state: bool = False,
-                        chunk_size: int | None = None) -> tuple[Tensor, DeltaLSTMState | None]:
+                        checkpoint_every: int | None = None) -> tuple[Tensor, DeltaLSTMState | None]:
     """Delta LSTM with the recurrence in compiled CPU kernels; arguments and results as :func:`delta_lstm`.
 
     Args:
         q, k: ``[B, T, H, 3, K]``; v, rk, rv: ``[B, T, H, 3, V]``; beta, rbeta: ``[B, T, H, 3]``.
         initial_state: ``DeltaLSTMState(W [B,H,3,K,V], R [B,H,3,V,V], y [B,H,V], c [B,H,V])`` or None.
-        reset: bool ``[B, T]``. chunk_size: steps per stored state (default ~sqrt(T)).
+        reset: bool ``[B, T]``. checkpoint_every: steps per stored state (default ~sqrt(T)).
     Returns:
         ``(y [B, T, H, V] in q's dtype, DeltaLSTMState or None)``.
     """
     in_dtype = check_float_tensor("q", q).dtype
-    (q, k, v, beta, rk, rv, rbeta), (W0, R0, y0, c0), reset = _prepare(
+    (q, k, v, beta, rk, rv, rbeta), (W0, R0, y0, c0), reset = prepare(
         q, k, v, beta, rk, rv, rbeta, version, initial_state, reset)
-    B, T, H, G, K = q.shape
-    V = v.shape[-1]
-    C = default_chunk_size(T) if chunk_size is None else check_chunk_size(chunk_size)
-    if not NUMBA_AVAILABLE:
-        raise RuntimeError(f"delta_lstm: the 'compiled' implementation needs numba: {NUMBA_MISSING}")
-    if q.device.type != "cpu":
-        raise ValueError(f"q: the 'compiled' implementation of delta_lstm runs on CPU tensors, got device {q.device}")
-    # The three feed-forward matrices are independent delta rules: fold the gate axis into the heads.
-    z, W = delta_rule(q.reshape(B, T, H * G, K), k.reshape(B, T, H * G, K), v.reshape(B, T, H * G, V),
-                      beta.reshape(B, T, H * G), initial_state=W0.reshape(B, H * G, K, V), reset=reset,
-                      output_final_state=True)
-    z = z.view(B, T, H, G, V)
-    y, R, y_last, c = _recurrence(version, C, keep_tensor(reset, B, T, z.dtype), z, rk, rv, rbeta, R0, y0, c0)[:4]
-    final = DeltaLSTMState(W.view(B, H, G, K, V), R, y_last, c) if output_final_state else None
+    B, T = q.shape[:2]
+    C = checkpoint_interval(checkpoint_every, T)
+    nb.check_runnable("delta_lstm", q)
+    z, W = feed_forward(q, k, v, beta, W0, reset)
+    y, R, y_last, c = _recurrence(version, C, nb.keep_tensor(reset, B, T, z.dtype), z, rk, rv, rbeta, R0, y0, c0)[:4]
+    final = DeltaLSTMState(W, R, y_last, c) if output_final_state else None
     return y.to(in_dtype), final

@@ -1,9 +1,13 @@
 """Shared plumbing of the compiled CPU implementations (numba; optional extra ``fastweights[cpu]``).
 
+Every compiled backend takes its decorators (:data:`kernel`, :data:`parallel_kernel`, :data:`prange`), its
+``supports`` and its array conversions from here, so that a machine without numba imports them all unchanged
+(the decorators then leave the plain Python functions, which ``impl="auto"`` never selects).
+
 The compiled kernels loop over time inside one machine-code function, parallel over batch x heads
 (``numba.prange``), so the per-step cost is the arithmetic, not ~60 us of Python and dispatch per step.
 They follow the memory rule of the default path: the forward keeps the state at the start of every chunk of
-``chunk_size`` steps; the backward recomputes one chunk at a time from it.
+``checkpoint_every`` steps; the backward recomputes one chunk at a time from it.
 """
 
 from __future__ import annotations
@@ -23,10 +27,59 @@ except ImportError:  # pragma: no cover - exercised on machines without numba
 NUMBA_MISSING = "numba is not installed (pip install 'fastweights[cpu]')"
 COMPILED_DTYPES = (torch.float32, torch.float64)
 
+if NUMBA_AVAILABLE:
+    kernel = numba.njit(cache=True, fastmath=False)  # a per-sequence function, compiled once
+    parallel_kernel = numba.njit(parallel=True, cache=True, fastmath=False)  # distributes the (b, h) pairs
+    prange = numba.prange
+else:  # pragma: no cover - the registry never selects a compiled implementation without numba
 
-def supports_compiled(q: Tensor) -> bool:
-    """numba kernels run on CPU tensors; half-precision inputs are computed in float32 by the op."""
-    return NUMBA_AVAILABLE and q.device.type == "cpu"
+    def kernel(fn):
+        return fn
+
+    parallel_kernel = kernel
+    prange = range
+
+
+@kernel
+def softmax_into(x, out):
+    """``out = softmax(x)`` over a vector ``[V]`` (max-subtracted, like torch.softmax); ``out`` may be ``x``."""
+    V = x.shape[0]
+    if V == 0:
+        return
+    m = x[0]
+    for v in range(1, V):
+        m = max(m, x[v])
+    s = 0.0
+    for v in range(V):
+        e = np.exp(x[v] - m)
+        out[v] = e
+        s += e
+    for v in range(V):
+        out[v] = out[v] / s
+
+
+def numba_missing() -> str | None:
+    """The ``available`` of every compiled implementation: None when numba is installed, else why not."""
+    return None if NUMBA_AVAILABLE else NUMBA_MISSING
+
+
+def check_runnable(op: str, q: Tensor) -> None:
+    """Raise a clear error when an explicit ``impl="compiled"`` cannot run (numba missing, not a CPU tensor)."""
+    why = numba_missing()
+    if why is None and q.device.type != "cpu":
+        why = f"it runs on CPU tensors, got device {q.device}"
+    if why is not None:
+        raise RuntimeError(f"{op}: the 'compiled' implementation is unavailable: {why}")
+
+
+def np_dtype(dtype: torch.dtype) -> type:
+    """The numpy dtype of the kernels' arrays for tensors of ``dtype`` (float64 or float32)."""
+    return np.float64 if dtype == torch.float64 else np.float32
+
+
+def as_numpy(x: Tensor) -> np.ndarray:
+    """A C-contiguous numpy array of ``x`` as it is (e.g. batch-head-major states), without autograd."""
+    return x.detach().contiguous().numpy()
 
 
 def sync_threads() -> None:

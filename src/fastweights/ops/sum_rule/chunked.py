@@ -1,0 +1,12 @@
+"""The sum rule in chunkwise-parallel form (:mod:`fastweights.ops.common.chunked`)."""
+
+from __future__ import annotations
+
+from ..common.chunked import linear_rule_chunked
+from ..common.registry import register
+
+
+@register("sum_rule", "chunked", priority=10)
+def sum_rule_chunked(q, k, v, *, initial_state=None, reset=None, output_final_state=False,
+                     chunk_size: int | None = None):
+    return linear_rule_chunked(q, k, v, None, initial_state, reset, output_final_state, chunk_size)
