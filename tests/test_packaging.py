@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: to generate and the presets resolve the same. The RL paper preset's Atari game needs the ``rl`` extra; without
 #: it the preset runs on a memory task with an MLP torso.
 ATARI = importlib.util.find_spec("ale_py") is not None and importlib.util.find_spec("gymnasium") is not None
+MINATAR = importlib.util.find_spec("minatar") is not None
 SMALL_DATA = ["train_size=8", "valid_size=2", "test_size=2"]
 DRY_RUNS = {
     **{f"code-exec {p}": ["train", "code-exec", "--num-vars", "3", "--model", "delta_net", "--preset", p,
@@ -30,6 +31,8 @@ DRY_RUNS = {
     "rl cpu": ["train", "rl", "--env", "repeat_first", "--model", "delta_net", "--preset", "cpu", "--dry-run"],
     "rl paper": ["train", "rl", "--model", "delta_net", "--preset", "paper", "--dry-run",
                  *(["--env", "BreakoutNoFrameskip-v4"] if ATARI else ["--env", "repeat_first", "torso=mlp"])],
+    "rl minatar": ["train", "rl", "--model", "rdn", "--preset", "minatar", "--dry-run",
+                   *([] if MINATAR else ["--env", "repeat_first", "torso=mlp"])],
 }
 #: Runs every command of DRY_RUNS in one process (one torch import) and prints each one's last line.
 DRY_RUN_SCRIPT = """
@@ -72,7 +75,7 @@ def run_installed(target: Path, cwd: Path, *args: str) -> subprocess.CompletedPr
 def test_wheel_ships_presets_and_runs_every_task_outside_the_checkout(installed_wheel, tmp_path):
     presets = sorted(p.name for p in (installed_wheel / "fastweights" / "configs").glob("*.json"))
     assert presets == sorted(p.name for p in (ROOT / "src" / "fastweights" / "configs").glob("*.json"))
-    assert len(presets) == 8
+    assert len(presets) == 9  # code-exec, listops, lm: cpu + paper; rl: cpu, minatar, paper
     where = run_installed(installed_wheel, tmp_path, "-c", "import fastweights; print(fastweights.__file__)")
     assert where.returncode == 0, where.stderr
     assert Path(where.stdout.strip()).is_relative_to(installed_wheel)  # the wheel's copy, not the checkout's
