@@ -10,7 +10,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..train.config import ConfigError, apply_overrides, config_to_dict, dataclass_from_dict, load_preset, option
+from ..train.config import (
+    ConfigError,
+    apply_overrides,
+    check_device,
+    config_to_dict,
+    dataclass_from_dict,
+    load_preset,
+    option,
+)
 from .envs import atari_game, is_atari
 
 TASK = "rl"
@@ -112,8 +120,6 @@ class RLConfig:
                 "layer_options": dict(self.layer_options)}
 
     def validate(self) -> None:
-        import torch
-
         from .agent import rl_cores
 
         if self.task != TASK:
@@ -153,12 +159,7 @@ class RLConfig:
             AgentConfig(obs_shape=(4,), num_actions=2, **{**self.agent_fields(), "torso": "mlp"})
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        try:
-            torch.device(self.device)
-        except RuntimeError:
-            raise ConfigError(f"device: expected cpu, cuda or cuda:N, got {self.device!r}") from None
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"device: {self.device!r} requested but CUDA is not available; use device=cpu")
+        check_device(self.device)
 
 
 def resolve_rl_config(env: str | None = None, model: str | None = None, preset: str | None = None,
