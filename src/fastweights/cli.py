@@ -171,17 +171,27 @@ def _train_lm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_other_tasks_flags(args: argparse.Namespace) -> None:
+    """``train``/``compare``: an rl command refuses the algorithmic and lm flags and a ``task=`` override (it would
+    be ignored); any other task refuses ``--env``."""
+    if args.task != "rl":
+        if args.env is not None:
+            raise ValueError(f"--env: only for rl, not for {args.task}")
+        return
+    wrong = [f"--{k.replace('_', '-')}" for k in ("num_vars", "depth", "data") if getattr(args, k) is not None]
+    wrong += ["--carry-state"] if getattr(args, "carry_state", False) else []
+    wrong += [o for o in args.overrides if o.startswith("task=") and o != "task=rl"]
+    if wrong:
+        raise ValueError(f"{' '.join(wrong)}: not for rl")
+
+
 def _train_rl(args: argparse.Namespace) -> int:
     import json
 
     from .rl.train import main_train
     from .train.config import DEFAULT_PRESET
 
-    wrong = [f"--{k.replace('_', '-')}" for k in ("num_vars", "depth", "data") if getattr(args, k) is not None]
-    wrong += ["--carry-state"] if args.carry_state else []
-    wrong += [o for o in args.overrides if o.startswith("task=") and o != "task=rl"]  # would be ignored
-    if wrong:
-        raise ValueError(f"{' '.join(wrong)}: not for rl")
+    _refuse_other_tasks_flags(args)
     if args.resume:  # main_train refuses env/model/preset/run_dir/overrides together with resume
         main_train(args.env, args.model, args.preset, args.overrides, run_dir=args.run_dir, resume=args.resume,
                    device=args.device, command=args.command_line)
@@ -207,8 +217,7 @@ def _train(args: argparse.Namespace) -> int:
         return _train_lm(args)
     if args.task == "rl":
         return _train_rl(args)
-    if args.env is not None:
-        raise ValueError(f"--env: only for rl, not for {args.task}")
+    _refuse_other_tasks_flags(args)
     if args.carry_state:
         raise ValueError(f"--carry-state: only for lm, not for {args.task}")
     if args.resume:
@@ -243,15 +252,8 @@ def _compare(args: argparse.Namespace) -> int:
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         except ValueError:
             raise ValueError(f"--seeds: expected comma-separated integers, e.g. 11,12,13, got {args.seeds!r}") from None
-    if args.task == "rl":
-        wrong = [f"--{k.replace('_', '-')}" for k in ("num_vars", "depth", "data") if getattr(args, k) is not None]
-        if wrong:
-            raise ValueError(f"{' '.join(wrong)}: not for rl")
-        flags = {"env": args.env, "device": args.device}
-    else:
-        if args.env is not None:
-            raise ValueError(f"--env: only for rl, not for {args.task}")
-        flags = _task_flags(args)
+    _refuse_other_tasks_flags(args)
+    flags = {"env": args.env, "device": args.device} if args.task == "rl" else _task_flags(args)
     compare(args.task, [m.strip() for m in args.models.split(",") if m.strip()], args.preset, args.overrides,
             Path(args.out_dir), flags=flags, seeds=seeds, jobs=args.jobs)
     return 0

@@ -28,6 +28,7 @@ def test_dry_run_prints_parameters(capsys):
     (["train", "lm", "--env", "repeat_first", "--model", "lstm"], "--env: not for lm"),
     (["compare", "rl", "--env", "repeat_first", "--depth", "10"], "--depth: not for rl"),
     (["compare", "listops", "--env", "repeat_first"], "--env: only for rl, not for listops"),
+    (["compare", "rl", "task=lm"], "task=lm: not for rl"),
 ])
 def test_bad_arguments_are_one_line_errors(capsys, argv, message):
     rc, _, err = cli(capsys, *argv)

@@ -46,7 +46,8 @@ def test_wrapper_equals_the_package_game(game):
                 r.reset()
                 episodes += 1
             np.testing.assert_array_equal(res.obs[i], r.state().transpose(2, 0, 1))
-    assert episodes == 0 or game in ("asterix", "breakout", "seaquest", "space_invaders")
+    if game == "freeway":
+        assert episodes == 0  # Freeway's episodes last 2500 steps
 
 
 def test_episode_returns_and_lengths_add_up():

@@ -267,8 +267,9 @@ def lr_at(step: int, cfg: LMTrainConfig) -> float:
     max_steps)`` stepped with the global step)."""
     if step == 0:
         return cfg.lr
-    return warmup_cosine(step - 1, cfg.lr, cfg.warmup_steps, None) if step < cfg.warmup_steps else \
-        warmup_cosine(step, cfg.lr, 0, cfg.max_steps)
+    if step < cfg.warmup_steps:
+        return cfg.lr * step / cfg.warmup_steps
+    return warmup_cosine(step, cfg.lr, 0, cfg.max_steps)
 
 
 def _ppl(loss: float) -> float:
