@@ -7,7 +7,7 @@
     fastweights train code-exec|listops ...   train a model (run directory, checkpoints, resume)
     fastweights train lm --model M [--data DIR] [--preset paper|cpu] [--carry-state] [key=value ...]
                                               train a language model (also under torchrun: DDP)
-    fastweights compare code-exec|listops|rl ... train several models x seeds and print a comparison table + plot
+    fastweights compare code-exec|listops|lm|rl ... train several models x seeds and print a comparison table + plot
     fastweights eval RUN_DIR [--split test]   evaluate a run's best checkpoint
                                               (LM runs: --mode sliding|carry|segments [--context W])
     fastweights eval RUN_DIR --data DIR       ... with the run's data read from where they moved
@@ -135,9 +135,7 @@ def _train_lm(args: argparse.Namespace) -> int:
     from .train.config import DEFAULT_PRESET, ConfigError, config_to_dict, resolve_config
     from .train.lm import train_lm
 
-    wrong = [f"--{k.replace('_', '-')}" for k in ("num_vars", "depth", "env") if getattr(args, k) is not None]
-    if wrong:
-        raise ConfigError(f"{' '.join(wrong)}: not for lm")
+    _refuse_other_tasks_flags(args)
     if args.resume:
         run_dir, cfg = _resumed_run(args, ("model", "preset", "data", "run_dir", "carry_state"))
         if args.device is not None:
@@ -172,17 +170,22 @@ def _train_lm(args: argparse.Namespace) -> int:
 
 
 def _refuse_other_tasks_flags(args: argparse.Namespace) -> None:
-    """``train``/``compare``: an rl command refuses the algorithmic and lm flags and a ``task=`` override (it would
-    be ignored); any other task refuses ``--env``."""
-    if args.task != "rl":
+    """``train``/``compare``: refuse the flags of other tasks (they would be ignored): ``--env`` outside rl,
+    ``--carry-state`` outside lm, ``--num-vars``/``--depth`` outside the algorithmic tasks, and for rl also ``--data``
+    and a ``task=`` override."""
+    if args.task in ("code-exec", "listops"):
         if args.env is not None:
             raise ValueError(f"--env: only for rl, not for {args.task}")
+        if getattr(args, "carry_state", False):
+            raise ValueError(f"--carry-state: only for lm, not for {args.task}")
         return
-    wrong = [f"--{k.replace('_', '-')}" for k in ("num_vars", "depth", "data") if getattr(args, k) is not None]
-    wrong += ["--carry-state"] if getattr(args, "carry_state", False) else []
-    wrong += [o for o in args.overrides if o.startswith("task=") and o != "task=rl"]
+    names = ("num_vars", "depth", "data") if args.task == "rl" else ("num_vars", "depth", "env")
+    wrong = [f"--{k.replace('_', '-')}" for k in names if getattr(args, k) is not None]
+    if args.task == "rl":
+        wrong += ["--carry-state"] if getattr(args, "carry_state", False) else []
+        wrong += [o for o in args.overrides if o.startswith("task=") and o != "task=rl"]
     if wrong:
-        raise ValueError(f"{' '.join(wrong)}: not for rl")
+        raise ValueError(f"{' '.join(wrong)}: not for {args.task}")
 
 
 def _train_rl(args: argparse.Namespace) -> int:
@@ -218,8 +221,6 @@ def _train(args: argparse.Namespace) -> int:
     if args.task == "rl":
         return _train_rl(args)
     _refuse_other_tasks_flags(args)
-    if args.carry_state:
-        raise ValueError(f"--carry-state: only for lm, not for {args.task}")
     if args.resume:
         run_dir, cfg = _resumed_run(args, ("model", "preset", "num_vars", "depth", "data", "run_dir"))
         train(cfg, run_dir, resume=True)
@@ -253,7 +254,12 @@ def _compare(args: argparse.Namespace) -> int:
         except ValueError:
             raise ValueError(f"--seeds: expected comma-separated integers, e.g. 11,12,13, got {args.seeds!r}") from None
     _refuse_other_tasks_flags(args)
-    flags = {"env": args.env, "device": args.device} if args.task == "rl" else _task_flags(args)
+    if args.task == "rl":
+        flags = {"env": args.env, "device": args.device}
+    elif args.task == "lm":
+        flags = {"data": args.data, "device": args.device, "carry_state": True if args.carry_state else None}
+    else:
+        flags = _task_flags(args)
     compare(args.task, [m.strip() for m in args.models.split(",") if m.strip()], args.preset, args.overrides,
             Path(args.out_dir), flags=flags, seeds=seeds, jobs=args.jobs)
     return 0
@@ -435,8 +441,10 @@ def build_parser(help_task: str | None = None) -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="train models x seeds with one preset (resumable, --jobs at a time); "
                                         "table of mean ± std and curves with seed bands",
                        epilog=_keys_epilog(help_task, "compare"), **keys)
-    _add_task_args(c, tasks=("code-exec", "listops", "rl"))
+    _add_task_args(c, tasks=("code-exec", "listops", "lm", "rl"))
     c.add_argument("--env", default=None, help=ENV_HELP)
+    c.add_argument("--carry-state", action="store_true",
+                   help="lm: train every model with the state carried across windows (the paper's + full context)")
     c.add_argument("--models", default="lstm,linear_transformer,delta_net,delta_rnn")
     c.add_argument("--preset", default="cpu")
     c.add_argument("--out-dir", default="runs/compare")

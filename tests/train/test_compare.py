@@ -6,10 +6,13 @@ import statistics
 
 import pytest
 import torch
+from test_lm_train import TINY as LM_TINY  # tests/train is on sys.path (rootdir imports)
+from test_lm_train import write_corpus
 
 from fastweights.train.algorithmic import train
 from fastweights.train.compare import compare, format_table, plan_grid
 from fastweights.train.config import resolve_config
+from fastweights.train.lm import evaluate_lm_run
 from fastweights.train.runs import read_json
 
 TINY = ["train_size=30", "valid_size=10", "test_size=10", "code_length=4", "d_model=16", "num_layers=1",
@@ -132,3 +135,29 @@ def test_compare_rl_scores_the_final_evaluation_over_seeds(tmp_path):
     assert summary.startswith("rl repeat_previous, preset cpu: mean return") and "| delta_net |" in summary
     two = compare("rl", ["feedforward", "delta_net"], "cpu", RL_TINY, tmp_path / "two", flags, seeds=[1, 2], jobs=2)
     assert [r["eval_return"] for r in two] == [r["eval_return"] for r in rows]
+
+
+def test_compare_lm_scores_test_perplexity_under_the_test_mode(tmp_path):
+    """An lm grid: the score is each run's test perplexity under ``test_mode`` (auto: sliding for truncated-context
+    runs, carry with --carry-state) and equals ``fastweights eval`` of the best checkpoint; jobs=2 gives the same."""
+    data = write_corpus(tmp_path / "corpus")
+    overrides = [f"{k}={'null' if v is None else str(v).lower() if isinstance(v, bool) else v}"
+                 for k, v in LM_TINY.items()] + ["test_mode=auto"]
+    flags = {"data": str(data)}
+    rows = compare("lm", ["lstm", "delta_net"], "cpu", overrides, tmp_path / "one", flags, seeds=[1, 2])
+    assert [r["model"] for r in rows] == ["lstm", "delta_net"]
+    for row in rows:
+        ppl = [read_json(tmp_path / "one" / f"{row['model']}-seed{s}" / "results.json")["test"]["ppl"] for s in (1, 2)]
+        assert row["test_ppl"] == ppl and row["test_mode"] == "sliding" and row["test_context"] == LM_TINY["tgt_len"]
+        assert row["test_ppl_mean"] == pytest.approx(statistics.fmean(ppl))
+        assert row["test_ppl_std"] == pytest.approx(statistics.stdev(ppl))
+    again = evaluate_lm_run(tmp_path / "one" / "delta_net-seed2", "test")
+    assert again["mode"] == "sliding" and again["ppl"] == pytest.approx(rows[1]["test_ppl"][1], rel=1e-9)
+    summary = (tmp_path / "one" / "summary.md").read_text()
+    assert summary.startswith("lm, preset cpu: test perplexity") and "a sliding window of 12 tokens" in summary
+    two = compare("lm", ["lstm", "delta_net"], "cpu", overrides, tmp_path / "two", flags, seeds=[1, 2], jobs=2)
+    assert [r["test_ppl"] for r in two] == [r["test_ppl"] for r in rows]
+    carried = compare("lm", ["delta_net"], "cpu", overrides, tmp_path / "carry", {**flags, "carry_state": True},
+                      seeds=[1])
+    assert carried[0]["test_mode"] == "carry"
+    assert read_json(tmp_path / "carry" / "delta_net-seed1" / "config.json")["carry_state"] is True

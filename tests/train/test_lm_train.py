@@ -528,3 +528,20 @@ def test_lm_options_on_an_algorithmic_run_are_one_line_errors(capsys, tiny_cfg, 
     assert_one_line_error(rc, err, "is a listops run; generate needs a language-model run")
     rc, out, err = cli(capsys, "eval", run, "--split", "valid")  # the algorithmic evaluation still works
     assert rc == 0 and json.loads(out)["split"] == "valid", err
+
+
+@pytest.mark.parametrize(("test_mode", "carry", "mode"), [("segments", False, "segments"), ("auto", False, "sliding"),
+                                                          ("auto", True, "carry"), ("carry", False, "carry")])
+def test_the_end_of_training_test_follows_test_mode(corpus_dir, tmp_path, test_mode, carry, mode):
+    """results.json's test is the best checkpoint under ``test_mode`` (auto = the paper's protocol of the run)."""
+    cfg = tiny_cfg(corpus_dir, tmp_path, test_mode=test_mode, carry_state=carry)
+    results = train_lm(cfg, tmp_path / "run", quiet=True)
+    assert results["test"]["mode"] == mode and results["test_time_s"] >= 0
+    again = evaluate_lm_run(tmp_path / "run", "test", mode)
+    assert results["test"]["ppl"] == pytest.approx(again["ppl"], rel=1e-9)
+
+
+def test_test_mode_is_checked():
+    with pytest.raises(ValueError, match=r"test_mode: expected one of \['sliding', 'carry', 'segments', 'auto'\], "
+                                         r"got 'stride'"):
+        LMTrainConfig(test_mode="stride").validate()

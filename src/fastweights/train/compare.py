@@ -1,8 +1,10 @@
 """Train a grid of models x seeds with one preset and compare them: a table of mean ± std over seeds on stdout
 (also ``summary.md`` and ``summary.json``) and learning curves with the seeds as a band (``curves.png``).
 
-Tasks: ``code-exec`` and ``listops`` (score: test accuracy of the best-validation checkpoint) and ``rl`` (score: the
-final evaluation's mean return; the environment from ``flags["env"]`` or the preset).
+Tasks: ``code-exec`` and ``listops`` (score: test accuracy of the best-validation checkpoint), ``lm`` (score: test
+perplexity of the best-validation checkpoint under the configuration's ``test_mode``; ``flags["carry_state"]`` trains
+every model with the state carried) and ``rl`` (score: the final evaluation's mean return; the environment from
+``flags["env"]`` or the preset).
 
 The grid is resumable: a run whose directory holds the same configuration and a ``results.json`` is reused, one
 with a ``last.pt`` is resumed, one that never reached its first checkpoint is started again. With ``jobs > 1``
@@ -22,7 +24,7 @@ from typing import Any
 
 from ..rl.config import RLConfig, resolve_rl_config
 from .algorithmic import load_task_data, train
-from .config import TrainConfig, config_to_dict, resolve_config
+from .config import LMTrainConfig, TrainConfig, config_to_dict, resolve_config
 from .plots import plot_seed_bands
 from .runs import RunLock, read_json, read_json_file, write_json
 
@@ -32,7 +34,7 @@ class GridRun:
     """One cell x seed of the grid: its configuration, directory and what has to be done (``finished``,
     ``resume`` or ``new``)."""
 
-    cfg: TrainConfig | RLConfig
+    cfg: TrainConfig | LMTrainConfig | RLConfig
     run_dir: Path
     state: str
 
@@ -69,7 +71,7 @@ def plan_grid(task: str, models: list[str], seeds: list[int] | None, preset: str
 
 
 def _resolve(task: str, preset: str | None, overrides: list[str], model: str, flags: dict[str, Any]
-             ) -> TrainConfig | RLConfig:
+             ) -> TrainConfig | LMTrainConfig | RLConfig:
     if task == "rl":
         return resolve_rl_config(model=model, preset=preset, overrides=overrides, **flags)
     return resolve_config(task, preset, overrides, model=model, **flags)
@@ -80,13 +82,23 @@ def _train_in_process(run: GridRun) -> None:
         from ..rl.train import train as train_rl
 
         train_rl(run.cfg, run.run_dir, resume=run.state == "resume")
+    elif isinstance(run.cfg, LMTrainConfig):
+        from .lm import train_lm
+
+        train_lm(run.cfg, run.run_dir, resume=run.state == "resume")
     else:
         train(run.cfg, run.run_dir, resume=run.state == "resume")
 
 
 def _score(task: str, results: dict[str, Any]) -> float:
-    """The number a grid compares: test accuracy (algorithmic) or mean evaluation return (rl)."""
-    return results["eval"]["mean"] if task == "rl" else results["test"]["acc"]
+    """The number a grid compares: test accuracy (algorithmic), test perplexity (lm) or mean evaluation return
+    (rl)."""
+    return {"rl": lambda: results["eval"]["mean"], "lm": lambda: results["test"]["ppl"]}.get(
+        task, lambda: results["test"]["acc"])()
+
+
+#: What :func:`_score` reports, as a progress line says it.
+SCORE_NAMES = {"rl": "eval return", "lm": "test ppl"}
 
 
 def _train_command(run: GridRun, preset_file: Path) -> list[str]:
@@ -108,6 +120,12 @@ def run_grid(runs: list[GridRun], out_dir: Path, jobs: int = 1) -> None:
     for key in {(r.cfg.task, r.cfg.num_vars, r.cfg.depth, r.cfg.code_length, r.cfg.train_size, r.cfg.valid_size,
                  r.cfg.test_size, r.cfg.data_seed, r.cfg.data): r for r in algorithmic}.values():
         load_task_data(key.cfg)
+    lm = [r for r in todo if isinstance(r.cfg, LMTrainConfig)]
+    if lm:  # tokenise (and cache) each corpus once
+        from .lm import load_lm_data
+
+        for key in {(r.cfg.data, r.cfg.level, r.cfg.tokenizer): r for r in lm}.values():
+            load_lm_data(key.cfg)
     if jobs <= 1:
         for i, r in enumerate(todo):
             print(f"[{i + 1}/{len(todo)}] {r.name}{' (resumed)' if r.state == 'resume' else ''}", flush=True)
@@ -135,7 +153,7 @@ def run_grid(runs: list[GridRun], out_dir: Path, jobs: int = 1) -> None:
                 done += 1
                 if proc.returncode == 0 and (r.run_dir / "results.json").is_file():
                     score = _score(r.cfg.task, read_json(r.run_dir / "results.json"))
-                    what = "eval return" if r.cfg.task == "rl" else "test acc"
+                    what = SCORE_NAMES.get(r.cfg.task, "test acc")
                     print(f"[{done}/{len(todo)}] {r.name}: {what} {score:.4f} "
                           f"({(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
                 else:
@@ -154,8 +172,8 @@ def run_grid(runs: list[GridRun], out_dir: Path, jobs: int = 1) -> None:
 
 def summarize(runs: list[GridRun]) -> list[dict[str, Any]]:
     """One row per model: mean and standard deviation over seeds (sample std; 0 for one seed) of the test
-    accuracy of the best-validation checkpoints (rl: of the final evaluation's mean return), per-seed values, and
-    the mean training time per run."""
+    accuracy of the best-validation checkpoints (lm: their test perplexity; rl: the final evaluation's mean
+    return), per-seed values, and the mean training time per run."""
     by_model: dict[str, list[tuple[GridRun, dict[str, Any]]]] = {}
     for r in runs:
         if (r.run_dir / "results.json").is_file():
@@ -169,6 +187,20 @@ def summarize(runs: list[GridRun]) -> list[dict[str, Any]]:
                 "eval_return": returns, "eval_return_mean": statistics.fmean(returns),
                 "eval_return_std": statistics.stdev(returns) if len(returns) > 1 else 0.0,
                 "final_train_return_mean": statistics.fmean(res["final_return"] for _, res in items),
+                "train_time_s_mean": statistics.fmean(res["train_time_s"] for _, res in items),
+                "run_dirs": [str(r.run_dir) for r, _ in items],
+            })
+            continue
+        if items[0][0].cfg.task == "lm":
+            ppl = [res["test"]["ppl"] for _, res in items]
+            rows.append({
+                "model": model, "parameters": items[0][1]["parameters"], "seeds": [r.cfg.seed for r, _ in items],
+                "test_mode": items[0][1]["test"]["mode"], "test_context": items[0][1]["test"]["context"],
+                "test_ppl": ppl, "test_ppl_mean": statistics.fmean(ppl),
+                "test_ppl_std": statistics.stdev(ppl) if len(ppl) > 1 else 0.0,
+                "valid_ppl_mean": statistics.fmean(res["best_valid"]["valid_ppl"] for _, res in items),
+                "best_step_mean": statistics.fmean(res["best_valid"]["step"] for _, res in items),
+                "tokens_per_s_mean": statistics.fmean(res["tokens_per_s"] for _, res in items),
                 "train_time_s_mean": statistics.fmean(res["train_time_s"] for _, res in items),
                 "run_dirs": [str(r.run_dir) for r, _ in items],
             })
@@ -204,6 +236,22 @@ def format_table(task: str, preset: str | None, rows: list[dict[str, Any]], env:
                     else f"{r['eval_return_mean']:.2f}")
             lines.append(f"| {r['model']} | {r['parameters']:,} | {cell} | "
                          f"{', '.join(f'{x:.2f}' for x in r['eval_return'])} | {r['final_train_return_mean']:.2f} | "
+                         f"{r['train_time_s_mean'] / 60:.1f} min |")
+        return "\n".join(lines)
+    if task == "lm":
+        mode = rows[0]["test_mode"] if rows else "?"
+        how = {"sliding": f"a sliding window of {rows[0]['test_context'] if rows else '?'} tokens",
+               "carry": "the state carried through the test split",
+               "segments": "non-overlapping segments"}.get(mode, mode)
+        lines = [f"lm, preset {preset}: test perplexity of the best-validation checkpoint ({how}), mean ± std over "
+                 "seeds", "", "| model | parameters | test ppl | per seed | best valid ppl (segments) | best step | "
+                 "tokens/s | train time per run |", "|---|---:|---:|---|---:|---:|---:|---:|"]
+        for r in rows:
+            n = len(r["test_ppl"])
+            cell = f"{r['test_ppl_mean']:.1f} ± {r['test_ppl_std']:.1f} ({n})" if n > 1 else f"{r['test_ppl_mean']:.1f}"
+            lines.append(f"| {r['model']} | {r['parameters']:,} | {cell} | "
+                         f"{', '.join(f'{x:.1f}' for x in r['test_ppl'])} | {r['valid_ppl_mean']:.1f} | "
+                         f"{r['best_step_mean']:.0f} | {r['tokens_per_s_mean']:,.0f} | "
                          f"{r['train_time_s_mean'] / 60:.1f} min |")
         return "\n".join(lines)
     code = task == "code-exec"
@@ -248,7 +296,7 @@ def _compare_locked(task: str, preset: str | None, overrides: list[str], out_dir
                                           "grid_wall_time_s": wall})
     try:
         groups = {row["model"]: [Path(d) for d in row["run_dirs"]] for row in rows}
-        metrics = ("episode_return",) if task == "rl" else ("valid_acc", "train_loss")
+        metrics = {"rl": ("episode_return",), "lm": ("valid_ppl", "train_loss")}.get(task, ("valid_acc", "train_loss"))
         plot = plot_seed_bands(groups, out_dir / "curves.png", metrics)
         print(f"learning curves: {plot}")
     except ValueError as e:  # matplotlib missing: the table is still the result

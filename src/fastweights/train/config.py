@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 ALGORITHMIC_TASKS = ("code-exec", "listops")
 TASKS = (*ALGORITHMIC_TASKS, "lm")
+#: The evaluation modes of :func:`fastweights.train.lm.evaluate_lm`; ``LMTrainConfig.test_mode`` adds ``auto``.
+EVAL_MODES = ("sliding", "carry", "segments")
+TEST_MODES = (*EVAL_MODES, "auto")
 #: The preset of every ``fastweights train`` without ``--preset``: runs sized for minutes on a CPU.
 DEFAULT_PRESET = "cpu"
 
@@ -179,6 +182,8 @@ class LMTrainConfig:
     eval_tgt_len: int = option(256, "tokens per segment of the validation during training")
     eval_batch_size: int = option(10, "segments per forward of the validation")
     eval_interval: int = option(4000, "updates between validations, metrics rows and checkpoints")
+    test_mode: str = option("segments", "final test of best.pt: segments, sliding (tgt_len context), carry, or "
+                                        "auto (carry if carry_state, else sliding)")
     # run
     seed: int = option(1111, "seed of the initialisation, dropout and segment positions")
     device: str = option("cpu", "cpu, cuda or cuda:N")
@@ -216,6 +221,8 @@ class LMTrainConfig:
             raise ConfigError(f"clip: expected a gradient norm >= 0 (0 = off), got {self.clip}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads: expected a positive integer or none, got {self.threads}")
+        if self.test_mode not in TEST_MODES:
+            raise ConfigError(f"test_mode: expected one of {list(TEST_MODES)}, got {self.test_mode!r}")
         if self.carry_state and self.model == "transformer":
             raise ConfigError("carry_state: the transformer's state is a KV cache that would grow with every "
                               "window; carry_state needs a fast-weight or recurrent model (or set carry_state=false)")
@@ -227,6 +234,13 @@ class LMTrainConfig:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         check_device(self.device)
+
+    def test_protocol(self) -> str:
+        """The evaluation mode of the end-of-training test: ``test_mode``, with ``auto`` resolved to the paper's
+        protocol (``carry`` for carried-state runs, else ``sliding``)."""
+        if self.test_mode == "auto":
+            return "carry" if self.carry_state else "sliding"
+        return self.test_mode
 
     def model_fields(self) -> dict[str, Any]:
         """The :class:`~fastweights.models.lm.LMConfig` fields of this run (``"auto"`` choices resolved as the paper

@@ -68,7 +68,7 @@ from ..tasks.lm import (
     unigram_perplexity,
 )
 from ..weights import load_state
-from .config import ConfigError, LMTrainConfig, config_from_dict, config_to_dict
+from .config import EVAL_MODES, ConfigError, LMTrainConfig, config_from_dict, config_to_dict
 from .interrupt import StopSignals, interrupted, save_and_stop
 from .progress import DurationEstimate, Progress, format_count, format_duration, format_number, plural
 from .runs import (
@@ -88,7 +88,6 @@ from .runs import (
 )
 from .schedule import warmup_cosine
 
-EVAL_MODES = ("sliding", "carry", "segments")
 #: The file of a run (and of an export) that holds its vocabulary and tokenisation (:class:`LMVocab`).
 VOCAB_FILE = "vocab.json"
 
@@ -670,14 +669,21 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
         if step >= cfg.max_steps and dist.is_main and (run_dir / "best.pt").exists():
             results["unigram_ppl"] = {s: unigram_perplexity(corpus.train, corpus.split(s), corpus.vocab_size)
                                       for s in ("valid", "test")}
-            results["test"] = evaluate_lm_run(run_dir, "test", "segments", corpus=corpus, device=str(device))
+            mode = cfg.test_protocol()
+            t_test = time.perf_counter()
+            results["test"] = evaluate_lm_run(run_dir, "test", mode, corpus=corpus, device=str(device),
+                                              progress=not quiet and mode != "segments")
+            results["test_time_s"] = time.perf_counter() - t_test
             write_json(run_dir / "results.json", results)
             if not quiet:
+                how = {"segments": f"non-overlapping segments of {cfg.eval_tgt_len} tokens",
+                       "sliding": f"a sliding window of {results['test']['context']} tokens",
+                       "carry": "the state carried through the split"}[mode]
+                hint = (f"; the paper's protocol: fastweights eval {run_dir} --mode "
+                        f"{'carry' if cfg.carry_state else 'sliding'}" if cfg.test_mode == "segments" else "")
                 print(f"done: test ppl {results['test']['ppl']:.2f} (unigram {results['unigram_ppl']['test']:.1f}; "
-                      f"best-validation checkpoint of step {format_count(best['step'])}, non-overlapping segments of "
-                      f"{cfg.eval_tgt_len}), {format_duration(elapsed)} of training; run dir {run_dir}; the paper's "
-                      f"protocol: fastweights eval {run_dir} --mode {'carry' if cfg.carry_state else 'sliding'}",
-                      flush=True)
+                      f"best-validation checkpoint of step {format_count(best['step'])}, {how}), "
+                      f"{format_duration(elapsed)} of training; run dir {run_dir}{hint}", flush=True)
     except KeyboardInterrupt as e:
         if bar is not None:
             bar.close()
