@@ -14,7 +14,6 @@ and ``P`` (``3D+1``).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,8 +39,8 @@ class ArgSpec:
         return layout_shape(self.layout, dims)
 
 
-@functools.cache
 def _axes(layout: str) -> tuple[str, ...]:
+    # not cached: torch.compile traces this (state preparation) and warns on functools caches; a few short strings
     return tuple(a.strip() for a in layout.strip("[]").split(","))
 
 
