@@ -5,7 +5,10 @@
 # carried through the text (--carry-state) scored with the state carried; three seeds each, two runs at a time with
 # one thread each (`fastweights compare lm --jobs 2`), slowest models first so that both job slots stay busy.
 # Resumable: finished runs are reused and interrupted ones resumed, so re-run it after an interruption.
-# Usage: [SEEDS=11,12,13] bash scripts/results_lm.sh [OUT_DIR]
+# With KEEP=DIR the records of every finished run (config.json, results.json, metrics.csv) and each grid's
+# summary.md and curves.png are copied to DIR/truncated and DIR/carried (docs/runs/lm holds the published ones:
+# `fastweights compare lm ... --out-dir` on a copy of them rebuilds the tables without training).
+# Usage: [SEEDS=11,12,13] [KEEP=docs/runs/lm] bash scripts/results_lm.sh [OUT_DIR]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 cd "$ROOT"
@@ -15,7 +18,18 @@ FW="$VENV/bin/fastweights"
 TRUNCATED="delta_lstm,delta_mlp,delta_delta_net,delta_rnn,rdn,delta_net,linear_transformer,transformer,lstm"
 CARRIED="delta_lstm,delta_rnn,rdn,delta_net,lstm"  # the transformer's state is a KV cache that grows with the text
 mkdir -p "$OUT"
+keep() {  # keep GRID: copy the records of GRID's finished runs to $KEEP/GRID
+  [ -n "${KEEP:-}" ] || return 0
+  for run in "$OUT/$1"/*/results.json; do
+    [ -f "$run" ] || continue
+    local dir; dir="$(dirname "$run")"; local to="$KEEP/$1/$(basename "$dir")"
+    mkdir -p "$to" && cp "$dir/config.json" "$dir/results.json" "$dir/metrics.csv" "$to/"
+  done
+  for f in summary.md curves.png; do [ -f "$OUT/$1/$f" ] && cp "$OUT/$1/$f" "$KEEP/$1/"; done; return 0
+}
 "$FW" compare lm --models "$TRUNCATED" --seeds "$SEEDS" --jobs 2 --preset cpu --out-dir "$OUT/truncated" \
   log_every_s=60 2>&1 | tee -a "$OUT/truncated.log"
+keep truncated
 "$FW" compare lm --carry-state --models "$CARRIED" --seeds "$SEEDS" --jobs 2 --preset cpu --out-dir "$OUT/carried" \
   log_every_s=60 2>&1 | tee -a "$OUT/carried.log"
+keep carried
