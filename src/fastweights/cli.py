@@ -171,8 +171,8 @@ def _train_lm(args: argparse.Namespace) -> int:
 
 def _refuse_other_tasks_flags(args: argparse.Namespace) -> None:
     """``train``/``compare``: refuse the flags of other tasks (they would be ignored): ``--env`` outside rl,
-    ``--carry-state`` outside lm, ``--num-vars``/``--depth`` outside the algorithmic tasks, and for rl also ``--data``
-    and a ``task=`` override."""
+    ``--carry-state`` outside lm, ``--num-vars``/``--depth`` outside the algorithmic tasks, and for rl also
+    ``--data``."""
     if args.task in ("code-exec", "listops"):
         if args.env is not None:
             raise ValueError(f"--env: only for rl, not for {args.task}")
@@ -183,7 +183,6 @@ def _refuse_other_tasks_flags(args: argparse.Namespace) -> None:
     wrong = [f"--{k.replace('_', '-')}" for k in names if getattr(args, k) is not None]
     if args.task == "rl":
         wrong += ["--carry-state"] if getattr(args, "carry_state", False) else []
-        wrong += [o for o in args.overrides if o.startswith("task=") and o != "task=rl"]
     if wrong:
         raise ValueError(f"{' '.join(wrong)}: not for {args.task}")
 

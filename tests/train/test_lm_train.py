@@ -32,7 +32,7 @@ from fastweights.train.runs import load_checkpoint, read_json
 
 TIMING_COLUMNS = ("elapsed_s", "tokens_per_s")
 #: A model and schedule small enough that tens of steps take about a second on one thread.
-TINY = {"d_model": 16, "n_layers": 1, "n_heads": 2, "head_dim": 8, "d_ff": 32, "dropout": 0.0, "softmax": "full",
+TINY = {"d_model": 16, "num_layers": 1, "num_heads": 2, "head_dim": 8, "d_ff": 32, "dropout": 0.0, "softmax": "full",
         "position_order": "forward", "lr": 0.01, "warmup_steps": 2, "max_steps": 6, "batch_size": 4, "tgt_len": 12,
         "eval_tgt_len": 12, "eval_batch_size": 8, "eval_interval": 2, "log_every_s": 1000.0, "threads": 1}
 
@@ -76,7 +76,7 @@ def metric_rows(run_dir: Path) -> list[dict[str, str]]:
 def random_lm(model: str = "delta_net", vocab: int = 11, **kwargs) -> torch.nn.Module:
     """A tiny float64 LM with large random weights (clearly separated logits)."""
     torch.manual_seed(0)
-    cfg = LMConfig(model, vocab, **{"d_model": 8, "n_layers": 2, "n_heads": 2, "d_ff": 16, "dropout": 0.0,
+    cfg = LMConfig(model, vocab, **{"d_model": 8, "num_layers": 2, "num_heads": 2, "d_ff": 16, "dropout": 0.0,
                                     "softmax": "full", "init_std": 0.3, **kwargs})
     return build_lm(cfg).double().eval()
 
@@ -98,7 +98,7 @@ def test_lr_warmup_then_cosine():
 
 def test_paper_preset_is_spec_e1():
     cfg = resolve_config("lm", "paper", [], model="delta_rnn")
-    assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.d_ff) == (16, 128, 8, 16, 2048)
+    assert (cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.head_dim, cfg.d_ff) == (16, 128, 8, 16, 2048)
     assert (cfg.dropout, cfg.dropatt, cfg.lr) == (0.1, 0.0, 2.5e-4)
     assert (cfg.beta1, cfg.beta2, cfg.adam_eps) == (0.9, 0.999, 1e-8)
     assert (cfg.warmup_steps, cfg.max_steps, cfg.clip, cfg.batch_size, cfg.tgt_len) == (2000, 500000, 0.25, 96, 256)
@@ -435,7 +435,7 @@ def test_cli_dry_run_cpu_preset_on_the_embedded_corpus(capsys, tmp_path):
     assert rc == 0, err
     config_text, data_line, param_line = out.rsplit("\n", 3)[:3]
     cfg = json.loads(config_text)
-    assert (cfg["n_layers"], cfg["d_model"], cfg["tgt_len"], cfg["batch_size"]) == (4, 128, 128, 16)  # cpu preset
+    assert (cfg["num_layers"], cfg["d_model"], cfg["tgt_len"], cfg["batch_size"]) == (4, 128, 128, 16)  # cpu preset
     assert data_line.startswith("data: shakespeare (word level): vocabulary 20,773")
     assert int(param_line.removeprefix("parameters: ").replace(",", "")) > 0
     assert not (tmp_path / "runs").exists()

@@ -291,7 +291,7 @@ def test_load_checkpoint_reads_every_carried_state(tmp_path, model):
     """The carried states of LM checkpoints (named tuples of every layer kind) come back from the safe loader."""
     from fastweights.models.lm import LMConfig, build_lm
 
-    lm = build_lm(LMConfig(model, 7, d_model=8, n_layers=1, n_heads=2, d_ff=8, softmax="full",
+    lm = build_lm(LMConfig(model, 7, d_model=8, num_layers=1, num_heads=2, d_ff=8, softmax="full",
                            positional_encoding="none"))
     _, state = lm(torch.randint(0, 7, (2, 3)))
     save_checkpoint(tmp_path / "last.pt", {"ranks": [{"state": state, "torch_rng": torch.get_rng_state()}]})

@@ -24,6 +24,7 @@ from ..models import ModelConfig, build_model, count_parameters
 from ..tasks import code_execution, listops
 from ..weights import load_state
 from .config import ALGORITHMIC_TASKS, TrainConfig, config_from_dict, config_to_dict
+from .config import model_config as task_model_config
 from .interrupt import StopSignals, interrupted, save_and_stop
 from .progress import DurationEstimate, Progress, format_count, format_duration, plural
 from .runs import (
@@ -220,13 +221,7 @@ def load_task_data(cfg: TrainConfig, vocab: TaskVocab | None = None, *, progress
 
 def model_config(cfg: TrainConfig, data: TaskData | TaskVocab) -> ModelConfig:
     """The :class:`ModelConfig` of a run: ``cfg``'s model with the sizes of the data's vocabularies."""
-    return ModelConfig(
-        model=cfg.model, vocab_size=data.vocab_size, num_classes=data.num_classes, d_model=cfg.d_model,
-        num_layers=cfg.num_layers, num_heads=cfg.num_heads, head_dim=cfg.head_dim, ff_factor=cfg.ff_factor,
-        dropout=cfg.dropout, positional_encoding=cfg.positional_encoding,
-        head="per_position" if cfg.task == "code-exec" else "last", layer_options=dict(cfg.layer_options),
-        emb_size=cfg.emb_size, hidden_size=cfg.hidden_size,
-    )
+    return task_model_config(cfg, data.vocab_size, data.num_classes)
 
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -17,11 +17,33 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..fields import (
+    RENAMED_KEYS,
+    ConfigError,
+    check_choice,
+    check_int_range,
+    check_non_negative,
+    check_non_negative_int,
+    check_number,
+    check_positive,
+    check_positive_int,
+    config_errors,
+    embed,
+    embedded_fields,
+    option,
+    refuse_renamed_key,
+    translate_renamed_keys,
+)
+from ..models.config import ModelConfig, ModelOptions
+from ..models.lm import LMConfig, LMOptions
+
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
 ALGORITHMIC_TASKS = ("code-exec", "listops")
 TASKS = (*ALGORITHMIC_TASKS, "lm")
+#: Every task of ``fastweights train``.
+ALL_TASKS = (*TASKS, "rl")
 #: The evaluation modes of :func:`fastweights.train.lm.evaluate_lm`; ``LMTrainConfig.test_mode`` adds ``auto``.
 EVAL_MODES = ("sliding", "carry", "segments")
 TEST_MODES = (*EVAL_MODES, "auto")
@@ -29,21 +51,53 @@ TEST_MODES = (*EVAL_MODES, "auto")
 DEFAULT_PRESET = "cpu"
 
 
-class ConfigError(ValueError):
-    """A configuration problem to show the user as one line (no traceback)."""
+@dataclass
+class RunOptions:
+    """How a run runs, in every task (the training configurations embed these fields with their own defaults)."""
 
-
-def option(default: Any, help: str) -> Any:
-    """A configuration field with its one-line meaning: ``fastweights train TASK --help`` lists every field with
-    its type, default and ``metadata["help"]``, so the list is the dataclass itself (fields with a mutable default
-    use ``field(default_factory=..., metadata={"help": ...})``)."""
-    return field(default=default, metadata={"help": help})
+    seed: int = option(11, "seed of the initialisation and of every random draw of the run")
+    device: str = option("cpu", "cpu, cuda or cuda:N")
+    threads: int | None = option(None, "torch threads; none = torch's default")
+    log_every_s: float = option(10.0, "seconds between progress lines when the output is not a terminal")
+    out_dir: str = option("runs", "where run directories are made (without --run-dir)")
 
 
 @dataclass
+class AdamOptions:
+    """The optimiser of the supervised tasks (Adam with gradient-norm clipping); their training configurations embed
+    these fields with their own defaults."""
+
+    lr: float = option(3e-4, "peak learning rate of Adam (after the warm-up)")
+    beta1: float = option(0.9, "Adam's decay of the first moment")
+    beta2: float = option(0.995, "Adam's decay of the second moment")
+    adam_eps: float = option(1e-9, "Adam's epsilon")
+    clip: float = option(0.0, "global gradient-norm clipping; 0 = off")
+
+
+def check_adam_options(cfg: Any) -> None:
+    """Check the :class:`AdamOptions` fields of a training configuration."""
+    check_positive("lr", cfg.lr, "a positive learning rate")
+    for name in ("beta1", "beta2"):
+        check_number(name, getattr(cfg, name), low=0, high=1, high_open=True)
+    check_positive("adam_eps", cfg.adam_eps)
+    check_non_negative("clip", cfg.clip, "a gradient norm >= 0 (0 = off)")
+
+
+def check_run_options(cfg: Any) -> None:
+    """Check the :class:`RunOptions` fields of a training configuration."""
+    check_positive_int("threads", cfg.threads, optional=True)
+    check_positive("log_every_s", cfg.log_every_s)
+    check_device(cfg.device)
+
+
+@dataclass
+@embed(ModelOptions, after="data_seed", skip=("head",))
+@embed(AdamOptions, after="data_seed")
+@embed(RunOptions, after="warmup_steps")
 class TrainConfig:
-    """Everything a training run needs. Field groups: task/data, model, optimisation, run. The defaults are the
-    paper's setting (paper.md E.2); every field's ``help`` is what ``fastweights train TASK --help`` shows."""
+    """Everything a training run needs. Field groups: task/data, model (the fields of
+    :class:`~fastweights.models.ModelOptions`, declared there), optimisation, run. The defaults are the paper's
+    setting (paper.md E.2); every field's ``help`` is what ``fastweights train TASK --help`` shows."""
 
     # task and data
     task: str = option("code-exec", "the benchmark: code-exec or listops (set by the command)")
@@ -56,79 +110,54 @@ class TrainConfig:
     test_size: int = option(1000, "test examples to generate")
     code_length: int = option(100, "code execution: statements per program")
     data_seed: int = option(42, "seed of the data generator")
-    # model (paper.md E.2)
-    d_model: int = option(256, "width of the residual stream")
-    num_layers: int = option(4, "residual blocks (lstm: LSTM layers)")
-    num_heads: int = option(16, "heads of every fast-weight or attention layer")
-    head_dim: int | None = option(None, "size of a head; none = d_model / num_heads")
-    ff_factor: int = option(4, "feed-forward width as a multiple of d_model")
-    dropout: float = option(0.1, "dropout probability of the residual and feed-forward paths")
-    positional_encoding: bool | None = option(None, "sinusoidal positions on the embeddings; none = transformer "
-                                                    "only")
-    emb_size: int = option(128, "lstm model: embedding size")
-    hidden_size: int | None = option(None, "lstm model: hidden size; none = d_model")
-    layer_options: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "keyword options of the layer as JSON, e.g. {\"version\": 1}"})
-    # optimisation (paper.md E.2)
-    lr: float = option(3e-4, "learning rate of Adam (the peak, with warm-up or cosine schedule)")
-    beta1: float = option(0.9, "Adam's decay of the first moment")
-    beta2: float = option(0.995, "Adam's decay of the second moment")
-    adam_eps: float = option(1e-9, "Adam's epsilon")
+    # optimisation (paper.md E.2): the fields of AdamOptions, and
     batch_size: int = option(64, "training examples per update")
     eval_batch_size: int = option(128, "examples per forward in evaluation")
     epochs: int = option(200, "passes over the training set")
-    clip: float = option(0.0, "global gradient-norm clipping; 0 = off")
     schedule: str = option("constant", "learning rate after the warm-up: constant (the paper) or cosine (decay to "
                                        "0 at the last update)")
     warmup_steps: int = option(0, "updates of linear learning-rate warm-up")
-    # run
-    seed: int = option(11, "seed of the initialisation, dropout and training order")
-    device: str = option("cpu", "cpu, cuda or cuda:N")
+    # run: the fields of RunOptions, and
     amp: bool = option(False, "mixed precision (bf16 autocast)")
-    threads: int | None = option(None, "torch threads; none = torch's default")
-    log_every_s: float = option(10.0, "seconds between progress lines when the output is not a terminal")
     checkpoint_every_s: float = option(600.0, "seconds between checkpoints within an epoch (last.pt); 0 = at "
                                               "epoch ends only")
-    out_dir: str = option("runs", "where run directories are made (without --run-dir)")
 
     def validate(self) -> None:
+        from ..layers import layer_options
 
-        from ..layers import available_layers, layer_options
-
-        if self.task not in ALGORITHMIC_TASKS:
-            raise ConfigError(f"task: expected one of {list(ALGORITHMIC_TASKS)}, got {self.task!r}")
-        if self.model not in available_layers():
-            raise ConfigError(f"model: unknown model {self.model!r}; expected one of {available_layers()}")
+        check_choice("task", self.task, ALGORITHMIC_TASKS)
+        with config_errors():  # the model fields, checked by ModelConfig itself
+            model_config(self)
         allowed = [] if self.model == "lstm" else layer_options(self.model)  # the lstm model takes none
         unknown = sorted(set(self.layer_options) - set(allowed))
         if unknown:
             raise ConfigError(f"layer_options: model {self.model!r} takes no option(s) {unknown}; "
                               f"valid options: {allowed}")
-        if self.task == "code-exec" and self.num_vars not in range(1, 6):
-            raise ConfigError(f"num_vars: expected 1..5 (the paper uses 3 and 5), got {self.num_vars}")
-        if self.task == "listops" and not 1 <= self.depth < 20:
-            raise ConfigError(f"depth: expected 1..19 (the paper uses 10 and 15), got {self.depth}")
+        if self.task == "code-exec":
+            check_int_range("num_vars", self.num_vars, 1, 5, "the paper uses 3 and 5")
+        if self.task == "listops":
+            check_int_range("depth", self.depth, 1, 19, "the paper uses 10 and 15")
         for name in ("train_size", "valid_size", "test_size", "code_length", "batch_size", "eval_batch_size",
-                     "epochs", "d_model", "num_layers", "num_heads"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout: expected a probability in [0, 1), got {self.dropout}")
-        if not self.lr > 0:  # also rejects nan
-            raise ConfigError(f"lr: expected a positive learning rate, got {self.lr}")
-        if not self.clip >= 0:
-            raise ConfigError(f"clip: expected a gradient norm >= 0 (0 = off), got {self.clip}")
-        if self.schedule not in ("constant", "cosine"):
-            raise ConfigError(f"schedule: expected 'constant' or 'cosine', got {self.schedule!r}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"warmup_steps: expected an integer >= 0, got {self.warmup_steps}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads: expected a positive integer or none, got {self.threads}")
-        check_device(self.device)
+                     "epochs"):
+            check_positive_int(name, getattr(self, name))
+        check_adam_options(self)
+        check_choice("schedule", self.schedule, ("constant", "cosine"))
+        check_non_negative_int("warmup_steps", self.warmup_steps)
+        check_run_options(self)
 
+
+def model_config(cfg: TrainConfig, vocab_size: int = 1, num_classes: int = 1) -> ModelConfig:
+    """The :class:`~fastweights.models.ModelConfig` of a run of an algorithmic task: ``cfg``'s model fields with the
+    data's vocabulary sizes (1 where only the fields are to be checked)."""
+    return ModelConfig(cfg.model, vocab_size, num_classes, **embedded_fields(cfg, ModelOptions),
+                       head="per_position" if cfg.task == "code-exec" else "last")
 
 
 @dataclass
+@embed(LMOptions, after="tokenizer", skip=("positional_encoding", "cutoffs", "div_val", "tie_weight", "block"),
+       head_dim=16, clamp_len=256)
+@embed(AdamOptions, after="block", lr=2.5e-4, beta2=0.999, adam_eps=1e-8, clip=0.25)
+@embed(RunOptions, after="test_mode", seed=1111)
 class LMTrainConfig:
     """Everything a language-modelling run needs (``task = "lm"``). Defaults: the paper's WikiText-103 small
     setting (paper.md B.1, E.1); the ``cpu`` preset (``fastweights/configs/lm-cpu.json``) is the CPU-sized one.
@@ -144,36 +173,15 @@ class LMTrainConfig:
     level: str = option("word", "tokens: word or char")
     tokenizer: str | None = option(None, "word splitting: whitespace or punctuation; none = punctuation for the "
                                          "embedded corpus, whitespace for directories")
-    # model (paper.md B.1, E.1); see fastweights.models.lm.LMConfig
-    d_model: int = option(128, "width of the residual stream")
-    n_layers: int = option(16, "residual blocks")
-    n_heads: int = option(8, "heads of every fast-weight or attention layer")
-    head_dim: int | None = option(16, "size of a head; none = d_model / n_heads")
-    d_ff: int = option(2048, "width of the feed-forward sublayer")
-    dropout: float = option(0.1, "dropout probability of the residual and feed-forward paths")
-    dropatt: float = option(0.0, "dropout on the attention weights (transformer)")
+    # model (paper.md B.1, E.1): the fields of fastweights.models.LMOptions, and these
     positional_encoding: str = option("auto", "sinusoidal, none or auto (none with carry_state, else sinusoidal)")
-    position_order: str = option("reversed", "reversed (the paper) or forward (needed for step-by-step "
-                                             "generation)")
-    clamp_len: int | None = option(256, "largest position encoded; none = no clamp")
-    softmax: str = option("auto", "output layer: adaptive, full or auto (adaptive when the vocabulary exceeds the "
-                                        "first cutoff)")
     cutoffs: list[int] = field(default_factory=lambda: [20000, 40000, 200000], metadata={
         "help": "adaptive-softmax cluster boundaries, e.g. 20000,40000,200000"})
     block: str = option("auto", "paper, pre_ln, post_ln or auto (post_ln with carry_state or the transformer, else "
                                 "paper)")
-    final_norm: bool = option(False, "a LayerNorm before the output layer (the paper: none)")
-    init_std: float | None = option(0.02, "standard deviation of the normal initialisation; none = PyTorch's")
-    layer_options: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "keyword options of the layer as JSON, e.g. {\"version\": 1}"})
-    # optimisation (paper.md E.1)
-    lr: float = option(2.5e-4, "peak learning rate of Adam")
-    beta1: float = option(0.9, "Adam's decay of the first moment")
-    beta2: float = option(0.999, "Adam's decay of the second moment")
-    adam_eps: float = option(1e-8, "Adam's epsilon")
+    # optimisation (paper.md E.1): the fields of AdamOptions, and
     warmup_steps: int = option(2000, "updates of linear warm-up, then cosine decay to 0 at max_steps")
     max_steps: int = option(500000, "updates of the whole run")
-    clip: float = option(0.25, "global gradient-norm clipping; 0 = off")
     batch_size: int = option(96, "segments (or stream columns) per update, over all processes")
     tgt_len: int = option(256, "tokens per training segment (the truncated context)")
     carry_state: bool = option(False, "carry the state across consecutive windows of each stream (truncated "
@@ -184,20 +192,13 @@ class LMTrainConfig:
     eval_interval: int = option(4000, "updates between validations, metrics rows and checkpoints")
     test_mode: str = option("segments", "final test of best.pt: segments, sliding (tgt_len context), carry, or "
                                         "auto (carry if carry_state, else sliding)")
-    # run
-    seed: int = option(1111, "seed of the initialisation, dropout and segment positions")
-    device: str = option("cpu", "cpu, cuda or cuda:N")
+    # run: the fields of RunOptions, and
     amp: bool = option(False, "mixed precision (bf16 autocast)")
-    threads: int | None = option(None, "torch threads; none = torch's default")
-    log_every_s: float = option(10.0, "seconds between progress lines when the output is not a terminal")
-    out_dir: str = option("runs", "where run directories are made (without --run-dir)")
 
     def validate(self) -> None:
-
         from ..layers import available_layers, layer_options
 
-        if self.task != "lm":
-            raise ConfigError(f"task: expected 'lm', got {self.task!r}")
+        check_choice("task", self.task, ("lm",))
         if self.model not in available_layers():
             raise ConfigError(f"model: unknown model {self.model!r}; expected one of {available_layers()}")
         allowed = layer_options(self.model)
@@ -205,35 +206,19 @@ class LMTrainConfig:
         if unknown:
             raise ConfigError(f"layer_options: model {self.model!r} takes no option(s) {unknown}; "
                               f"valid options: {allowed}")
-        if self.level not in ("word", "char"):
-            raise ConfigError(f"level: expected 'word' or 'char', got {self.level!r}")
-        if self.tokenizer not in (None, "whitespace", "punctuation"):
-            raise ConfigError(f"tokenizer: expected 'whitespace', 'punctuation' or none, got {self.tokenizer!r}")
-        for name in ("d_model", "n_layers", "n_heads", "d_ff", "max_steps", "batch_size", "tgt_len", "eval_tgt_len",
-                     "eval_batch_size", "eval_interval"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"warmup_steps: expected an integer >= 0, got {self.warmup_steps}")
-        if not self.lr > 0:  # also rejects nan
-            raise ConfigError(f"lr: expected a positive learning rate, got {self.lr}")
-        if not self.clip >= 0:
-            raise ConfigError(f"clip: expected a gradient norm >= 0 (0 = off), got {self.clip}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads: expected a positive integer or none, got {self.threads}")
-        if self.test_mode not in TEST_MODES:
-            raise ConfigError(f"test_mode: expected one of {list(TEST_MODES)}, got {self.test_mode!r}")
+        check_choice("level", self.level, ("word", "char"))
+        check_choice("tokenizer", self.tokenizer, (None, "whitespace", "punctuation"))
+        for name in ("max_steps", "batch_size", "tgt_len", "eval_tgt_len", "eval_batch_size", "eval_interval"):
+            check_positive_int(name, getattr(self, name))
+        check_non_negative_int("warmup_steps", self.warmup_steps)
+        check_adam_options(self)
+        check_choice("test_mode", self.test_mode, TEST_MODES)
         if self.carry_state and self.model == "transformer":
             raise ConfigError("carry_state: the transformer's state is a KV cache that would grow with every "
                               "window; carry_state needs a fast-weight or recurrent model (or set carry_state=false)")
-        try:  # the model fields, checked by LMConfig itself (the vocabulary size is only known with the data)
-            from ..models.lm import LMConfig
-
-            vocab = max(self.cutoffs, default=1) + 1
-            LMConfig(self.model, vocab, **self.model_fields())
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        check_device(self.device)
+        with config_errors():  # the model fields, checked by LMConfig itself (the vocabulary comes with the data)
+            LMConfig(self.model, max(self.cutoffs, default=1) + 1, **self.model_fields())
+        check_run_options(self)
 
     def test_protocol(self) -> str:
         """The evaluation mode of the end-of-training test: ``test_mode``, with ``auto`` resolved to the paper's
@@ -248,15 +233,9 @@ class LMTrainConfig:
         full_context = self.carry_state
         auto_pe = "none" if full_context else "sinusoidal"
         auto_block = "post_ln" if full_context or self.model == "transformer" else "paper"
-        return {
-            "d_model": self.d_model, "n_layers": self.n_layers, "n_heads": self.n_heads, "head_dim": self.head_dim,
-            "d_ff": self.d_ff, "dropout": self.dropout, "dropatt": self.dropatt,
-            "positional_encoding": auto_pe if self.positional_encoding == "auto" else self.positional_encoding,
-            "position_order": self.position_order, "clamp_len": self.clamp_len, "softmax": self.softmax,
-            "cutoffs": tuple(self.cutoffs),
-            "block": auto_block if self.block == "auto" else self.block,
-            "final_norm": self.final_norm, "init_std": self.init_std, "layer_options": dict(self.layer_options),
-        }
+        return {**embedded_fields(self, LMOptions),
+                "positional_encoding": auto_pe if self.positional_encoding == "auto" else self.positional_encoding,
+                "cutoffs": tuple(self.cutoffs), "block": auto_block if self.block == "auto" else self.block}
 
 
 def check_device(device: Any, argument: str = "device") -> None:
@@ -276,7 +255,12 @@ def check_device(device: Any, argument: str = "device") -> None:
 
 
 def config_class(task: str) -> type:
-    """The configuration dataclass of ``task``: :class:`LMTrainConfig` for ``lm``, else :class:`TrainConfig`."""
+    """The configuration dataclass of ``task``: :class:`LMTrainConfig` for ``lm``, ``RLConfig`` for ``rl``, else
+    :class:`TrainConfig`."""
+    if task == "rl":
+        from ..rl.config import RLConfig  # rl builds on this module
+
+        return RLConfig
     return LMTrainConfig if task == "lm" else TrainConfig
 
 
@@ -382,6 +366,7 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
             raise ConfigError(f"override: expected key=value, got {item!r}")
         key, text = item.split("=", 1)
         key = key.strip().replace("-", "_")
+        refuse_renamed_key(key, "override: ")
         if key not in names:
             raise ConfigError(f"override: unknown key {key!r}; valid keys: {', '.join(names)}")
         setattr(cfg, key, parse_value(key, text.strip(), type(cfg)))
@@ -427,22 +412,23 @@ def load_preset(cfg: Any, task: str, preset: str) -> Any:
     for key, value in values.items():
         if key.startswith("_"):  # "_comment" keys document the preset
             continue
+        refuse_renamed_key(key, f"preset {path}: ")
         if key not in names:
             raise ConfigError(f"preset {path}: unknown key {key!r}; valid keys: {', '.join(names)}")
         setattr(cfg, key, check_value(key, value, where=f"preset {path}: ", cls=type(cfg)))
     return cfg
 
 
-def check_value(name: str, value: Any, where: str = "", cls: type | None = None) -> Any:
+def check_value(name: str, value: Any, where: str = "", cls: type | None = None, label: str | None = None) -> Any:
     """Check a JSON value (from a preset file) against the type of field ``name`` of ``cls`` (default
-    :class:`TrainConfig`); ints are accepted for floats."""
+    :class:`TrainConfig`); ints are accepted for floats. Errors name the key ``label`` (default ``name``)."""
     base, optional = _split_optional(_field_type(name, cls))
     if value is None and optional:
         return value
     if typing.get_origin(base) is list:
         ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         if not ok:
-            raise ConfigError(f"{where}{name}: expected a list of integers, got {value!r}")
+            raise ConfigError(f"{where}{label or name}: expected a list of integers, got {value!r}")
         return list(value)
     if typing.get_origin(base) is dict or base is dict:
         ok = isinstance(value, dict)
@@ -455,25 +441,37 @@ def check_value(name: str, value: Any, where: str = "", cls: type | None = None)
         ok = isinstance(value, base)
     if not ok:
         kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(base, "a JSON object")
-        raise ConfigError(f"{where}{name}: expected {kind}{' or null' if optional else ''}, got {value!r}")
+        raise ConfigError(f"{where}{label or name}: expected {kind}{' or null' if optional else ''}, got {value!r}")
     return value
 
 
 def resolve_config(task: str, preset: str | None, overrides: list[str], **flags: Any) -> Any:
-    """The validated configuration of ``task`` (a :class:`TrainConfig`, or an :class:`LMTrainConfig` for ``lm``)."""
-    if task not in TASKS:
-        raise ConfigError(f"task: expected one of {list(TASKS)}, got {task!r}")
-    cfg = config_class(task)(task=task)
+    """The validated configuration of ``task`` (:func:`config_class`): dataclass defaults < preset < ``key=value``
+    overrides < ``flags`` (None = not given). For ``rl``, an ``env`` flag naming another environment than the
+    preset's drops the preset's ``env_options`` (unless ``env_options`` is overridden too): they belong to the
+    preset's own environment."""
+    if task not in ALL_TASKS:
+        raise ConfigError(f"task: expected one of {list(ALL_TASKS)}, got {task!r}")
+    cls = config_class(task)
+    cfg = cls(task=task)
     if preset is not None:
         load_preset(cfg, task, preset)
+    preset_env = getattr(cfg, "env", None)
     apply_overrides(cfg, overrides)
     if cfg.task != task:  # the command names the task; an override that says otherwise would be ignored
+        if cfg.task not in ALL_TASKS or config_class(cfg.task) is not cls:
+            raise ConfigError(f"task={cfg.task}: not for {task}")
         raise ConfigError(f"task={cfg.task}: the task is the command's ({task}); remove the override or run "
                           f"`fastweights ... {cfg.task}`")
+    options_given = any(o.split("=", 1)[0].strip().replace("-", "_") == "env_options" for o in overrides)
+    if flags.get("env") not in (None, preset_env) and not options_given:
+        cfg.env_options = {}
+    names = field_names(cls)
     for key, value in flags.items():
         if value is not None:
+            if key not in names:
+                raise ConfigError(f"{key}: not a field of the {task} configuration")
             setattr(cfg, key, value)
-    cfg.task = task
     cfg.validate()
     return cfg
 
@@ -482,14 +480,30 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def dataclass_from_dict(cls: type, values: dict[str, Any], where: str = "config: ") -> Any:
-    """``cls(**values)`` without the keys ``cls`` has no field for (a config.json may be newer or older); every value
-    is checked against its field's type (:func:`check_value`; errors start with ``where``)."""
+def checked_fields(cls: type, values: dict[str, Any], where: str = "config: ", strict: bool = False
+                   ) -> dict[str, Any]:
+    """The values of a ``config.json`` for ``cls``, each checked against its field's type (:func:`check_value`;
+    errors start with ``where``), with the keys of earlier versions under their new names
+    (:func:`~fastweights.fields.translate_renamed_keys`). Keys ``cls`` has no field for are dropped (a config.json
+    may be newer or older), or refused when ``strict``."""
     names = field_names(cls)
-    return cls(**{k: check_value(k, v, where=where, cls=cls) for k, v in values.items() if k in names})
+    for old, new in RENAMED_KEYS.items():
+        if old in values and new in names:
+            check_value(new, values[old], where=where, cls=cls, label=old)
+    values = translate_renamed_keys(values)
+    if strict:
+        for key in values:
+            if key not in names:
+                raise ConfigError(f"{where}unknown key {key!r}; valid keys: {', '.join(names)}")
+    return {k: check_value(k, v, where=where, cls=cls) for k, v in values.items() if k in names}
+
+
+def dataclass_from_dict(cls: type, values: dict[str, Any], where: str = "config: ") -> Any:
+    """``cls(**values)`` of :func:`checked_fields`."""
+    return cls(**checked_fields(cls, values, where))
 
 
 def config_from_dict(values: dict[str, Any]) -> Any:
     """The configuration a ``config.json`` holds (its ``task`` picks the class); unknown keys are ignored, values of
-    the wrong type refused."""
+    the wrong type refused, keys of earlier versions translated."""
     return dataclass_from_dict(config_class(values.get("task", "code-exec")), values)

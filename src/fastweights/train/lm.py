@@ -51,6 +51,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..fields import check_positive_int
 from ..layers import detach_state
 from ..models import count_parameters
 from ..models.lm import LanguageModel, LMConfig, build_lm, paper_config
@@ -301,12 +302,6 @@ def _check_ids(ids: Tensor) -> Tensor:
     return ids
 
 
-def _positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return value
-
-
 def step_decodable(config: LMConfig) -> bool:
     """Whether a token's output depends only on the tokens before it, not on the length of the call (forward or no
     positions): then step decoding, prefixes and carried state all equal one long forward."""
@@ -399,8 +394,8 @@ def evaluate_lm(model: LanguageModel, ids: Tensor, mode: str = "segments", *, co
     ids = _check_ids(ids)
     if mode not in EVAL_MODES:
         raise ValueError(f"mode: expected one of {list(EVAL_MODES)}, got {mode!r}")
-    context = _positive("context", context)
-    batch_size = max(1, 4096 // context) if batch_size is None else _positive("batch_size", batch_size)
+    context = check_positive_int("context", context)
+    batch_size = max(1, 4096 // context) if batch_size is None else check_positive_int("batch_size", batch_size)
     device = torch.device(device) if device is not None else model.embedding.weight.device
     ids = ids.cpu()
     n = ids.numel() - 1
@@ -780,9 +775,9 @@ def evaluate_lm_run(run_dir: Path, split: str = "test", mode: str | None = None,
     if mode is not None and mode not in EVAL_MODES:
         raise ValueError(f"mode: expected one of {list(EVAL_MODES)}, got {mode!r}")
     if context is not None:
-        _positive("context", context)
+        check_positive_int("context", context)
     if batch_size is not None:
-        _positive("batch_size", batch_size)
+        check_positive_int("batch_size", batch_size)
     cfg, corpus, model = load_lm_run(run_dir, checkpoint, device=device, corpus=corpus, data=data)
     mode = mode or ("carry" if cfg.carry_state else "sliding")
     context = context or (cfg.tgt_len if mode == "sliding" else cfg.eval_tgt_len)
@@ -863,7 +858,7 @@ def generate(model: LanguageModel, vocab: Vocabulary, prompt: str, max_tokens: i
         raise TypeError(f"model: expected a LanguageModel, got {type(model).__name__}")
     if not isinstance(prompt, str):
         raise TypeError(f"prompt: expected a str, got {type(prompt).__name__}")
-    _positive("max_tokens", max_tokens)
+    check_positive_int("max_tokens", max_tokens)
     if len(vocab) != model.config.vocab_size:
         raise ValueError(f"vocab: {len(vocab)} tokens, but the model has vocab_size {model.config.vocab_size}")
     prompt_ids = encode_prompt(vocab, prompt, level, tokenizer)
@@ -930,7 +925,7 @@ def generate_from_run(run_dir: Path, prompt: str, max_tokens: int, temperature: 
                       top_k: int | None = None, seed: int | None = None, *, checkpoint: str = "best",
                       device: str | None = None) -> Generation:
     """:func:`generate` with the trained model of a run directory (its data is not needed)."""
-    _positive("max_tokens", max_tokens)
+    check_positive_int("max_tokens", max_tokens)
     cfg, vocab, model = load_lm_model(run_dir, checkpoint, device=device)
     if cfg.threads:  # as in training
         torch.set_num_threads(cfg.threads)
