@@ -12,14 +12,8 @@ import typing
 import pytest
 
 from fastweights.rl.config import RLConfig
-from fastweights.train.config import (
-    DEFAULT_PRESET,
-    LMTrainConfig,
-    TrainConfig,
-    format_value,
-    load_preset,
-    type_name,
-)
+from fastweights.runs.config import DEFAULT_PRESET, format_value, load_preset, type_name
+from fastweights.train.config import LMTrainConfig, TrainConfig
 
 CLASSES = {"code-exec": TrainConfig, "listops": TrainConfig, "lm": LMTrainConfig, "rl": RLConfig}
 

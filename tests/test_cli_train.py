@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from fastweights.cli import main
+from fastweights.runs.config import preset_path, resolve_config
+from fastweights.runs.directory import read_json
 from fastweights.train import algorithmic
-from fastweights.train.config import preset_path, resolve_config
-from fastweights.train.runs import read_json
 
 #: Tiny data and model (a 2-epoch run takes well under a second).
 DATA_ARGS = ["train_size=40", "valid_size=10", "test_size=10", "code_length=5"]

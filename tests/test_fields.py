@@ -25,14 +25,8 @@ from fastweights.layers.base import check_positive_int as layers_check_positive_
 from fastweights.models import LMConfig, LMOptions, ModelConfig, ModelOptions
 from fastweights.rl.agent import AgentConfig, AgentOptions
 from fastweights.rl.config import RLConfig
-from fastweights.train.config import (
-    LMTrainConfig,
-    RunOptions,
-    TrainConfig,
-    config_from_dict,
-    model_config,
-    resolve_config,
-)
+from fastweights.runs.config import RunOptions, config_from_dict, resolve_config
+from fastweights.train.config import LMTrainConfig, TrainConfig, model_config
 
 # ----------------------------------------------------------------------------------------------------------------
 # Validators

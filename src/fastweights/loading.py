@@ -30,21 +30,13 @@ from .models import build_lm, build_model
 from .rl.agent import Agent
 from .rl.config import RLConfig
 from .rl.train import ENV_FILE, EnvSpec, agent_config, env_spec, load_agent
+from .runs.config import ALL_TASKS, check_device, checked_fields, config_class, config_to_dict
+from .runs.directory import read_json_file, read_run_config, write_json
 from .train.algorithmic import VOCAB_FILE as TASK_VOCAB_FILE
 from .train.algorithmic import TaskVocab, load_algorithmic_model, model_config
-from .train.config import (
-    ALGORITHMIC_TASKS,
-    ALL_TASKS,
-    LMTrainConfig,
-    TrainConfig,
-    check_device,
-    checked_fields,
-    config_class,
-    config_to_dict,
-)
+from .train.config import ALGORITHMIC_TASKS, LMTrainConfig, TrainConfig
 from .train.lm import VOCAB_FILE as LM_VOCAB_FILE
 from .train.lm import Generation, LMVocab, lm_model_config, load_lm_model
-from .train.runs import read_json_file, read_run_config, write_json
 from .weights import load_module, save_module
 
 EXPORT_FORMAT = "fastweights-model"

@@ -6,20 +6,19 @@ import json
 
 import pytest
 
+from fastweights.fields import ConfigError
 from fastweights.layers import available_layers
-from fastweights.train.config import (
-    ConfigError,
-    TrainConfig,
+from fastweights.runs.config import (
     apply_overrides,
     config_dirs,
     config_from_dict,
     config_to_dict,
     field_names,
-    model_config,
     parse_value,
     preset_path,
     resolve_config,
 )
+from fastweights.train.config import TrainConfig, model_config
 
 # ----------------------------------------------------------------------------------------------------------------
 # parse_value

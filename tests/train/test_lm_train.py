@@ -15,10 +15,13 @@ import pytest
 import torch
 
 from fastweights.cli import main
+from fastweights.fields import ConfigError
 from fastweights.models.lm import LMConfig, build_lm
+from fastweights.runs.config import resolve_config
+from fastweights.runs.directory import load_checkpoint, read_json
+from fastweights.runs.interrupt import Interrupted
 from fastweights.tasks.lm import Vocabulary, unigram_perplexity
-from fastweights.train.config import ConfigError, LMTrainConfig, resolve_config
-from fastweights.train.interrupt import Interrupted
+from fastweights.train.config import LMTrainConfig
 from fastweights.train.lm import (
     evaluate_lm,
     evaluate_lm_run,
@@ -28,7 +31,6 @@ from fastweights.train.lm import (
     lr_at,
     train_lm,
 )
-from fastweights.train.runs import load_checkpoint, read_json
 
 TIMING_COLUMNS = ("elapsed_s", "tokens_per_s")
 #: A model and schedule small enough that tens of steps take about a second on one thread.
@@ -146,7 +148,7 @@ def test_training_learns_and_writes_a_run(corpus_dir, tmp_path):
 def test_resume_is_bit_exact(corpus_dir, tmp_path, monkeypatch, carry_state, where):
     """Stopped after step 4 (a validation), or by SIGTERM inside step 4 (between validations: the checkpoint holds
     step 3 with the sums of the metrics row in progress), then resumed: the uninterrupted run bit for bit."""
-    from fastweights.train import lm as lm_train
+    from fastweights.train.lm import loop as lm_train
 
     cfg = tiny_cfg(corpus_dir, tmp_path, dropout=0.1, carry_state=carry_state, model="delta_rnn")
     full, cut = tmp_path / "full", tmp_path / "cut"
@@ -186,7 +188,7 @@ def test_resume_is_bit_exact(corpus_dir, tmp_path, monkeypatch, carry_state, whe
 
 def test_carry_state_reads_streams_in_order(corpus_dir, tmp_path, monkeypatch):
     """With carry_state the windows continue each stream, and the state restarts only at a new pass."""
-    from fastweights.train import lm as lm_train
+    from fastweights.train.lm import loop as lm_train
 
     seen = []
     real = lm_train.train_batch

@@ -15,11 +15,11 @@ from test_lm_train import assert_one_line_error, cli, write_corpus
 
 import fastweights
 from fastweights.loading import LoadedAgent, LoadedAlgorithmic, LoadedLM
+from fastweights.runs.directory import RUN_FORMAT, read_json, write_json
 from fastweights.tasks.lm import load_corpus
 from fastweights.train import algorithmic
 from fastweights.train.config import LMTrainConfig
 from fastweights.train.lm import evaluate_lm_run, generate_from_run, load_lm_run, train_lm
-from fastweights.train.runs import RUN_FORMAT, read_json, write_json
 
 RL_TINY = ["env=repeat_previous", "env_options={\"length\": 6, \"delay\": 1}", "num_envs=4", "unroll_length=5",
            "total_steps=40", "log_every=2", "checkpoint_every=2", "torso_dim=8", "d_model=8", "num_heads=2",

@@ -1,5 +1,5 @@
 """Configuration of an RL run: :class:`RLConfig`, presets ``fastweights/configs/rl-<preset>.json`` and ``key=value``
-overrides (the parser of :mod:`fastweights.train.config`).
+overrides (the parser of :mod:`fastweights.runs.config`).
 
 Resolution order: dataclass defaults (the paper's Atari setting, paper.md E.3) < preset file < overrides < flags.
 """
@@ -21,7 +21,7 @@ from ..fields import (
     embedded_fields,
     option,
 )
-from ..train.config import RunOptions, check_run_options, config_to_dict, dataclass_from_dict, resolve_config
+from ..runs.config import RunOptions, check_run_options, config_to_dict, dataclass_from_dict, resolve_config
 from .agent import AgentOptions
 from .envs import atari_game, is_atari
 
@@ -130,7 +130,7 @@ class RLConfig:
 
 def resolve_rl_config(env: str | None = None, model: str | None = None, preset: str | None = None,
                       overrides: list[str] | None = None, **flags: Any) -> RLConfig:
-    """The validated :class:`RLConfig` of :func:`~fastweights.train.config.resolve_config`: defaults <
+    """The validated :class:`RLConfig` of :func:`~fastweights.runs.config.resolve_config`: defaults <
     ``fastweights/configs/rl-<preset>.json`` < ``key=value`` overrides < ``env``/``model``/other flags (None = not
     given)."""
     return resolve_config(TASK, preset, list(overrides or []), env=env, model=model, **flags)
