@@ -32,7 +32,6 @@ import errno
 import os
 import platform
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,27 +80,15 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_run_dir(cfg, preset: str | None) -> Path:
-    """A new directory ``runs/<task>-<what>-<model>-<preset>-<time>`` (``-2``, ... for launches in the same second)."""
-    from .runs.directory import unique_run_dir
-
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    if cfg.task == "lm":
-        data = Path(cfg.data).name if cfg.data not in (None, "embedded") else "shakespeare"
-        what = f"{data}-{cfg.level}{'-carry' if cfg.carry_state else ''}"
-    else:
-        what = f"vars{cfg.num_vars}" if cfg.task == "code-exec" else f"depth{cfg.depth}"
-    preset_name = Path(preset).stem if preset and preset.endswith(".json") else preset
-    return unique_run_dir(Path(cfg.out_dir) / f"{cfg.task}-{what}-{cfg.model}-{preset_name or 'default'}-{stamp}")
-
-
 @contextlib.contextmanager
 def _run_dir(args: argparse.Namespace, cfg, preset: str) -> Iterator[Path]:
     """``--run-dir``, else a new default run directory (removed again when the run fails before writing to it)."""
     if args.run_dir:
         yield Path(args.run_dir)
         return
-    run_dir = _default_run_dir(cfg, preset)
+    from .runs.directory import default_run_dir
+
+    run_dir = default_run_dir(cfg, preset)
     try:
         yield run_dir
     except BaseException:
@@ -117,18 +104,10 @@ def _announce_preset(args: argparse.Namespace, preset: str) -> None:
 
 def _resumed_run(args: argparse.Namespace, refused: tuple[str, ...]) -> tuple[Path, object]:
     """``--resume RUN_DIR``: the run directory and its config, after refusing options that would change it."""
-    from .runs.config import config_from_dict
-    from .runs.directory import read_run_config
+    from .runs.config import resumed_config
 
     given = [f"--{k.replace('_', '-')}" for k in refused if getattr(args, k) not in (None, False)]
-    given += list(args.overrides)
-    if given:
-        raise ValueError(f"resume: a resumed run keeps its config.json; remove {' '.join(given)}")
-    run_dir = Path(args.resume)
-    cfg = config_from_dict(read_run_config(run_dir))  # refuses a directory without config.json
-    if cfg.task != args.task:
-        raise ValueError(f"resume: {run_dir} is a {cfg.task} run, not {args.task}")
-    return run_dir, cfg
+    return Path(args.resume), resumed_config(args.resume, args.task, given + list(args.overrides))
 
 
 def _train_lm(args: argparse.Namespace) -> int:
@@ -368,6 +347,10 @@ ENV_HELP = ("rl: repeat_first | repeat_previous | count_recall | minatar:<game> 
 
 
 TASKS = ("code-exec", "listops", "lm", "rl")
+TASK_HELP = {"code-exec": "code execution: the final value of a variable of a program",
+             "listops": "ListOps: the value of nested list operations",
+             "lm": "word- or character-level language modelling (also under torchrun)",
+             "rl": "reinforcement learning: memory tasks, MinAtar, Atari"}
 
 
 def _add_task_flags(p: argparse.ArgumentParser, task: str, command: str) -> None:
@@ -399,7 +382,7 @@ def _task_parsers(parent: argparse.ArgumentParser, command: str, help_task: str 
     parsers = {}
     for task in tasks:
         epilog = _keys_epilog(task, command) if task == help_task else None
-        p = sub.add_parser(task, help=f"{command} {task}", epilog=epilog,
+        p = sub.add_parser(task, help=TASK_HELP[task], epilog=epilog,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_task_flags(p, task, command)
         parsers[task] = p

@@ -83,7 +83,7 @@ def embed(source: type, *, after: str | None = None, skip: Iterable[str] = (), *
             if name == after:
                 ordered.update(added)
         cls.__annotations__ = ordered
-        cls.__embedded__ = {**getattr(cls, "__embedded__", {}), source.__name__: tuple(added)}
+        cls._embedded_sources = {**getattr(cls, "_embedded_sources", {}), source.__name__: tuple(added)}
         return cls
 
     return wrap
@@ -91,7 +91,7 @@ def embed(source: type, *, after: str | None = None, skip: Iterable[str] = (), *
 
 def embedded_fields(cfg: Any, source: type) -> dict[str, Any]:
     """The values of the fields ``cfg``'s class took from ``source`` with :func:`embed` (containers copied)."""
-    return {n: _copy(getattr(cfg, n)) for n in type(cfg).__embedded__[source.__name__]}
+    return {n: _copy(getattr(cfg, n)) for n in type(cfg)._embedded_sources[source.__name__]}
 
 
 def _copy(value: Any) -> Any:
@@ -203,11 +203,11 @@ def check_probability(name: str, value: Any) -> float:
     return check_number(name, value, low=0, high=1, high_open=True, expected="a probability in [0, 1)")
 
 
-def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> Any:
-    """One of ``allowed``."""
+def check_choice(name: str, value: Any, allowed: Sequence[Any], expected: str | None = None) -> Any:
+    """One of ``allowed``; ``expected`` replaces ``one of [...]`` in the message (e.g. ``"'word' or 'char'"``)."""
     # bools compare equal to 0/1, so an int option must not accept True/False by accident
     if isinstance(value, bool) or value not in allowed:
-        raise ConfigError(f"{name}: expected one of {list(allowed)}, got {value!r}")
+        raise ConfigError(f"{name}: expected {expected or f'one of {list(allowed)}'}, got {value!r}")
     return value
 
 

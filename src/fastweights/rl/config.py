@@ -105,19 +105,19 @@ class RLConfig:
     def validate(self) -> None:
         from .agent import AgentConfig, rl_cores
 
-        check_choice("task", self.task, (TASK,))
+        check_choice("task", self.task, (TASK,), repr(TASK))
         check_choice("model", self.model, rl_cores())
         if not isinstance(self.env, str) or not self.env:
             raise ConfigError(f"env: expected an environment name, got {self.env!r}")
         for name in ("num_envs", "unroll_length", "total_steps", "eval_episodes", "eval_runs", "eval_envs",
                      "log_every", "checkpoint_every"):
             check_positive_int(name, getattr(self, name))
-        check_number("discount", self.discount, low=0, high=1)
+        check_number("discount", self.discount, low=0, high=1, expected="a value in [0, 1]")
         for name in ("baseline_cost", "entropy_cost", "reward_clip", "grad_norm_clip", "rms_momentum"):
             check_non_negative(name, getattr(self, name))
         for name in ("clip_rho", "clip_c", "clip_pg_rho", "lr", "rms_eps"):
             check_positive(name, getattr(self, name))
-        check_number("rms_alpha", self.rms_alpha, low=0, high=1, high_open=True)
+        check_number("rms_alpha", self.rms_alpha, low=0, high=1, high_open=True, expected="a value in [0, 1)")
         check_choice("eval_mode", self.eval_mode, EVAL_MODES)
         if self.eval_noneg and not is_atari(self.env):
             raise ConfigError(f"eval_noneg: the filter restarts Atari games; env {self.env!r} is not an Atari game")

@@ -33,10 +33,12 @@ import torch
 from ..fields import ConfigError
 from ..layers.base import detach_state
 from ..models import count_parameters
+from ..runs.config import resumed_config
 from ..runs.directory import (
     MetricsLog,
     before_first_step,
     checkpoint_path,
+    default_run_dir,
     diverged,
     load_checkpoint,
     nonfinite_parameter,
@@ -46,7 +48,6 @@ from ..runs.directory import (
     run_metadata,
     save_good_checkpoint,
     training_run,
-    unique_run_dir,
     write_json,
 )
 from ..runs.interrupt import StopSignals, save_and_stop
@@ -396,11 +397,7 @@ def _train_loop(cfg: RLConfig, run_dir: Path, env: BatchedEnv, agent: Agent, dev
                     save_good_checkpoint(agent, run_dir, "last.pt", payload(), f"update {update}")
             if bar is not None:
                 shown = {"return": last_row.get("episode_return", ""), "steps_per_s": last_row.get("steps_per_s", "")}
-                bar.update(update, **{k: v for k, v in shown.items() if v != ""})
-                line = estimate.tick(update)
-                if line is not None:
-                    bar.close()
-                    print(line, flush=True)
+                bar.advance(update, estimate, **{k: v for k, v in shown.items() if v != ""})
         if bar is not None:
             bar.close()
         results: dict[str, Any] = {"updates": update, "steps": update * cfg.steps_per_update,
@@ -570,13 +567,6 @@ def evaluate_run(run_dir: Path | str, episodes: int = 30, runs: int = 5, greedy:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def default_run_dir(cfg: RLConfig, preset: str | None) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    env = cfg.env.replace("/", "-").replace(":", "-")
-    preset_name = Path(preset).stem if preset and preset.endswith(".json") else preset
-    return unique_run_dir(Path(cfg.out_dir) / f"rl-{env}-{cfg.model}-{preset_name or 'default'}-{stamp}")
-
-
 def main_train(env: str | None = None, model: str | None = None, preset: str | None = None,
                overrides: list[str] | None = None, run_dir: str | Path | None = None,
                resume: str | Path | None = None, device: str | None = None, *, dry_run: bool = False,
@@ -590,13 +580,8 @@ def main_train(env: str | None = None, model: str | None = None, preset: str | N
     if resume is not None:
         given = [name for name, v in (("env", env), ("model", model), ("preset", preset), ("run_dir", run_dir))
                  if v is not None] + list(overrides or [])
-        if given:
-            raise ConfigError(f"resume: a resumed run keeps its config.json; remove {' '.join(given)}")
         rdir = Path(resume)
-        values = read_run_config(rdir)  # refuses a directory without config.json
-        if values.get("task") != "rl":
-            raise ConfigError(f"resume: {rdir} is a {values.get('task', 'code-exec')} run, not rl")
-        cfg = rl_config_from_dict(values)
+        cfg = resumed_config(rdir, "rl", given)
         if device is not None:
             cfg.device = device
         cfg.validate()

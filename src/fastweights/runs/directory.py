@@ -655,3 +655,19 @@ def before_first_step(run_dir: Path, again: str, where: str = "before the first 
         yield
     except KeyboardInterrupt as e:
         raise interrupted(e, where, False, Path(run_dir) / "last.pt", again) from None
+
+
+def default_run_dir(cfg: Any, preset: str | None) -> Path:
+    """A new run directory of ``cfg`` (any task) without ``--run-dir``:
+    ``<out_dir>/<task>-<what>-<model>-<preset>-<time>`` (``-2``, ... for launches in the same second), where
+    ``what`` is the corpus and level (lm), the environment (rl), the variables or the depth (code-exec, listops)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if cfg.task == "lm":
+        data = Path(cfg.data).name if cfg.data not in (None, "embedded") else "shakespeare"
+        what = f"{data}-{cfg.level}{'-carry' if cfg.carry_state else ''}"
+    elif cfg.task == "rl":
+        what = cfg.env.replace("/", "-").replace(":", "-")
+    else:
+        what = f"vars{cfg.num_vars}" if cfg.task == "code-exec" else f"depth{cfg.depth}"
+    preset_name = Path(preset).stem if preset and preset.endswith(".json") else preset
+    return unique_run_dir(Path(cfg.out_dir) / f"{cfg.task}-{what}-{cfg.model}-{preset_name or 'default'}-{stamp}")

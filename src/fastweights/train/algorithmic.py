@@ -467,11 +467,7 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
                     epoch_time = time.perf_counter() - t0
                     rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
                 if bar is not None:
-                    bar.update(step, loss=loss_sum / batch, tokens_per_s=tok / epoch_time)
-                    line = estimate.tick(step)
-                    if line is not None:
-                        bar.close()
-                        print(line, flush=True)
+                    bar.advance(step, estimate, loss=loss_sum / batch, tokens_per_s=tok / epoch_time)
                 if cfg.checkpoint_every_s > 0 and time.monotonic() - saved_at >= cfg.checkpoint_every_s \
                         and batch < steps_per_epoch:
                     with signals.held():

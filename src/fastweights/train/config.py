@@ -106,7 +106,7 @@ class TrainConfig:
                      "epochs"):
             check_positive_int(name, getattr(self, name))
         check_adam_options(self)
-        check_choice("schedule", self.schedule, ("constant", "cosine"))
+        check_choice("schedule", self.schedule, ("constant", "cosine"), "'constant' or 'cosine'")
         check_non_negative_int("warmup_steps", self.warmup_steps)
         check_run_options(self)
 
@@ -163,7 +163,7 @@ class LMTrainConfig:
     def validate(self) -> None:
         from ..layers import available_layers, layer_options
 
-        check_choice("task", self.task, ("lm",))
+        check_choice("task", self.task, ("lm",), "'lm'")
         if self.model not in available_layers():
             raise ConfigError(f"model: unknown model {self.model!r}; expected one of {available_layers()}")
         allowed = layer_options(self.model)
@@ -171,8 +171,9 @@ class LMTrainConfig:
         if unknown:
             raise ConfigError(f"layer_options: model {self.model!r} takes no option(s) {unknown}; "
                               f"valid options: {allowed}")
-        check_choice("level", self.level, ("word", "char"))
-        check_choice("tokenizer", self.tokenizer, (None, "whitespace", "punctuation"))
+        check_choice("level", self.level, ("word", "char"), "'word' or 'char'")
+        check_choice("tokenizer", self.tokenizer, (None, "whitespace", "punctuation"),
+                     "'whitespace', 'punctuation' or none")
         for name in ("max_steps", "batch_size", "tgt_len", "eval_tgt_len", "eval_batch_size", "eval_interval"):
             check_positive_int(name, getattr(self, name))
         check_non_negative_int("warmup_steps", self.warmup_steps)

@@ -246,11 +246,7 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
                 validated = not (step % cfg.eval_interval == 0 or step == cfg.max_steps)
                 boundary = this_process()
             if bar is not None:
-                bar.update(step, loss=sums[0] / sums[1], lr=lr, tokens_per_s=sums[2] / sums[3])
-                line = estimate.tick(step)
-                if line is not None:
-                    bar.close()
-                    print(line, flush=True)
+                bar.advance(step, estimate, loss=sums[0] / sums[1], lr=lr, tokens_per_s=sums[2] / sums[3])
         if bar is not None:
             bar.close()
         results: dict[str, Any] = {"best_valid": best, "steps_done": step, "train_time_s": elapsed,
