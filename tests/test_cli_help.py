@@ -12,14 +12,8 @@ import typing
 import pytest
 
 from fastweights.rl.config import RLConfig
-from fastweights.train.config import (
-    DEFAULT_PRESET,
-    LMTrainConfig,
-    TrainConfig,
-    format_value,
-    load_preset,
-    type_name,
-)
+from fastweights.runs.config import DEFAULT_PRESET, format_value, load_preset, type_name
+from fastweights.train.config import LMTrainConfig, TrainConfig
 
 CLASSES = {"code-exec": TrainConfig, "listops": TrainConfig, "lm": LMTrainConfig, "rl": RLConfig}
 
@@ -58,3 +52,15 @@ def test_train_help_lists_every_key(task):
 def test_help_without_a_task_says_where_the_keys_are():
     assert "`fastweights train TASK --help` lists those of TASK" in help_text("train", "--help")
     assert "key=value keys of listops" in help_text("data", "listops", "--help")
+
+
+def test_each_task_parser_has_only_its_own_flags():
+    """`fastweights train TASK` is one sub-parser per task: its --help lists that task's flags only."""
+    flags = {task: set(re.findall(r"^  (--[\w-]+)", help_text("train", task, "--help"), re.MULTILINE))
+             for task in ("code-exec", "lm", "rl")}
+    assert {"--num-vars", "--depth", "--data"} <= flags["code-exec"] and not {"--env", "--carry-state"} & flags[
+        "code-exec"]
+    assert {"--data", "--carry-state"} <= flags["lm"] and not {"--env", "--num-vars", "--depth"} & flags["lm"]
+    assert "--env" in flags["rl"] and not {"--data", "--carry-state", "--num-vars", "--depth"} & flags["rl"]
+    common = {"--model", "--preset", "--run-dir", "--resume", "--dry-run", "--device"}
+    assert all(common <= f for f in flags.values())

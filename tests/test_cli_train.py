@@ -17,13 +17,13 @@ import pytest
 import torch
 
 from fastweights.cli import main
+from fastweights.runs.config import preset_path, resolve_config
+from fastweights.runs.directory import read_json
 from fastweights.train import algorithmic
-from fastweights.train.config import preset_path, resolve_config
-from fastweights.train.runs import read_json
 
 #: Tiny data and model (a 2-epoch run takes well under a second).
 DATA_ARGS = ["train_size=40", "valid_size=10", "test_size=10", "code_length=5"]
-MODEL_ARGS = ["d_model=16", "num_layers=1", "num_heads=2", "head_dim=none", "ff_factor=2", "emb_size=8",
+MODEL_ARGS = ["d_model=16", "num_layers=1", "num_heads=2", "head_dim=none", "d_ff=32", "emb_size=8",
               "batch_size=8", "epochs=2", "dropout=0.1", "log_every_s=1000"]
 TINY = DATA_ARGS + MODEL_ARGS
 PAPER_MODELS = ("linear_transformer", "delta_net", "delta_rnn", "rdn", "transformer")

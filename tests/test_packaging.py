@@ -98,7 +98,7 @@ def test_a_run_trained_from_the_wheel_leaves_its_data_and_checkout_behind(instal
     corpus.mkdir()
     for split, n in (("train", 60), ("valid", 8), ("test", 8)):
         (corpus / f"{split}.txt").write_text("".join(f"w{i % 7} w{(i * 3) % 7} w{(i + 2) % 7}\n" for i in range(n)))
-    tiny = ["d_model=16", "n_layers=1", "n_heads=2", "head_dim=8", "d_ff=32", "max_steps=4", "warmup_steps=1",
+    tiny = ["d_model=16", "num_layers=1", "num_heads=2", "head_dim=8", "d_ff=32", "max_steps=4", "warmup_steps=1",
             "batch_size=4", "tgt_len=8", "eval_tgt_len=8", "eval_batch_size=4", "eval_interval=2"]
     steps = [
         ["-m", "fastweights.cli", "train", "lm", "--model", "delta_net", "--data", "corpus", "--run-dir", "run", *tiny],

@@ -32,12 +32,11 @@ import errno
 import os
 import platform
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from . import __version__
-from .train.progress import format_count, plural
+from .runs.progress import format_count, plural
 
 
 def _info(_: argparse.Namespace) -> int:
@@ -70,8 +69,8 @@ def _task_flags(args: argparse.Namespace) -> dict:
 
 
 def _data(args: argparse.Namespace) -> int:
+    from .runs.config import resolve_config
     from .train.algorithmic import write_task_data
-    from .train.config import resolve_config
 
     cfg = resolve_config(args.task, None, args.overrides, **_task_flags(args))
     out = Path(args.out)
@@ -81,27 +80,15 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_run_dir(cfg, preset: str | None) -> Path:
-    """A new directory ``runs/<task>-<what>-<model>-<preset>-<time>`` (``-2``, ... for launches in the same second)."""
-    from .train.runs import unique_run_dir
-
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    if cfg.task == "lm":
-        data = Path(cfg.data).name if cfg.data not in (None, "embedded") else "shakespeare"
-        what = f"{data}-{cfg.level}{'-carry' if cfg.carry_state else ''}"
-    else:
-        what = f"vars{cfg.num_vars}" if cfg.task == "code-exec" else f"depth{cfg.depth}"
-    preset_name = Path(preset).stem if preset and preset.endswith(".json") else preset
-    return unique_run_dir(Path(cfg.out_dir) / f"{cfg.task}-{what}-{cfg.model}-{preset_name or 'default'}-{stamp}")
-
-
 @contextlib.contextmanager
 def _run_dir(args: argparse.Namespace, cfg, preset: str) -> Iterator[Path]:
     """``--run-dir``, else a new default run directory (removed again when the run fails before writing to it)."""
     if args.run_dir:
         yield Path(args.run_dir)
         return
-    run_dir = _default_run_dir(cfg, preset)
+    from .runs.directory import default_run_dir
+
+    run_dir = default_run_dir(cfg, preset)
     try:
         yield run_dir
     except BaseException:
@@ -117,25 +104,17 @@ def _announce_preset(args: argparse.Namespace, preset: str) -> None:
 
 def _resumed_run(args: argparse.Namespace, refused: tuple[str, ...]) -> tuple[Path, object]:
     """``--resume RUN_DIR``: the run directory and its config, after refusing options that would change it."""
-    from .train.config import config_from_dict
-    from .train.runs import read_run_config
+    from .runs.config import resumed_config
 
     given = [f"--{k.replace('_', '-')}" for k in refused if getattr(args, k) not in (None, False)]
-    given += list(args.overrides)
-    if given:
-        raise ValueError(f"resume: a resumed run keeps its config.json; remove {' '.join(given)}")
-    run_dir = Path(args.resume)
-    cfg = config_from_dict(read_run_config(run_dir))  # refuses a directory without config.json
-    if cfg.task != args.task:
-        raise ValueError(f"resume: {run_dir} is a {cfg.task} run, not {args.task}")
-    return run_dir, cfg
+    return Path(args.resume), resumed_config(args.resume, args.task, given + list(args.overrides))
 
 
 def _train_lm(args: argparse.Namespace) -> int:
-    from .train.config import DEFAULT_PRESET, ConfigError, config_to_dict, resolve_config
+    from .fields import ConfigError
+    from .runs.config import DEFAULT_PRESET, config_to_dict, resolve_config
     from .train.lm import train_lm
 
-    _refuse_other_tasks_flags(args)
     if args.resume:
         run_dir, cfg = _resumed_run(args, ("model", "preset", "data", "run_dir", "carry_state"))
         if args.device is not None:
@@ -169,32 +148,12 @@ def _train_lm(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refuse_other_tasks_flags(args: argparse.Namespace) -> None:
-    """``train``/``compare``: refuse the flags of other tasks (they would be ignored): ``--env`` outside rl,
-    ``--carry-state`` outside lm, ``--num-vars``/``--depth`` outside the algorithmic tasks, and for rl also ``--data``
-    and a ``task=`` override."""
-    if args.task in ("code-exec", "listops"):
-        if args.env is not None:
-            raise ValueError(f"--env: only for rl, not for {args.task}")
-        if getattr(args, "carry_state", False):
-            raise ValueError(f"--carry-state: only for lm, not for {args.task}")
-        return
-    names = ("num_vars", "depth", "data") if args.task == "rl" else ("num_vars", "depth", "env")
-    wrong = [f"--{k.replace('_', '-')}" for k in names if getattr(args, k) is not None]
-    if args.task == "rl":
-        wrong += ["--carry-state"] if getattr(args, "carry_state", False) else []
-        wrong += [o for o in args.overrides if o.startswith("task=") and o != "task=rl"]
-    if wrong:
-        raise ValueError(f"{' '.join(wrong)}: not for {args.task}")
-
-
 def _train_rl(args: argparse.Namespace) -> int:
     import json
 
     from .rl.train import main_train
-    from .train.config import DEFAULT_PRESET
+    from .runs.config import DEFAULT_PRESET
 
-    _refuse_other_tasks_flags(args)
     if args.resume:  # main_train refuses env/model/preset/run_dir/overrides together with resume
         main_train(args.env, args.model, args.preset, args.overrides, run_dir=args.run_dir, resume=args.resume,
                    device=args.device, command=args.command_line)
@@ -213,14 +172,13 @@ def _train_rl(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .runs.config import DEFAULT_PRESET, config_to_dict, resolve_config
     from .train.algorithmic import build, train
-    from .train.config import DEFAULT_PRESET, config_to_dict, resolve_config
 
     if args.task == "lm":
         return _train_lm(args)
     if args.task == "rl":
         return _train_rl(args)
-    _refuse_other_tasks_flags(args)
     if args.resume:
         run_dir, cfg = _resumed_run(args, ("model", "preset", "num_vars", "depth", "data", "run_dir"))
         train(cfg, run_dir, resume=True)
@@ -253,7 +211,6 @@ def _compare(args: argparse.Namespace) -> int:
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         except ValueError:
             raise ValueError(f"--seeds: expected comma-separated integers, e.g. 11,12,13, got {args.seeds!r}") from None
-    _refuse_other_tasks_flags(args)
     if args.task == "rl":
         flags = {"env": args.env, "device": args.device}
     elif args.task == "lm":
@@ -266,7 +223,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _run_task(run_dir: Path) -> str:
-    from .train.runs import read_run_config
+    from .runs.directory import read_run_config
 
     return read_run_config(run_dir).get("task", "code-exec")
 
@@ -290,7 +247,7 @@ def _rl_checkpoint(run_dir: Path, given: str | None) -> str:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .train.runs import json_text
+    from .runs.directory import json_text
 
     run_dir = Path(args.run_dir)
     task = _run_task(run_dir)
@@ -361,7 +318,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from .train.plots import plot_runs
+    from .runs.plots import plot_runs
 
     metrics = None if args.metrics is None else tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     print(plot_runs([Path(d) for d in args.run_dirs], Path(args.out), metrics))
@@ -372,12 +329,9 @@ def _keys_epilog(task: str | None, command: str) -> str:
     """The ``key=value`` keys of ``task``'s configuration for ``--help``, from the dataclass fields themselves."""
     if task is None:
         return f"key=value keys: `fastweights {command} TASK --help` lists those of TASK."
-    from .train.config import DEFAULT_PRESET, config_class, describe_fields, load_preset
+    from .runs.config import DEFAULT_PRESET, config_class, describe_fields, load_preset
 
-    if task == "rl":
-        from .rl.config import RLConfig as cls
-    else:
-        cls = config_class(task)
+    cls = config_class(task)
     paper = load_preset(cls(task=task), task, "paper")
     if command == "data":  # no preset: the official data sets by default
         return (f"key=value keys of {task} (the data keys matter here). Columns: key, type, default (the paper's "
@@ -392,15 +346,77 @@ ENV_HELP = ("rl: repeat_first | repeat_previous | count_recall | minatar:<game> 
             "gym:<id> (default: the preset's)")
 
 
-def _add_task_args(p: argparse.ArgumentParser, *, data: bool = True,
-                   tasks: tuple[str, ...] = ("code-exec", "listops")) -> None:
-    p.add_argument("task", choices=tasks)
-    p.add_argument("--num-vars", type=int, default=None, help="code execution: 3 or 5 variables (default 3)")
-    p.add_argument("--depth", type=int, default=None, help="ListOps: 10 or 15 (default 10)")
-    if data:
-        p.add_argument("--data", default=None, help="directory with the official data files (default: generate)")
-        p.add_argument("--device", default=None, help="cpu (default) or cuda")
+TASKS = ("code-exec", "listops", "lm", "rl")
+TASK_HELP = {"code-exec": "code execution: the final value of a variable of a program",
+             "listops": "ListOps: the value of nested list operations",
+             "lm": "word- or character-level language modelling (also under torchrun)",
+             "rl": "reinforcement learning: memory tasks, MinAtar, Atari"}
+
+
+def _add_task_flags(p: argparse.ArgumentParser, task: str, command: str) -> None:
+    """The flags of ``task`` only: a flag of another task is refused in one line (:func:`_other_tasks_flags`)."""
+    if task in ("code-exec", "listops"):
+        p.add_argument("--num-vars", type=int, default=None, help="code execution: 3 or 5 variables (default 3)")
+        p.add_argument("--depth", type=int, default=None, help="ListOps: 10 or 15 (default 10)")
+    if command == "data":
+        return
+    if task == "rl":
+        p.add_argument("--env", default=None, help=ENV_HELP)
+    else:
+        p.add_argument("--data", default=None, help="a WikiText-103 or plain-text directory (default: the "
+                                                    "embedded corpus)" if task == "lm" else
+                       "directory with the official data files (default: generate)")
+    if task == "lm":
+        p.add_argument("--carry-state", action="store_true",
+                       help="carry the state across consecutive windows of contiguous streams (truncated BPTT)"
+                       if command == "train" else
+                       "train every model with the state carried across windows (the paper's + full context)")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda")
+
+
+def _task_parsers(parent: argparse.ArgumentParser, command: str, help_task: str | None,
+                  tasks: tuple[str, ...] = TASKS) -> dict[str, argparse.ArgumentParser]:
+    """One sub-parser per task under ``command`` (``train``, ``compare``, ``data``): each takes its task's flags and
+    lists its task's ``key=value`` keys in ``--help``."""
+    sub = parent.add_subparsers(dest="task", metavar="TASK", required=True)
+    parsers = {}
+    for task in tasks:
+        epilog = _keys_epilog(task, command) if task == help_task else None
+        p = sub.add_parser(task, help=TASK_HELP[task], epilog=epilog,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        _add_task_flags(p, task, command)
+        parsers[task] = p
+    return parsers
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides")
+
+
+def _other_tasks_flags(parser: argparse.ArgumentParser, argv: list[str], args: argparse.Namespace,
+                       stray: list[str]) -> str | None:
+    """The one-line refusal of flags that belong to other tasks of ``train``/``compare`` than ``args.task``
+    (``--env: only for rl, not for listops``; for lm and rl: ``--depth: not for rl``); None when ``stray`` holds
+    none."""
+    command, task = argv[0], getattr(args, "task", None)
+    if command not in ("train", "compare") or task is None:
+        return None
+    owners: dict[str, list[str]] = {}
+    for name, p in _subparsers(_subparsers(parser)[command]).items():
+        for flag in p._option_string_actions:
+            owners.setdefault(flag, []).append(name)
+    wrong = [f for f in stray if f.split("=", 1)[0] in owners]
+    if not wrong:
+        return None
+    flags = [f.split("=", 1)[0] for f in wrong]
+    if task in ("code-exec", "listops"):
+        return f"{flags[0]}: only for {', '.join(owners[flags[0]])}, not for {task}"
+    return f"{' '.join(flags)}: not for {task}"
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(actions[0].choices) if actions else {}
 
 
 def build_parser(help_task: str | None = None) -> argparse.ArgumentParser:
@@ -418,39 +434,38 @@ def build_parser(help_task: str | None = None) -> argparse.ArgumentParser:
     d.set_defaults(func=_demo)
 
     g = sub.add_parser("data", help="write an algorithmic data set in the official file format",
-                       epilog=_keys_epilog(help_task, "data"), **keys)
-    _add_task_args(g, data=False)
-    g.add_argument("--out", required=True, help="output directory")
+                       epilog=None if help_task else _keys_epilog(None, "data"), **keys)
+    for task_parser in _task_parsers(g, "data", help_task, ("code-exec", "listops")).values():
+        task_parser.add_argument("--out", required=True, help="output directory")
+        _add_overrides(task_parser)
     g.set_defaults(func=_data)
 
     t = sub.add_parser("train", help="train a model on a benchmark (lm: a language model, also under torchrun)",
-                       epilog=_keys_epilog(help_task, "train"), **keys)
-    _add_task_args(t, tasks=("code-exec", "listops", "lm", "rl"))
-    t.add_argument("--env", default=None, help=ENV_HELP)
-    t.add_argument("--model", default=None, help="registry name (see `fastweights info`)")
-    t.add_argument("--preset", default=None,
-                   help="cpu (the default: minutes on a CPU), paper (the paper's setting) or a path to a .json "
-                        "preset")
-    t.add_argument("--carry-state", action="store_true",
-                   help="lm: carry the state across consecutive windows of contiguous streams (truncated BPTT)")
-    t.add_argument("--run-dir", default=None, help="run directory (default runs/<task>-...-<time>)")
-    t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
-    t.add_argument("--dry-run", action="store_true", help="build everything, print config and parameters, exit")
+                       epilog=_keys_epilog(None, "train"), **keys)
+    for task_parser in _task_parsers(t, "train", help_task).values():
+        task_parser.add_argument("--model", default=None, help="registry name (see `fastweights info`)")
+        task_parser.add_argument("--preset", default=None,
+                                 help="cpu (the default: minutes on a CPU), paper (the paper's setting) or a path to "
+                                      "a .json preset")
+        task_parser.add_argument("--run-dir", default=None, help="run directory (default runs/<task>-...-<time>)")
+        task_parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+        task_parser.add_argument("--dry-run", action="store_true",
+                                 help="build everything, print config and parameters, exit")
+        _add_overrides(task_parser)
     t.set_defaults(func=_train)
 
     c = sub.add_parser("compare", help="train models x seeds with one preset (resumable, --jobs at a time); "
                                         "table of mean ± std and curves with seed bands",
-                       epilog=_keys_epilog(help_task, "compare"), **keys)
-    _add_task_args(c, tasks=("code-exec", "listops", "lm", "rl"))
-    c.add_argument("--env", default=None, help=ENV_HELP)
-    c.add_argument("--carry-state", action="store_true",
-                   help="lm: train every model with the state carried across windows (the paper's + full context)")
-    c.add_argument("--models", default="lstm,linear_transformer,delta_net,delta_rnn")
-    c.add_argument("--preset", default="cpu")
-    c.add_argument("--out-dir", default="runs/compare")
-    c.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 11,12,13 (default: the preset's seed)")
-    c.add_argument("--jobs", type=int, default=1,
-                   help="runs at a time, each a separate process with the preset's threads (default 1)")
+                       epilog=_keys_epilog(None, "compare"), **keys)
+    for task_parser in _task_parsers(c, "compare", help_task).values():
+        task_parser.add_argument("--models", default="lstm,linear_transformer,delta_net,delta_rnn")
+        task_parser.add_argument("--preset", default="cpu")
+        task_parser.add_argument("--out-dir", default="runs/compare")
+        task_parser.add_argument("--seeds", default=None,
+                                 help="comma-separated seeds, e.g. 11,12,13 (default: the preset's seed)")
+        task_parser.add_argument("--jobs", type=int, default=1,
+                                 help="runs at a time, each a separate process with the preset's threads (default 1)")
+        _add_overrides(task_parser)
     c.set_defaults(func=_compare)
 
     e = sub.add_parser("eval", help="evaluate a run's checkpoint on a split")
@@ -519,14 +534,16 @@ def main(argv: list[str] | None = None) -> int:
         return bench_main(argv[1:])
     help_task = None
     if argv[:1] in (["train"], ["data"], ["compare"]) and {"-h", "--help"} & set(argv):
-        help_task = next((a for a in argv[1:] if a in ("code-exec", "listops", "lm", "rl")), None)
-        if argv[0] != "train" and help_task in ("lm", "rl"):
-            help_task = None  # argparse refuses the task itself
+        help_task = next((a for a in argv[1:] if a in TASKS), None)
     parser = build_parser(help_task)
     # key=value overrides may come after options (argparse's positionals would stop at the first option)
     args, extra = parser.parse_known_args(argv)
     stray = [x for x in extra if x.startswith("-") or "=" not in x or not hasattr(args, "overrides")]
     if stray:
+        message = _other_tasks_flags(parser, argv, args, stray)
+        if message is not None:  # one line, like every error of what the user typed
+            print(f"fastweights: error: {message}", file=sys.stderr)
+            return 2
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = list(args.overrides) + extra
@@ -536,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if getattr(args, "device", None) is not None:
-            from .train.config import check_device
+            from .runs.config import check_device
 
             check_device(args.device, "--device")
         return args.func(args)
@@ -546,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastweights: error: {e}", file=sys.stderr)
         return 2
     except (OSError, RuntimeError) as e:  # a full disk, a read-only directory, a diverged run: not the user's typing
-        from .train.runs import TrainingDiverged
+        from .runs.directory import TrainingDiverged
 
         if os.environ.get("FASTWEIGHTS_DEBUG") or not isinstance(e, (OSError, TrainingDiverged)):
             raise
@@ -555,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:  # training loops save and raise Interrupted, whose message says how to resume
         if os.environ.get("FASTWEIGHTS_DEBUG"):
             raise
-        from .train.interrupt import Interrupted, signal_name, signal_of
+        from .runs.interrupt import Interrupted, signal_name, signal_of
 
         message = str(e) if isinstance(e, Interrupted) else f"interrupted ({signal_name(signal_of(e))})"
         print(f"fastweights: {message}", file=sys.stderr, flush=True)

@@ -30,22 +30,13 @@ from .models import build_lm, build_model
 from .rl.agent import Agent
 from .rl.config import RLConfig
 from .rl.train import ENV_FILE, EnvSpec, agent_config, env_spec, load_agent
+from .runs.config import ALL_TASKS, check_device, checked_fields, config_class, config_to_dict
+from .runs.directory import read_json_file, read_run_config, write_json
 from .train.algorithmic import VOCAB_FILE as TASK_VOCAB_FILE
 from .train.algorithmic import TaskVocab, load_algorithmic_model, model_config
-from .train.config import (
-    ALGORITHMIC_TASKS,
-    TASKS,
-    LMTrainConfig,
-    TrainConfig,
-    check_device,
-    check_value,
-    config_class,
-    config_to_dict,
-    field_names,
-)
+from .train.config import ALGORITHMIC_TASKS, LMTrainConfig, TrainConfig
 from .train.lm import VOCAB_FILE as LM_VOCAB_FILE
 from .train.lm import Generation, LMVocab, lm_model_config, load_lm_model
-from .train.runs import read_json_file, read_run_config, write_json
 from .weights import load_module, save_module
 
 EXPORT_FORMAT = "fastweights-model"
@@ -61,7 +52,6 @@ HF_KEYS = frozenset({"model_type", "architectures", "transformers_version", "dty
                      "bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings", "use_cache",
                      "output_hidden_states", "return_dict", "chunk_size_feed_forward", "is_encoder_decoder",
                      "id2label", "label2id", "problem_type"})
-ALL_TASKS = (*TASKS, "rl")
 
 
 @dataclass
@@ -275,15 +265,10 @@ def check_export_config(values: Any, where: str = "config") -> tuple[str, TrainC
     train = values["train_config"]
     if not isinstance(train, dict):
         raise ValueError(f"{where}: train_config: expected a JSON object, got {type(train).__name__}")
-    cls = RLConfig if task == "rl" else config_class(task)
-    names = field_names(cls)
-    for key in train:
-        if key not in names:
-            raise ValueError(f"{where}: train_config: unknown key {key!r}; valid keys: {', '.join(names)}")
-    checked = {k: check_value(k, v, where=f"{where}: train_config: ", cls=cls) for k, v in train.items()}
+    checked = checked_fields(config_class(task), train, where=f"{where}: train_config: ", strict=True)
     if checked.get("task", task) != task:
         raise ValueError(f"{where}: train_config: task {checked['task']!r} differs from the export's task {task!r}")
-    return task, cls(**{**checked, "task": task})
+    return task, config_class(task)(**{**checked, "task": task})
 
 
 def from_pretrained(path: str | os.PathLike, device: str | None = None) -> Loaded:

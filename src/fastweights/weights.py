@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .train.runs import atomic_write_bytes
+from .runs.directory import atomic_write_bytes
 
 #: safetensors dtype names and their torch dtypes (the unsigned wide integers exist from torch 2.3 on).
 DTYPES: dict[str, torch.dtype] = {

@@ -15,7 +15,7 @@ from fastweights.rl.agent import AgentConfig, ConvTorso, build_agent
 from fastweights.rl.config import rl_config_from_dict
 from fastweights.rl.envs import make_env
 from fastweights.rl.minatar import GAMES, MinAtarEnv, game_name
-from fastweights.train.runs import load_checkpoint, read_json, save_checkpoint
+from fastweights.runs.directory import load_checkpoint, read_json, save_checkpoint
 
 
 def random_actions(env: MinAtarEnv, steps: int, seed: int = 0) -> np.ndarray:

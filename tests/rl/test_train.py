@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from fastweights.fields import ConfigError
 from fastweights.layers.base import detach_state
 from fastweights.rl import (
     Actor,
@@ -25,9 +26,8 @@ from fastweights.rl import (
 )
 from fastweights.rl.config import rl_config_from_dict, rl_config_to_dict
 from fastweights.rl.train import build, load_agent
-from fastweights.train.config import ConfigError
-from fastweights.train.interrupt import Interrupted
-from fastweights.train.runs import read_json
+from fastweights.runs.directory import read_json
+from fastweights.runs.interrupt import Interrupted
 
 TINY = ["env=repeat_previous", "env_options={\"length\": 6, \"delay\": 1}", "num_envs=4", "unroll_length=5",
         "total_steps=120", "log_every=2", "checkpoint_every=2", "torso_dim=8", "d_model=8", "num_heads=2", "d_ff=16",

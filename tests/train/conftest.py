@@ -7,7 +7,7 @@ import torch
 
 #: A configuration small enough that a 2-epoch run takes well under a second on one CPU thread.
 TINY = {"train_size": 40, "valid_size": 10, "test_size": 10, "code_length": 5, "d_model": 16, "num_layers": 1,
-        "num_heads": 2, "ff_factor": 2, "batch_size": 8, "eval_batch_size": 16, "epochs": 2, "dropout": 0.1,
+        "num_heads": 2, "d_ff": 32, "batch_size": 8, "eval_batch_size": 16, "epochs": 2, "dropout": 0.1,
         "emb_size": 8, "log_every_s": 1000.0}
 
 

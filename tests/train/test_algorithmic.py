@@ -13,6 +13,8 @@ import torch.nn.functional as F
 
 from fastweights.layers import available_layers
 from fastweights.models import ModelConfig, build_model
+from fastweights.runs.directory import MetricsLog, load_checkpoint, read_json
+from fastweights.runs.interrupt import Interrupted
 from fastweights.tasks import code_execution, listops
 from fastweights.train import algorithmic
 from fastweights.train.algorithmic import (
@@ -26,8 +28,6 @@ from fastweights.train.algorithmic import (
     train,
     write_task_data,
 )
-from fastweights.train.interrupt import Interrupted
-from fastweights.train.runs import MetricsLog, load_checkpoint, read_json
 
 TIMING_COLUMNS = ("elapsed_s", "tokens_per_s")
 

@@ -9,11 +9,11 @@ import torch
 from test_lm_train import TINY as LM_TINY  # tests/train is on sys.path (rootdir imports)
 from test_lm_train import write_corpus
 
+from fastweights.runs.config import resolve_config
+from fastweights.runs.directory import read_json
 from fastweights.train.algorithmic import train
 from fastweights.train.compare import compare, format_table, plan_grid
-from fastweights.train.config import resolve_config
 from fastweights.train.lm import evaluate_lm_run
-from fastweights.train.runs import read_json
 
 TINY = ["train_size=30", "valid_size=10", "test_size=10", "code_length=4", "d_model=16", "num_layers=1",
         "num_heads=2", "batch_size=8", "epochs=1", "threads=1"]
@@ -77,7 +77,7 @@ def test_plan_grid_resumes_checkpointed_runs_and_restarts_unstarted_ones(tmp_pat
 
 
 def _rows(run_dir):
-    from fastweights.train.runs import MetricsLog
+    from fastweights.runs.directory import MetricsLog
 
     return MetricsLog(run_dir, tensorboard=False).rows()
 
@@ -105,7 +105,7 @@ def test_format_table_shows_mean_std_and_seeds():
 
 def test_seed_band_plot_is_written_for_the_grid(tmp_path):
     pytest.importorskip("matplotlib")
-    from fastweights.train.plots import plot_seed_bands
+    from fastweights.runs.plots import plot_seed_bands
 
     out = tmp_path / "cmp"
     compare("code-exec", ["lstm"], "cpu", [*TINY, "epochs=2"], out, seeds=[1, 2])

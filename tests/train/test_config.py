@@ -6,10 +6,9 @@ import json
 
 import pytest
 
+from fastweights.fields import ConfigError
 from fastweights.layers import available_layers
-from fastweights.train.config import (
-    ConfigError,
-    TrainConfig,
+from fastweights.runs.config import (
     apply_overrides,
     config_dirs,
     config_from_dict,
@@ -19,6 +18,7 @@ from fastweights.train.config import (
     preset_path,
     resolve_config,
 )
+from fastweights.train.config import TrainConfig, model_config
 
 # ----------------------------------------------------------------------------------------------------------------
 # parse_value
@@ -111,7 +111,8 @@ def test_apply_overrides_needs_key_value():
 @pytest.mark.parametrize("task", ["code-exec", "listops"])
 def test_paper_preset_is_spec_e2(task):
     cfg = resolve_config(task, "paper", [])
-    assert (cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.head_dim, cfg.ff_factor) == (256, 4, 16, 16, 4)
+    assert (cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.head_dim, cfg.d_ff) == (256, 4, 16, 16, None)
+    assert model_config(cfg).ff_dim == 1024  # d_ff none = 4 * d_model, the paper's FF x4
     assert (cfg.dropout, cfg.lr, cfg.beta1, cfg.beta2, cfg.adam_eps) == (0.1, 3e-4, 0.9, 0.995, 1e-9)
     assert (cfg.batch_size, cfg.epochs) == (64, 200)
     assert (cfg.train_size, cfg.valid_size, cfg.test_size, cfg.data_seed) == (10000, 1000, 1000, 42)

@@ -32,12 +32,12 @@ from test_loading import RL_TINY, runs  # noqa: F401 -- runs: the fixture of one
 
 import fastweights
 from fastweights.cli import main
+from fastweights.runs.directory import LOCK_FILE, load_checkpoint, read_json
 from fastweights.train import algorithmic
-from fastweights.train.runs import LOCK_FILE, load_checkpoint, read_json
 
 #: The tiny code-execution run of these tests: 3 epochs of 5 steps, a checkpoint after every step.
 TINY_ARGS = ["train_size=40", "valid_size=10", "test_size=10", "code_length=5", "d_model=16", "num_layers=1",
-             "num_heads=2", "ff_factor=2", "batch_size=8", "eval_batch_size=16", "epochs=3", "dropout=0.1",
+             "num_heads=2", "d_ff=32", "batch_size=8", "eval_batch_size=16", "epochs=3", "dropout=0.1",
              "emb_size=8", "log_every_s=1000", "threads=1", "schedule=cosine", "warmup_steps=3",
              "checkpoint_every_s=1e-9"]
 
@@ -407,7 +407,7 @@ def test_a_data_file_that_is_not_utf8_is_named(tmp_path, capsys):
 
 def test_compare_refuses_an_output_directory_in_use(tmp_path, capsys):
     """A grid's output directory is locked as a whole: a second compare into it is refused in one line."""
-    from fastweights.train.runs import RunLock
+    from fastweights.runs.directory import RunLock
 
     out = tmp_path / "grid"
     out.mkdir()

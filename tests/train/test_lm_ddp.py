@@ -15,7 +15,8 @@ import pytest
 import torch
 from test_lm_train import TINY, write_corpus  # tests/train is on sys.path (no __init__.py: rootdir imports)
 
-from fastweights.train.config import LMTrainConfig, config_to_dict
+from fastweights.runs.config import config_to_dict
+from fastweights.train.config import LMTrainConfig
 from fastweights.train.lm import train_lm
 
 #: Run by every process: join the group, train each configuration, save the trained parameters of this process.
@@ -27,8 +28,8 @@ import torch
 import torch.distributed as dist
 
 torch.set_num_threads(1)
-from fastweights.train import lm as lm_train
-from fastweights.train.config import config_from_dict
+from fastweights.train.lm import loop as lm_train
+from fastweights.runs.config import config_from_dict
 
 configs, out = json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2])
 dist.init_process_group("gloo")

@@ -15,10 +15,13 @@ import pytest
 import torch
 
 from fastweights.cli import main
+from fastweights.fields import ConfigError
 from fastweights.models.lm import LMConfig, build_lm
+from fastweights.runs.config import resolve_config
+from fastweights.runs.directory import load_checkpoint, read_json
+from fastweights.runs.interrupt import Interrupted
 from fastweights.tasks.lm import Vocabulary, unigram_perplexity
-from fastweights.train.config import ConfigError, LMTrainConfig, resolve_config
-from fastweights.train.interrupt import Interrupted
+from fastweights.train.config import LMTrainConfig
 from fastweights.train.lm import (
     evaluate_lm,
     evaluate_lm_run,
@@ -28,11 +31,10 @@ from fastweights.train.lm import (
     lr_at,
     train_lm,
 )
-from fastweights.train.runs import load_checkpoint, read_json
 
 TIMING_COLUMNS = ("elapsed_s", "tokens_per_s")
 #: A model and schedule small enough that tens of steps take about a second on one thread.
-TINY = {"d_model": 16, "n_layers": 1, "n_heads": 2, "head_dim": 8, "d_ff": 32, "dropout": 0.0, "softmax": "full",
+TINY = {"d_model": 16, "num_layers": 1, "num_heads": 2, "head_dim": 8, "d_ff": 32, "dropout": 0.0, "softmax": "full",
         "position_order": "forward", "lr": 0.01, "warmup_steps": 2, "max_steps": 6, "batch_size": 4, "tgt_len": 12,
         "eval_tgt_len": 12, "eval_batch_size": 8, "eval_interval": 2, "log_every_s": 1000.0, "threads": 1}
 
@@ -76,7 +78,7 @@ def metric_rows(run_dir: Path) -> list[dict[str, str]]:
 def random_lm(model: str = "delta_net", vocab: int = 11, **kwargs) -> torch.nn.Module:
     """A tiny float64 LM with large random weights (clearly separated logits)."""
     torch.manual_seed(0)
-    cfg = LMConfig(model, vocab, **{"d_model": 8, "n_layers": 2, "n_heads": 2, "d_ff": 16, "dropout": 0.0,
+    cfg = LMConfig(model, vocab, **{"d_model": 8, "num_layers": 2, "num_heads": 2, "d_ff": 16, "dropout": 0.0,
                                     "softmax": "full", "init_std": 0.3, **kwargs})
     return build_lm(cfg).double().eval()
 
@@ -98,7 +100,7 @@ def test_lr_warmup_then_cosine():
 
 def test_paper_preset_is_spec_e1():
     cfg = resolve_config("lm", "paper", [], model="delta_rnn")
-    assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.d_ff) == (16, 128, 8, 16, 2048)
+    assert (cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.head_dim, cfg.d_ff) == (16, 128, 8, 16, 2048)
     assert (cfg.dropout, cfg.dropatt, cfg.lr) == (0.1, 0.0, 2.5e-4)
     assert (cfg.beta1, cfg.beta2, cfg.adam_eps) == (0.9, 0.999, 1e-8)
     assert (cfg.warmup_steps, cfg.max_steps, cfg.clip, cfg.batch_size, cfg.tgt_len) == (2000, 500000, 0.25, 96, 256)
@@ -146,7 +148,7 @@ def test_training_learns_and_writes_a_run(corpus_dir, tmp_path):
 def test_resume_is_bit_exact(corpus_dir, tmp_path, monkeypatch, carry_state, where):
     """Stopped after step 4 (a validation), or by SIGTERM inside step 4 (between validations: the checkpoint holds
     step 3 with the sums of the metrics row in progress), then resumed: the uninterrupted run bit for bit."""
-    from fastweights.train import lm as lm_train
+    from fastweights.train.lm import loop as lm_train
 
     cfg = tiny_cfg(corpus_dir, tmp_path, dropout=0.1, carry_state=carry_state, model="delta_rnn")
     full, cut = tmp_path / "full", tmp_path / "cut"
@@ -186,7 +188,7 @@ def test_resume_is_bit_exact(corpus_dir, tmp_path, monkeypatch, carry_state, whe
 
 def test_carry_state_reads_streams_in_order(corpus_dir, tmp_path, monkeypatch):
     """With carry_state the windows continue each stream, and the state restarts only at a new pass."""
-    from fastweights.train import lm as lm_train
+    from fastweights.train.lm import loop as lm_train
 
     seen = []
     real = lm_train.train_batch
@@ -435,7 +437,7 @@ def test_cli_dry_run_cpu_preset_on_the_embedded_corpus(capsys, tmp_path):
     assert rc == 0, err
     config_text, data_line, param_line = out.rsplit("\n", 3)[:3]
     cfg = json.loads(config_text)
-    assert (cfg["n_layers"], cfg["d_model"], cfg["tgt_len"], cfg["batch_size"]) == (4, 128, 128, 16)  # cpu preset
+    assert (cfg["num_layers"], cfg["d_model"], cfg["tgt_len"], cfg["batch_size"]) == (4, 128, 128, 16)  # cpu preset
     assert data_line.startswith("data: shakespeare (word level): vocabulary 20,773")
     assert int(param_line.removeprefix("parameters: ").replace(",", "")) > 0
     assert not (tmp_path / "runs").exists()

@@ -15,11 +15,11 @@ from test_lm_train import assert_one_line_error, cli, write_corpus
 
 import fastweights
 from fastweights.loading import LoadedAgent, LoadedAlgorithmic, LoadedLM
+from fastweights.runs.directory import RUN_FORMAT, read_json, write_json
 from fastweights.tasks.lm import load_corpus
 from fastweights.train import algorithmic
 from fastweights.train.config import LMTrainConfig
 from fastweights.train.lm import evaluate_lm_run, generate_from_run, load_lm_run, train_lm
-from fastweights.train.runs import RUN_FORMAT, read_json, write_json
 
 RL_TINY = ["env=repeat_previous", "env_options={\"length\": 6, \"delay\": 1}", "num_envs=4", "unroll_length=5",
            "total_steps=40", "log_every=2", "checkpoint_every=2", "torso_dim=8", "d_model=8", "num_heads=2",
@@ -43,7 +43,7 @@ def runs(tmp_path_factory, fw_cache) -> dict[str, Path]:
         train_lm(cfg, root / "lm", quiet=True)
         for task in ("code-exec", "listops"):
             tiny = {"train_size": 40, "valid_size": 10, "test_size": 10, "code_length": 5, "d_model": 16,
-                    "num_layers": 1, "num_heads": 2, "ff_factor": 2, "batch_size": 8, "epochs": 1, "dropout": 0.0}
+                    "num_layers": 1, "num_heads": 2, "d_ff": 32, "batch_size": 8, "epochs": 1, "dropout": 0.0}
             algorithmic.train(TrainConfig(task=task, model="delta_rnn", **tiny), root / task, quiet=True)
         train_rl(resolve_rl_config(model="delta_net", overrides=RL_TINY), root / "rl", quiet=True)
         torch.set_num_threads(threads)
@@ -183,6 +183,33 @@ def test_runs_of_format_1_still_load(runs, tmp_path, task):
     else:
         assert old.vocab == new.vocab
         assert algorithmic.evaluate_run(run, "valid") == algorithmic.evaluate_run(runs[task], "valid")
+
+
+def old_names(config: dict) -> dict:
+    """A configuration as versions before the one vocabulary wrote it: ``n_layers``/``n_heads`` for language models,
+    ``ff_factor`` (a multiple of d_model) instead of ``d_ff`` for the algorithmic tasks."""
+    if config["task"] == "lm":
+        out = {k: v for k, v in config.items() if k not in ("num_layers", "num_heads")}
+        return {**out, "n_layers": config["num_layers"], "n_heads": config["num_heads"]}
+    factor, rest = divmod(config["d_ff"], config["d_model"])
+    assert rest == 0
+    return {**{k: v for k, v in config.items() if k != "d_ff"}, "ff_factor": factor}
+
+
+@pytest.mark.parametrize("task", ["lm", "code-exec"])
+def test_runs_and_exports_with_the_old_key_names_still_load(runs, tmp_path, task):
+    run = copy_run(runs, task, tmp_path)
+    config = read_json(run / "config.json")
+    write_json(run / "config.json", old_names(config))
+    old, new = fastweights.load(run), fastweights.load(runs[task])
+    assert old.config == new.config
+    same_outputs(task, old.model, new.model, new)
+    out = fastweights.export(runs[task], tmp_path / "export")
+    export_config = read_json(out / "config.json")
+    write_json(out / "config.json", {**export_config, "train_config": old_names(export_config["train_config"])})
+    back = fastweights.from_pretrained(out)
+    assert back.config == new.config
+    same_outputs(task, back.model, new.model, new)
 
 
 # ----------------------------------------------------------------------------------------------------------------

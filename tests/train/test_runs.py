@@ -16,8 +16,7 @@ import sys
 import pytest
 import torch
 
-from fastweights.train.progress import Progress
-from fastweights.train.runs import (
+from fastweights.runs.directory import (
     LOCK_FILE,
     MetricsLog,
     RunDirLocked,
@@ -34,6 +33,7 @@ from fastweights.train.runs import (
     unique_run_dir,
     write_json,
 )
+from fastweights.runs.progress import Progress
 
 # ----------------------------------------------------------------------------------------------------------------
 # Atomic writes and checkpoints
@@ -198,7 +198,7 @@ class _Clock:
 
 
 def test_progress_shows_rate_elapsed_and_eta(monkeypatch):
-    from fastweights.train import progress
+    from fastweights.runs import progress
 
     clock = _Clock()
     monkeypatch.setattr(progress.time, "perf_counter", clock)
@@ -213,7 +213,7 @@ def test_progress_shows_rate_elapsed_and_eta(monkeypatch):
 
 
 def test_progress_delay_keeps_quick_work_silent(monkeypatch):
-    from fastweights.train import progress
+    from fastweights.runs import progress
 
     clock = _Clock()
     monkeypatch.setattr(progress.time, "perf_counter", clock)
@@ -227,7 +227,7 @@ def test_progress_delay_keeps_quick_work_silent(monkeypatch):
 
 
 def test_duration_estimate_leaves_out_the_first_update(monkeypatch):
-    from fastweights.train import progress
+    from fastweights.runs import progress
 
     clock = _Clock()
     monkeypatch.setattr(progress.time, "perf_counter", clock)
@@ -259,7 +259,7 @@ def test_duration_estimate_leaves_out_the_first_update(monkeypatch):
     ("format_duration", (2 * 86400 + 3 * 3600,), "2d 03h"),
 ])
 def test_number_formats(fn, args, text):
-    from fastweights.train import progress
+    from fastweights.runs import progress
 
     assert getattr(progress, fn)(*args) == text
 
@@ -291,7 +291,7 @@ def test_load_checkpoint_reads_every_carried_state(tmp_path, model):
     """The carried states of LM checkpoints (named tuples of every layer kind) come back from the safe loader."""
     from fastweights.models.lm import LMConfig, build_lm
 
-    lm = build_lm(LMConfig(model, 7, d_model=8, n_layers=1, n_heads=2, d_ff=8, softmax="full",
+    lm = build_lm(LMConfig(model, 7, d_model=8, num_layers=1, num_heads=2, d_ff=8, softmax="full",
                            positional_encoding="none"))
     _, state = lm(torch.randint(0, 7, (2, 3)))
     save_checkpoint(tmp_path / "last.pt", {"ranks": [{"state": state, "torch_rng": torch.get_rng_state()}]})
@@ -428,7 +428,7 @@ def test_run_lock_of_a_dead_owner_is_taken_over_with_a_notice(tmp_path, capsys):
 
 def test_run_lock_in_another_process_refuses(tmp_path):
     """A live owner in another process: the error names the directory and its pid."""
-    code = ("import sys, time; from fastweights.train.runs import RunLock\n"
+    code = ("import sys, time; from fastweights.runs.directory import RunLock\n"
             "with RunLock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:

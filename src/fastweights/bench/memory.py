@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 import torch
 
 from ..ops import SPECS
-from ..train.progress import Progress
+from ..runs.progress import Progress
 
 OPS = tuple(name for name, spec in SPECS.items() if spec.step_flops is not None)  # the recurrences, not compositions
 

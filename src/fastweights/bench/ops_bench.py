@@ -74,7 +74,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import SPECS
-from ..train.progress import Progress
+from ..runs.progress import Progress
 from . import memory
 from .memory import OPS, make_inputs, run_isolated, run_isolated_layer
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fastweights.fields import check_bool, check_choice, check_number, check_positive_int
 from fastweights.ops import feature_maps as fm
 from fastweights.ops.common import check_reset
 
@@ -51,29 +52,8 @@ def check_input(x: object, d_model: int, *, name: str = "x", layout: str = "[B, 
     return x
 
 
-def check_positive_int(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    return value
-
-
-def check_choice(name: str, value: object, allowed: Sequence[Any]) -> Any:
-    # bools compare equal to 0/1, so an int option must not accept True/False by accident
-    if isinstance(value, bool) or value not in allowed:
-        raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}")
-    return value
-
-
-def check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}: expected a bool, got {value!r}")
-    return value
-
-
 def check_nonnegative_float(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or math.isinf(value):
-        raise ValueError(f"{name}: expected a finite float >= 0, got {value!r}")
-    return float(value)
+    return float(check_number(name, value, low=0, high=math.inf, high_open=True, expected="a finite float >= 0"))
 
 
 def resolve_head_dim(d_model: object, num_heads: object, head_dim: object | None) -> tuple[int, int, int]:

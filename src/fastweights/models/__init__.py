@@ -2,8 +2,8 @@
 word-level language model of the paper's WikiText-103 experiments (:mod:`fastweights.models.lm`)."""
 
 from .blocks import PositionwiseFF, PostLNBlock, ResidualBlock
-from .config import ModelConfig
-from .lm import AdaptiveLogSoftmax, LanguageModel, LMConfig, PaperLMBlock, build_lm, cpu_config, paper_config
+from .config import ModelConfig, ModelOptions
+from .lm import AdaptiveLogSoftmax, LanguageModel, LMConfig, LMOptions, PaperLMBlock, build_lm, paper_config
 from .sequence_model import (
     LSTMModel,
     ModelState,
@@ -15,7 +15,23 @@ from .sequence_model import (
 )
 
 __all__ = [
-    "AdaptiveLogSoftmax", "LMConfig", "LSTMModel", "LanguageModel", "ModelConfig", "ModelState", "PaperLMBlock",
-    "PositionwiseFF", "PostLNBlock", "ResidualBlock", "SequenceModel", "build_lm", "build_model", "count_parameters",
-    "cpu_config", "episode_positions", "paper_config", "sinusoidal_encoding",
+    "AdaptiveLogSoftmax",
+    "LMConfig",
+    "LMOptions",
+    "LSTMModel",
+    "LanguageModel",
+    "ModelConfig",
+    "ModelOptions",
+    "ModelState",
+    "PaperLMBlock",
+    "PositionwiseFF",
+    "PostLNBlock",
+    "ResidualBlock",
+    "SequenceModel",
+    "build_lm",
+    "build_model",
+    "count_parameters",
+    "episode_positions",
+    "paper_config",
+    "sinusoidal_encoding",
 ]

@@ -5,20 +5,61 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastweights.fields import (
+    check_bool,
+    check_choice,
+    check_dict,
+    check_positive_int,
+    check_probability,
+    embed,
+    option,
+)
 from fastweights.layers.registry import available_layers
 
 HEADS = ("per_position", "last")
 
 
-def _positive_int(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    return value
+@dataclass
+class _ModelInputs:
+    """What a :class:`ModelConfig` needs that the data decide (positional arguments)."""
+
+    model: str
+    vocab_size: int
+    num_classes: int
 
 
 @dataclass
-class ModelConfig:
-    """A token-in, class-logits-out sequence model.
+class StackOptions:
+    """The sizes of a stack of blocks, with one name and meaning in every task; the options of each model
+    (:class:`ModelOptions`, :class:`~fastweights.models.LMOptions`, :class:`~fastweights.rl.agent.AgentOptions`)
+    embed them with the model's defaults."""
+
+    d_model: int = option(256, "width of the residual stream")
+    num_layers: int = option(4, "residual blocks (the lstm model: LSTM layers)")
+    num_heads: int = option(16, "heads of every fast-weight or attention layer")
+    head_dim: int | None = option(None, "size of a head; none = d_model / num_heads")
+    dropout: float = option(0.1, "dropout probability of the residual and feed-forward paths")
+    layer_options: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "keyword options of the layer as JSON, e.g. {\"version\": 1}"})
+
+
+@dataclass
+@embed(StackOptions)
+class ModelOptions:
+    """The sizes and options of a sequence model, each with its meaning (``fastweights train code-exec --help``
+    shows them): :class:`ModelConfig` and the training configuration of the algorithmic tasks share them."""
+
+    d_ff: int | None = option(None, "width of the feed-forward sublayer; none = 4 * d_model")
+    positional_encoding: bool | None = option(None, "sinusoidal positions on the embeddings; none = transformer "
+                                                    "only")
+    head: str = option("per_position", "logits at every position (per_position) or at the last real token (last)")
+    emb_size: int = option(128, "lstm model: embedding size")
+    hidden_size: int | None = option(None, "lstm model: hidden size; none = d_model")
+
+
+@dataclass
+class ModelConfig(ModelOptions, _ModelInputs):
+    """A token-in, class-logits-out sequence model: ``ModelConfig(model, vocab_size, num_classes, **options)``.
 
     Attributes:
         model: a layer name of :func:`fastweights.layers.available_layers` (``"delta_net"``, ``"transformer"``,
@@ -29,7 +70,7 @@ class ModelConfig:
             other name builds pre-LN residual blocks around that layer (paper.md B.2) with no final LayerNorm.
         vocab_size: input vocabulary. num_classes: output classes.
         d_model, num_layers, num_heads, head_dim: stack sizes (head_dim None = d_model // num_heads).
-        ff_factor, d_ff: feed-forward width ``d_ff`` (None = ``ff_factor * d_model``).
+        d_ff: feed-forward width (None = ``4 * d_model``, the paper's).
         dropout: residual/FF dropout (and, for ``lstm``, on the embeddings and LSTM outputs).
         positional_encoding: sinusoidal PE on the embeddings; None = True for ``transformer``, False otherwise.
         head: ``"per_position"`` (logits at every step) or ``"last"`` (logits at the last real token, ListOps).
@@ -37,45 +78,24 @@ class ModelConfig:
         emb_size, hidden_size: ``lstm`` model only (hidden_size None = d_model).
     """
 
-    model: str
-    vocab_size: int
-    num_classes: int
-    d_model: int = 256
-    num_layers: int = 4
-    num_heads: int = 16
-    head_dim: int | None = None
-    ff_factor: int = 4
-    d_ff: int | None = None
-    dropout: float = 0.1
-    positional_encoding: bool | None = None
-    head: str = "per_position"
-    layer_options: dict[str, Any] = field(default_factory=dict)
-    emb_size: int = 128
-    hidden_size: int | None = None
-
     def __post_init__(self) -> None:
         if self.model not in available_layers():
             raise ValueError(f"model: unknown model {self.model!r}; expected one of {available_layers()}")
-        for name in ("vocab_size", "num_classes", "d_model", "num_layers", "num_heads", "ff_factor", "emb_size"):
-            _positive_int(name, getattr(self, name))
+        for name in ("vocab_size", "num_classes", "d_model", "num_layers", "num_heads", "emb_size"):
+            check_positive_int(name, getattr(self, name))
         for name in ("head_dim", "d_ff", "hidden_size"):
-            if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
-        if self.positional_encoding is not None and not isinstance(self.positional_encoding, bool):
-            raise ValueError(f"positional_encoding: expected None or a bool, got {self.positional_encoding!r}")
-        if self.head not in HEADS:
-            raise ValueError(f"head: expected one of {list(HEADS)}, got {self.head!r}")
-        if not isinstance(self.layer_options, dict):
-            raise ValueError(f"layer_options: expected a dict, got {type(self.layer_options).__name__}")
+            check_positive_int(name, getattr(self, name), optional=True)
+        check_probability("dropout", self.dropout)
+        check_bool("positional_encoding", self.positional_encoding, optional=True)
+        check_choice("head", self.head, HEADS)
+        check_dict("layer_options", self.layer_options)
         if self.model == "lstm" and self.positional_encoding:
             raise ValueError("positional_encoding: the lstm model has no positional encoding; leave it None/False")
 
     @property
     def ff_dim(self) -> int:
         """Width of the feed-forward sublayer."""
-        return self.ff_factor * self.d_model if self.d_ff is None else self.d_ff
+        return 4 * self.d_model if self.d_ff is None else self.d_ff
 
     @property
     def use_positional_encoding(self) -> bool:

@@ -2,8 +2,8 @@
 
 ``tokens [B, T] -> scaled embedding (+ sinusoidal positions) -> N blocks -> dropout -> tied adaptive softmax``.
 
-* :class:`LMConfig` describes the model; :func:`paper_config` and :func:`cpu_config` (also in :data:`PRESETS`) give
-  the paper's small configuration and a CPU-sized one; :func:`build_lm` builds a :class:`LanguageModel`.
+* :class:`LMConfig` describes the model; :func:`paper_config` gives the paper's small configuration (the training
+  presets are ``fastweights/configs/lm-<preset>.json``); :func:`build_lm` builds a :class:`LanguageModel`.
 * :class:`AdaptiveLogSoftmax` is the Transformer-XL style output layer (``div_val = 1``), its word weights tied to
   the input embedding; with no cutoffs it is a plain (tied) full softmax.
 * Every layer of :func:`fastweights.layers.available_layers` can be used; the LM-specific layer options of the
@@ -23,7 +23,7 @@ so split calls and single steps equal one long call.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Any
 
@@ -31,10 +31,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastweights.fields import (
+    check_bool,
+    check_choice,
+    check_dict,
+    check_number,
+    check_positive_int,
+    check_probability,
+    embed,
+    option,
+)
 from fastweights.layers.registry import available_layers, build_layer
 from fastweights.ops.common import check_reset
 
 from .blocks import PositionwiseFF, PostLNBlock, ResidualBlock
+from .config import StackOptions
 from .sequence_model import ModelState, _check_tokens, episode_positions
 
 BLOCKS = ("paper", "pre_ln", "post_ln")
@@ -45,38 +56,44 @@ WT103_VOCAB_SIZE = 267_735
 WT103_CUTOFFS = (20_000, 40_000, 200_000)
 
 
-def _positive_int(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    return value
+@dataclass
+class _LMInputs:
+    """What an :class:`LMConfig` needs that the data decide (positional arguments)."""
 
-
-def _probability(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ValueError(f"{name}: expected a probability in [0, 1), got {value!r}")
-    return float(value)
-
-
-def _choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}")
-    return value  # type: ignore[return-value]
-
-
-def _bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}: expected a bool, got {value!r}")
-    return value
+    model: str
+    vocab_size: int
 
 
 @dataclass
-class LMConfig:
+@embed(StackOptions, d_model=128, num_layers=16, num_heads=8)
+class LMOptions:
+    """The sizes and options of a language model, each with its meaning (``fastweights train lm --help`` shows
+    them): :class:`LMConfig` and the training configuration of ``lm`` share them."""
+
+    d_ff: int = option(2048, "width of the feed-forward sublayer")
+    dropatt: float = option(0.0, "dropout on the attention weights (transformer)")
+    positional_encoding: str = option("sinusoidal", "sinusoidal or none")
+    position_order: str = option("reversed", "reversed (the paper) or forward (needed for step-by-step "
+                                             "generation)")
+    clamp_len: int | None = option(None, "largest position encoded; none = no clamp")
+    softmax: str = option("auto", "output layer: adaptive, full or auto (adaptive when the vocabulary exceeds the "
+                                  "first cutoff)")
+    cutoffs: tuple[int, ...] = option(WT103_CUTOFFS, "adaptive-softmax cluster boundaries")
+    div_val: int = option(1, "adaptive-softmax width divisor (only 1, the paper's)")
+    tie_weight: bool = option(True, "the output word weights are the input embedding")
+    block: str = option("paper", "paper, pre_ln or post_ln")
+    final_norm: bool = option(False, "a LayerNorm before the output layer (the paper: none)")
+    init_std: float | None = option(0.02, "standard deviation of the normal initialisation; none = PyTorch's")
+
+
+@dataclass
+class LMConfig(LMOptions, _LMInputs):
     """A word-level language model (defaults: the paper's small WT103 configuration, paper.md E.1).
 
     Attributes:
         model: a layer name of :func:`fastweights.layers.available_layers`.
         vocab_size: number of word types (WT103: 267,735).
-        d_model, n_layers, n_heads, head_dim: stack sizes (``head_dim`` None = ``d_model // n_heads``).
+        d_model, num_layers, num_heads, head_dim: stack sizes (``head_dim`` None = ``d_model // num_heads``).
         d_ff: width of the feed-forward sublayer (``d_inner``).
         dropout: on the embeddings (after adding the positions), on every sublayer output, inside the FF
             sublayer and on the final hidden state (paper.md B.1 item 5).
@@ -107,51 +124,29 @@ class LMConfig:
             (e.g. ``{"version": 1}``, ``{"fast_net_depth": 2}``, ``{"feature_map": "dpfp"}``).
     """
 
-    model: str
-    vocab_size: int
-    d_model: int = 128
-    n_layers: int = 16
-    n_heads: int = 8
-    head_dim: int | None = None
-    d_ff: int = 2048
-    dropout: float = 0.1
-    dropatt: float = 0.0
-    positional_encoding: str = "sinusoidal"
-    position_order: str = "reversed"
-    clamp_len: int | None = None
-    softmax: str = "auto"
-    cutoffs: tuple[int, ...] = WT103_CUTOFFS
-    div_val: int = 1
-    tie_weight: bool = True
-    block: str = "paper"
-    final_norm: bool = False
-    init_std: float | None = 0.02
-    layer_options: dict[str, Any] = field(default_factory=dict)
-
     def __post_init__(self) -> None:
         if self.model not in available_layers():
             raise ValueError(f"model: unknown model {self.model!r}; expected one of {available_layers()}")
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff"):
-            _positive_int(name, getattr(self, name))
+        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff"):
+            check_positive_int(name, getattr(self, name))
         if self.head_dim is not None:
-            _positive_int("head_dim", self.head_dim)
-        elif self.d_model % self.n_heads:
-            raise ValueError(f"head_dim: d_model = {self.d_model} is not divisible by n_heads = {self.n_heads}; "
+            check_positive_int("head_dim", self.head_dim)
+        elif self.d_model % self.num_heads:
+            raise ValueError(f"head_dim: d_model = {self.d_model} is not divisible by num_heads = {self.num_heads}; "
                              f"pass head_dim explicitly")
-        _probability("dropout", self.dropout)
-        _probability("dropatt", self.dropatt)
-        _choice("positional_encoding", self.positional_encoding, POSITIONAL_ENCODINGS)
-        _choice("position_order", self.position_order, POSITION_ORDERS)
+        check_probability("dropout", self.dropout)
+        check_probability("dropatt", self.dropatt)
+        check_choice("positional_encoding", self.positional_encoding, POSITIONAL_ENCODINGS)
+        check_choice("position_order", self.position_order, POSITION_ORDERS)
         if self.positional_encoding == "sinusoidal" and self.d_model % 2:
             raise ValueError(f"d_model: the [sin | cos] positional encoding needs an even d_model, got {self.d_model}")
-        if self.clamp_len is not None:
-            _positive_int("clamp_len", self.clamp_len)
-        _choice("softmax", self.softmax, SOFTMAXES)
+        check_positive_int("clamp_len", self.clamp_len, optional=True)
+        check_choice("softmax", self.softmax, SOFTMAXES)
         if not isinstance(self.cutoffs, (tuple, list)):
             raise ValueError(f"cutoffs: expected a tuple of increasing positive ints, got {self.cutoffs!r}")
         self.cutoffs = tuple(self.cutoffs)
         for c in self.cutoffs:
-            _positive_int("cutoffs", c)
+            check_positive_int("cutoffs", c)
         if any(a >= b for a, b in pairwise(self.cutoffs)):
             raise ValueError(f"cutoffs: expected strictly increasing values, got {list(self.cutoffs)}")
         if self.softmax == "adaptive":
@@ -162,14 +157,13 @@ class LMConfig:
                                  f"{self.vocab_size}, got {list(self.cutoffs)} (softmax='auto' drops the others)")
         if isinstance(self.div_val, bool) or self.div_val != 1:
             raise ValueError(f"div_val: only div_val = 1 (the paper's setting) is implemented, got {self.div_val!r}")
-        _bool("tie_weight", self.tie_weight)
-        _choice("block", self.block, BLOCKS)
-        _bool("final_norm", self.final_norm)
-        if self.init_std is not None and (isinstance(self.init_std, bool) or not isinstance(self.init_std, (int, float))
-                                          or not self.init_std > 0 or math.isinf(self.init_std)):
-            raise ValueError(f"init_std: expected None or a finite float > 0, got {self.init_std!r}")
-        if not isinstance(self.layer_options, dict):
-            raise ValueError(f"layer_options: expected a dict, got {type(self.layer_options).__name__}")
+        check_bool("tie_weight", self.tie_weight)
+        check_choice("block", self.block, BLOCKS)
+        check_bool("final_norm", self.final_norm)
+        if self.init_std is not None:
+            check_number("init_std", self.init_std, low=0, low_open=True, high=math.inf, high_open=True,
+                         expected="None or a finite float > 0")
+        check_dict("layer_options", self.layer_options)
 
     @property
     def effective_cutoffs(self) -> tuple[int, ...]:
@@ -243,8 +237,8 @@ class AdaptiveLogSoftmax(nn.Module):
     def __init__(self, vocab_size: int, d_model: int, cutoffs: tuple[int, ...] = (), *,
                  weight: nn.Parameter | None = None) -> None:
         super().__init__()
-        self.vocab_size = _positive_int("vocab_size", vocab_size)
-        self.d_model = _positive_int("d_model", d_model)
+        self.vocab_size = check_positive_int("vocab_size", vocab_size)
+        self.d_model = check_positive_int("d_model", d_model)
         cutoffs = tuple(cutoffs)
         if any(not 0 < c < vocab_size for c in cutoffs) or any(a >= b for a, b in pairwise(cutoffs)):
             raise ValueError(f"cutoffs: expected increasing values in (0, vocab_size = {vocab_size}), "
@@ -389,9 +383,9 @@ class LanguageModel(nn.Module):
         options = lm_layer_options(config)
         block_cls = _BLOCK_CLASSES[config.block]
         self.blocks = nn.ModuleList(
-            block_cls(build_layer(config.model, D, config.n_heads, config.head_dim, **options), config.d_ff,
+            block_cls(build_layer(config.model, D, config.num_heads, config.head_dim, **options), config.d_ff,
                       config.dropout)
-            for _ in range(config.n_layers)
+            for _ in range(config.num_layers)
         )
         self.final_norm = nn.LayerNorm(D) if config.final_norm else None
         self.output = AdaptiveLogSoftmax(config.vocab_size, D, config.effective_cutoffs,
@@ -425,7 +419,7 @@ class LanguageModel(nn.Module):
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> ModelState:
         """Zero state: position 0 and every layer's ``initial_state``."""
-        batch_size = _positive_int("batch_size", batch_size)
+        batch_size = check_positive_int("batch_size", batch_size)
         device = self.embedding.weight.device if device is None else device
         return ModelState(torch.zeros(batch_size, dtype=torch.long, device=device),
                           tuple(b.layer.initial_state(batch_size, device) for b in self.blocks))
@@ -596,21 +590,10 @@ def paper_config(model: str, vocab_size: int = WT103_VOCAB_SIZE, *, full_context
     baseline script has no ``--pre_lnorm``, paper.md A.9) and for ``full_context=True`` (the "+ full context" rows:
     post-LN and no positional encoding, state carried across segments). ``overrides`` replace any field.
     """
-    base = LMConfig(model, vocab_size, d_model=128, n_layers=16, n_heads=8, head_dim=16, d_ff=2048, dropout=0.1,
+    base = LMConfig(model, vocab_size, d_model=128, num_layers=16, num_heads=8, head_dim=16, d_ff=2048, dropout=0.1,
                     dropatt=0.0, positional_encoding="none" if full_context else "sinusoidal",
                     position_order="reversed", clamp_len=256, softmax="auto", cutoffs=WT103_CUTOFFS, div_val=1,
                     tie_weight=True,
                     block="post_ln" if full_context or model == "transformer" else "paper", final_norm=False,
                     init_std=0.02)
     return replace(base, **overrides) if overrides else base
-
-
-def cpu_config(model: str, vocab_size: int, *, full_context: bool = False, **overrides: Any) -> LMConfig:
-    """A CPU-sized variant of :func:`paper_config`: 4 layers, D 128, 4 heads of 32, d_ff 512, ``softmax="auto"``
-    (a full softmax for vocabularies up to 20000 words); everything else as the paper preset."""
-    base = paper_config(model, vocab_size, full_context=full_context, n_layers=4, n_heads=4, head_dim=32,
-                        d_ff=512, softmax="auto")
-    return replace(base, **overrides) if overrides else base
-
-
-PRESETS = {"paper": paper_config, "cpu": cpu_config}

@@ -23,17 +23,27 @@ zeroed there too, so an episode never sees anything of the one before it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..fields import (
+    check_bool,
+    check_dict,
+    check_non_negative_int,
+    check_positive_int,
+    check_probability,
+    embed,
+    option,
+)
 from ..layers.base import detach_state
 from ..layers.lstm import run_lstm
 from ..layers.registry import available_layers, build_layer, layer_options
 from ..models.blocks import ResidualBlock
+from ..models.config import StackOptions
 
 #: Per-core layer options of the paper's RL layers (paper.md A.10), applied unless ``layer_options`` overrides them.
 RL_LAYER_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -54,7 +64,31 @@ def rl_cores() -> list[str]:
 
 
 @dataclass
-class AgentConfig:
+class _AgentInputs:
+    """What an :class:`AgentConfig` needs that the environment decides (positional arguments, after the core)."""
+
+    core: str
+    obs_shape: tuple[int, ...]
+    num_actions: int
+
+
+@dataclass
+@embed(StackOptions, after="mlp_layers", d_model=128, num_layers=2, num_heads=4, dropout=0.0)
+class AgentOptions:
+    """The sizes and options of an agent, each with its meaning (``fastweights train rl --help`` shows them):
+    :class:`AgentConfig` and the RL training configuration share them."""
+
+    torso: str = option("auto", "observation encoder: impala (Atari frames), conv (MinAtar frames), mlp (vectors) or "
+                                "auto (by observation shape)")
+    torso_dim: int = option(256, "width of the torso's output")
+    mlp_layers: int = option(1, "hidden Linear+ReLU layers of the mlp torso")
+    d_ff: int = option(512, "width of the core's feed-forward sublayer")
+    lstm_hidden: int = option(256, "lstm core: hidden size")
+    prev_action: bool = option(False, "also feed the previous action to the core (the paper does not)")
+
+
+@dataclass
+class AgentConfig(AgentOptions, _AgentInputs):
     """Sizes of an :class:`Agent` (defaults: the paper's Atari agent, paper.md B.3 / E.3).
 
     Attributes:
@@ -70,22 +104,6 @@ class AgentConfig:
         layer_options: options of the core layer on top of :data:`RL_LAYER_DEFAULTS`.
     """
 
-    core: str
-    obs_shape: tuple[int, ...]
-    num_actions: int
-    torso: str = "auto"
-    torso_dim: int = 256
-    mlp_layers: int = 1
-    d_model: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    head_dim: int | None = None
-    d_ff: int = 512
-    dropout: float = 0.0
-    lstm_hidden: int = 256
-    prev_action: bool = False
-    layer_options: dict[str, Any] = field(default_factory=dict)
-
     def __post_init__(self) -> None:
         self.obs_shape = tuple(int(s) for s in self.obs_shape)
         if self.core not in rl_cores():
@@ -100,13 +118,12 @@ class AgentConfig:
             raise ValueError(f"torso: {self.resolved_torso} needs [C, H, W] observations, got obs_shape "
                              f"{self.obs_shape}")
         for name in ("num_actions", "torso_dim", "d_model", "num_layers", "num_heads", "d_ff", "lstm_hidden"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name}: expected a positive int, got {v!r}")
-        if not isinstance(self.mlp_layers, int) or self.mlp_layers < 0:
-            raise ValueError(f"mlp_layers: expected an int >= 0, got {self.mlp_layers!r}")
-        if not isinstance(self.layer_options, dict):
-            raise ValueError(f"layer_options: expected a dict, got {type(self.layer_options).__name__}")
+            check_positive_int(name, getattr(self, name))
+        check_positive_int("head_dim", self.head_dim, optional=True)
+        check_non_negative_int("mlp_layers", self.mlp_layers)
+        check_probability("dropout", self.dropout)
+        check_bool("prev_action", self.prev_action)
+        check_dict("layer_options", self.layer_options)
         if self.core in ("feedforward", "lstm") and self.layer_options:
             raise ValueError(f"layer_options: the {self.core} core takes none, got {sorted(self.layer_options)}")
         if self.core not in ("feedforward", "lstm"):

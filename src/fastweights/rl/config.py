@@ -1,24 +1,28 @@
 """Configuration of an RL run: :class:`RLConfig`, presets ``fastweights/configs/rl-<preset>.json`` and ``key=value``
-overrides (the parser of :mod:`fastweights.train.config`).
+overrides (the parser of :mod:`fastweights.runs.config`).
 
 Resolution order: dataclass defaults (the paper's Atari setting, paper.md E.3) < preset file < overrides < flags.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..train.config import (
+from ..fields import (
     ConfigError,
-    apply_overrides,
-    check_device,
-    config_to_dict,
-    dataclass_from_dict,
-    load_preset,
+    check_choice,
+    check_non_negative,
+    check_number,
+    check_positive,
+    check_positive_int,
+    config_errors,
+    embed,
+    embedded_fields,
     option,
 )
+from ..runs.config import RunOptions, check_run_options, config_to_dict, dataclass_from_dict, resolve_config
+from .agent import AgentOptions
 from .envs import atari_game, is_atari
 
 TASK = "rl"
@@ -29,6 +33,8 @@ NONEG_GAMES = ("battle_zone", "up_n_down")
 
 
 @dataclass
+@embed(AgentOptions, after="model")
+@embed(RunOptions, after="eval_noneg", seed=1)
 class RLConfig:
     """Everything an RL run needs. Defaults: the paper's Atari setting (paper.md B.3, C.4, E.3) with a synchronous
     learner (``num_envs`` streams = the 32 trajectories of a batch)."""
@@ -39,22 +45,8 @@ class RLConfig:
                                                 "minatar:<game> or gym:<id>")
     env_options: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "keyword options of the environment as JSON, e.g. {\"length\": 10}"})
-    # agent (see fastweights.rl.agent.AgentConfig)
+    # agent: the fields of fastweights.rl.agent.AgentOptions (torso, d_model, num_layers, ...), and
     model: str = option("delta_net", "the core: feedforward, lstm or a fast-weight layer's registry name")
-    torso: str = option("auto", "observation encoder: impala (Atari frames), conv (MinAtar frames), mlp "
-                                "(vectors) or auto (by observation shape)")
-    torso_dim: int = option(256, "width of the torso's output")
-    mlp_layers: int = option(1, "hidden Linear+ReLU layers of the mlp torso")
-    d_model: int = option(128, "width of the core's residual stream")
-    num_layers: int = option(2, "residual blocks of the core")
-    num_heads: int = option(4, "heads of every fast-weight layer")
-    head_dim: int | None = option(None, "size of a head; none = d_model / num_heads")
-    d_ff: int = option(512, "width of the core's feed-forward sublayer")
-    dropout: float = option(0.0, "dropout probability in the core")
-    lstm_hidden: int = option(256, "lstm core: hidden size")
-    prev_action: bool = option(False, "also feed the previous action to the core (the paper does not)")
-    layer_options: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "keyword options of the layer as JSON, e.g. {\"version\": 1}"})
     # rollouts and learner
     num_envs: int = option(32, "environment copies = trajectories per update")
     unroll_length: int = option(50, "agent steps per trajectory of an update")
@@ -85,16 +77,11 @@ class RLConfig:
     eval_envs: int = option(30, "parallel mode: copies per evaluation run")
     eval_noneg: bool | None = option(None, "drop negative-return evaluation episodes, start a new game; none = only "
                                            "for BattleZone, UpNDown")
-    # run
-    seed: int = option(1, "seed of the initialisation, actions and environments")
-    device: str = option("cpu", "cpu, cuda or cuda:N")
-    threads: int | None = option(None, "torch threads; none = torch's default")
+    # run: the fields of RunOptions (seed, device, threads, log_every_s, out_dir), and
     log_every: int = option(50, "updates between metrics rows")
     checkpoint_every: int = option(500, "updates between checkpoints (last.pt)")
     extra_checkpoints: list[int] = field(default_factory=list, metadata={
         "help": "agent steps at which to keep a step-<N>.pt checkpoint, e.g. 50000000"})
-    log_every_s: float = option(10.0, "seconds between progress lines when the output is not a terminal")
-    out_dir: str = option("runs", "where run directories are made (without --run-dir)")
 
     @property
     def steps_per_update(self) -> int:
@@ -113,77 +100,40 @@ class RLConfig:
 
     def agent_fields(self) -> dict[str, Any]:
         """The :class:`~fastweights.rl.agent.AgentConfig` fields of this run (besides obs_shape/num_actions)."""
-        return {"core": self.model, "torso": self.torso, "torso_dim": self.torso_dim, "mlp_layers": self.mlp_layers,
-                "d_model": self.d_model, "num_layers": self.num_layers, "num_heads": self.num_heads,
-                "head_dim": self.head_dim, "d_ff": self.d_ff, "dropout": self.dropout,
-                "lstm_hidden": self.lstm_hidden, "prev_action": self.prev_action,
-                "layer_options": dict(self.layer_options)}
+        return {"core": self.model, **embedded_fields(self, AgentOptions)}
 
     def validate(self) -> None:
-        from .agent import rl_cores
+        from .agent import AgentConfig, rl_cores
 
-        if self.task != TASK:
-            raise ConfigError(f"task: expected {TASK!r}, got {self.task!r}")
-        if self.model not in rl_cores():
-            raise ConfigError(f"model: expected one of {rl_cores()}, got {self.model!r}")
+        check_choice("task", self.task, (TASK,), repr(TASK))
+        check_choice("model", self.model, rl_cores())
         if not isinstance(self.env, str) or not self.env:
             raise ConfigError(f"env: expected an environment name, got {self.env!r}")
         for name in ("num_envs", "unroll_length", "total_steps", "eval_episodes", "eval_runs", "eval_envs",
-                     "log_every", "checkpoint_every", "torso_dim", "d_model", "num_layers", "num_heads", "d_ff",
-                     "lstm_hidden"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
-        if not 0 <= self.discount <= 1:
-            raise ConfigError(f"discount: expected a value in [0, 1], got {self.discount}")
+                     "log_every", "checkpoint_every"):
+            check_positive_int(name, getattr(self, name))
+        check_number("discount", self.discount, low=0, high=1, expected="a value in [0, 1]")
         for name in ("baseline_cost", "entropy_cost", "reward_clip", "grad_norm_clip", "rms_momentum"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"{name}: expected a value >= 0, got {getattr(self, name)}")
+            check_non_negative(name, getattr(self, name))
         for name in ("clip_rho", "clip_c", "clip_pg_rho", "lr", "rms_eps"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name}: expected a positive value, got {getattr(self, name)}")
-        if not 0 <= self.rms_alpha < 1:
-            raise ConfigError(f"rms_alpha: expected a value in [0, 1), got {self.rms_alpha}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout: expected a probability in [0, 1), got {self.dropout}")
-        if self.eval_mode not in EVAL_MODES:
-            raise ConfigError(f"eval_mode: expected one of {list(EVAL_MODES)}, got {self.eval_mode!r}")
+            check_positive(name, getattr(self, name))
+        check_number("rms_alpha", self.rms_alpha, low=0, high=1, high_open=True, expected="a value in [0, 1)")
+        check_choice("eval_mode", self.eval_mode, EVAL_MODES)
         if self.eval_noneg and not is_atari(self.env):
             raise ConfigError(f"eval_noneg: the filter restarts Atari games; env {self.env!r} is not an Atari game")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads: expected a positive integer or none, got {self.threads}")
-        if any(s < 1 for s in self.extra_checkpoints):
-            raise ConfigError(f"extra_checkpoints: expected positive step counts, got {self.extra_checkpoints}")
-        try:  # the agent fields (obs_shape/num_actions are only known with the environment)
-            from .agent import AgentConfig
-
+        for step in self.extra_checkpoints:
+            check_positive_int("extra_checkpoints", step)
+        with config_errors():  # the agent fields (obs_shape/num_actions are only known with the environment)
             AgentConfig(obs_shape=(4,), num_actions=2, **{**self.agent_fields(), "torso": "mlp"})
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        check_device(self.device)
+        check_run_options(self)
 
 
 def resolve_rl_config(env: str | None = None, model: str | None = None, preset: str | None = None,
                       overrides: list[str] | None = None, **flags: Any) -> RLConfig:
-    """The validated :class:`RLConfig`: defaults < ``fastweights/configs/rl-<preset>.json`` < ``key=value`` overrides <
-    ``env``/``model``/other flags (None = not given). An ``env`` flag naming another environment than the preset's
-    drops the preset's ``env_options`` (unless ``env_options`` is overridden too)."""
-    cfg = RLConfig()
-    if preset is not None:
-        load_preset(cfg, TASK, preset)
-    preset_env = cfg.env
-    overrides = list(overrides or [])
-    apply_overrides(cfg, overrides)
-    options_given = any(o.split("=", 1)[0].strip().replace("-", "_") == "env_options" for o in overrides)
-    if env is not None and env != preset_env and not options_given:
-        cfg.env_options = {}  # the preset's options belong to its own environment
-    for key, value in {"env": env, "model": model, **flags}.items():
-        if value is not None:
-            if key not in {f.name for f in dataclasses.fields(RLConfig)}:
-                raise ConfigError(f"{key}: not an RL configuration field")
-            setattr(cfg, key, value)
-    cfg.task = TASK
-    cfg.validate()
-    return cfg
+    """The validated :class:`RLConfig` of :func:`~fastweights.runs.config.resolve_config`: defaults <
+    ``fastweights/configs/rl-<preset>.json`` < ``key=value`` overrides < ``env``/``model``/other flags (None = not
+    given)."""
+    return resolve_config(TASK, preset, list(overrides or []), env=env, model=model, **flags)
 
 
 rl_config_to_dict = config_to_dict

@@ -9,7 +9,7 @@ observation, for the bootstrap value) from that stored state, with gradients (tr
 takes one RMSProp step on the V-trace loss. The acting policy equals the learner's policy (on-policy), so the
 importance weights are 1 up to float rounding; V-trace still corrects any lag.
 
-Run directory (see :mod:`fastweights.train.runs`): ``config.json``, ``meta.json``, ``metrics.csv`` (one row per
+Run directory (see :mod:`fastweights.runs.directory`): ``config.json``, ``meta.json``, ``metrics.csv`` (one row per
 ``log_every`` updates: ``step`` = agent steps, ``episode_return`` = mean return of the episodes that ended since the
 last row, losses, ``steps_per_s``), ``last.pt`` (every ``checkpoint_every`` updates and at the end), optional
 ``step-<N>.pt`` extra checkpoints, ``results.json`` (final evaluation), ``curves.png`` (if matplotlib is installed).
@@ -30,26 +30,28 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..fields import ConfigError
 from ..layers.base import detach_state
 from ..models import count_parameters
-from ..train.config import ConfigError, check_device
-from ..train.interrupt import StopSignals, interrupted, save_and_stop
-from ..train.progress import DurationEstimate, Progress, format_count, format_duration, format_number
-from ..train.runs import (
+from ..runs.config import resumed_config
+from ..runs.directory import (
     MetricsLog,
+    before_first_step,
     checkpoint_path,
+    default_run_dir,
     diverged,
     load_checkpoint,
     nonfinite_parameter,
-    open_run,
     read_json_file,
     read_run_config,
     restoring,
     run_metadata,
     save_good_checkpoint,
-    unique_run_dir,
+    training_run,
     write_json,
 )
+from ..runs.interrupt import StopSignals, save_and_stop
+from ..runs.progress import DurationEstimate, Progress, format_count, format_duration, format_number
 from ..weights import load_state
 from .agent import Agent, AgentConfig
 from .config import EVAL_MODES, RLConfig, resolve_rl_config, rl_config_from_dict, rl_config_to_dict
@@ -255,7 +257,7 @@ class _Window:
 
 
 def _plot(run_dir: Path) -> None:
-    from ..train.plots import plot_runs
+    from ..runs.plots import plot_runs
 
     try:
         plot_runs([run_dir], run_dir / "curves.png", ("episode_return", "loss"))
@@ -279,7 +281,7 @@ def train(cfg: RLConfig, run_dir: Path, *, resume: bool = False, stop_after_upda
     checkpoint yet starts from the beginning).
 
     Ctrl-C or SIGTERM lets the current update finish, saves a checkpoint and raises
-    :class:`~fastweights.train.interrupt.Interrupted` (message: where the run stands and how to resume it).
+    :class:`~fastweights.runs.interrupt.Interrupted` (message: where the run stands and how to resume it).
     ``stop_after_updates`` ends this call early (as an interruption would) after that many updates in total.
     At the end of training the last checkpoint is evaluated with the paper's protocol (:func:`evaluate_agent`)
     and ``results.json`` written (``evaluate_at_end=False`` skips that).
@@ -289,23 +291,15 @@ def train(cfg: RLConfig, run_dir: Path, *, resume: bool = False, stop_after_upda
     run_dir = Path(run_dir)
     again = resume_command(run_dir)
     cfg.validate()
-    check_device(cfg.device)
-    lock, continues = open_run(run_dir, resume, again, rl_config_to_dict(cfg), quiet=quiet)
-    with lock:
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        device = torch.device(cfg.device)
-        with StopSignals() as signals:
-            try:
-                env, agent = build(cfg)
-            except KeyboardInterrupt as e:
-                raise interrupted(e, "before the first update", False, run_dir / "last.pt", again) from None
-            try:
-                return _train_loop(cfg, run_dir, env, agent, device, signals, continues=continues,
-                                   stop_after_updates=stop_after_updates, quiet=quiet, command=command,
-                                   evaluate_at_end=evaluate_at_end, again=again)
-            finally:
-                env.close()
+    with training_run(cfg, run_dir, resume, again, quiet=quiet) as (continues, signals):
+        with before_first_step(run_dir, again, "before the first update"):
+            env, agent = build(cfg)
+        try:
+            return _train_loop(cfg, run_dir, env, agent, torch.device(cfg.device), signals, continues=continues,
+                               stop_after_updates=stop_after_updates, quiet=quiet, command=command,
+                               evaluate_at_end=evaluate_at_end, again=again)
+        finally:
+            env.close()
 
 
 def _train_loop(cfg: RLConfig, run_dir: Path, env: BatchedEnv, agent: Agent, device: torch.device,
@@ -403,11 +397,7 @@ def _train_loop(cfg: RLConfig, run_dir: Path, env: BatchedEnv, agent: Agent, dev
                     save_good_checkpoint(agent, run_dir, "last.pt", payload(), f"update {update}")
             if bar is not None:
                 shown = {"return": last_row.get("episode_return", ""), "steps_per_s": last_row.get("steps_per_s", "")}
-                bar.update(update, **{k: v for k, v in shown.items() if v != ""})
-                line = estimate.tick(update)
-                if line is not None:
-                    bar.close()
-                    print(line, flush=True)
+                bar.advance(update, estimate, **{k: v for k, v in shown.items() if v != ""})
         if bar is not None:
             bar.close()
         results: dict[str, Any] = {"updates": update, "steps": update * cfg.steps_per_update,
@@ -577,13 +567,6 @@ def evaluate_run(run_dir: Path | str, episodes: int = 30, runs: int = 5, greedy:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def default_run_dir(cfg: RLConfig, preset: str | None) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    env = cfg.env.replace("/", "-").replace(":", "-")
-    preset_name = Path(preset).stem if preset and preset.endswith(".json") else preset
-    return unique_run_dir(Path(cfg.out_dir) / f"rl-{env}-{cfg.model}-{preset_name or 'default'}-{stamp}")
-
-
 def main_train(env: str | None = None, model: str | None = None, preset: str | None = None,
                overrides: list[str] | None = None, run_dir: str | Path | None = None,
                resume: str | Path | None = None, device: str | None = None, *, dry_run: bool = False,
@@ -597,13 +580,8 @@ def main_train(env: str | None = None, model: str | None = None, preset: str | N
     if resume is not None:
         given = [name for name, v in (("env", env), ("model", model), ("preset", preset), ("run_dir", run_dir))
                  if v is not None] + list(overrides or [])
-        if given:
-            raise ConfigError(f"resume: a resumed run keeps its config.json; remove {' '.join(given)}")
         rdir = Path(resume)
-        values = read_run_config(rdir)  # refuses a directory without config.json
-        if values.get("task") != "rl":
-            raise ConfigError(f"resume: {rdir} is a {values.get('task', 'code-exec')} run, not rl")
-        cfg = rl_config_from_dict(values)
+        cfg = resumed_config(rdir, "rl", given)
         if device is not None:
             cfg.device = device
         cfg.validate()

@@ -21,26 +21,29 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..models import ModelConfig, build_model, count_parameters
-from ..tasks import code_execution, listops
-from ..weights import load_state
-from .config import ALGORITHMIC_TASKS, TrainConfig, config_from_dict, config_to_dict
-from .interrupt import StopSignals, interrupted, save_and_stop
-from .progress import DurationEstimate, Progress, format_count, format_duration, plural
-from .runs import (
+from ..runs.config import config_from_dict, config_to_dict
+from ..runs.directory import (
     MetricsLog,
+    before_first_step,
     checkpoint_path,
     diverged,
     load_checkpoint,
     nonfinite_parameter,
-    open_run,
     read_json_file,
     read_run_config,
     restoring,
     run_metadata,
     save_good_checkpoint,
+    training_run,
     vocab_difference,
     write_json,
 )
+from ..runs.interrupt import StopSignals, save_and_stop
+from ..runs.progress import DurationEstimate, Progress, format_count, format_duration, plural
+from ..tasks import code_execution, listops
+from ..weights import load_state
+from .config import ALGORITHMIC_TASKS, TrainConfig
+from .config import model_config as task_model_config
 from .schedule import warmup_cosine
 
 #: The file of a run (and of an export) that holds its vocabularies (:class:`TaskVocab`).
@@ -220,13 +223,7 @@ def load_task_data(cfg: TrainConfig, vocab: TaskVocab | None = None, *, progress
 
 def model_config(cfg: TrainConfig, data: TaskData | TaskVocab) -> ModelConfig:
     """The :class:`ModelConfig` of a run: ``cfg``'s model with the sizes of the data's vocabularies."""
-    return ModelConfig(
-        model=cfg.model, vocab_size=data.vocab_size, num_classes=data.num_classes, d_model=cfg.d_model,
-        num_layers=cfg.num_layers, num_heads=cfg.num_heads, head_dim=cfg.head_dim, ff_factor=cfg.ff_factor,
-        dropout=cfg.dropout, positional_encoding=cfg.positional_encoding,
-        head="per_position" if cfg.task == "code-exec" else "last", layer_options=dict(cfg.layer_options),
-        emb_size=cfg.emb_size, hidden_size=cfg.hidden_size,
-    )
+    return task_model_config(cfg, data.vocab_size, data.num_classes)
 
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -345,12 +342,12 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, stop_after_e
     Checkpoints (``last.pt``) are written after every epoch's validation and every ``cfg.checkpoint_every_s``
     seconds within an epoch; resuming from either gives the uninterrupted run bit for bit (the training order of
     an epoch is a function of ``(seed, epoch)``, the RNG state is saved at a step boundary). Ctrl-C or SIGTERM
-    saves a checkpoint at the last step boundary and raises :class:`~fastweights.train.interrupt.Interrupted`
+    saves a checkpoint at the last step boundary and raises :class:`~fastweights.runs.interrupt.Interrupted`
     (message: where the run stands and the command that resumes it).
 
-    The run directory is locked while the run trains (:func:`~fastweights.train.runs.open_run`: a second training
+    The run directory is locked while the run trains (:func:`~fastweights.runs.directory.open_run`: a second training
     there is refused). A loss or parameter that turns NaN or infinite stops the run with
-    :class:`~fastweights.train.runs.TrainingDiverged`; it is never saved, so ``last.pt`` stays the last good one.
+    :class:`~fastweights.runs.directory.TrainingDiverged`; it is never saved, so ``last.pt`` stays the last good one.
     ``stop_after_epochs`` ends this call early (as an interruption would) after that many epochs in total.
     ``command`` is recorded in meta.json (default ``sys.argv``).
     Returns the final results (best validation metrics and, when training finished, test metrics).
@@ -359,21 +356,14 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, stop_after_e
     again = resume_command(cfg.task, run_dir)
     if cfg.data is not None:  # before the run directory is made
         given_data_dir(cfg)
-    lock, continues = open_run(run_dir, resume, again, config_to_dict(cfg), quiet=quiet)
-    with lock:
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        device = torch.device(cfg.device)
-        with StopSignals() as signals:
-            try:
-                run_vocab = (TaskVocab.load(run_dir / VOCAB_FILE) if continues and (run_dir / VOCAB_FILE).is_file()
-                             else None)
-                data, _, model = build(cfg, vocab=run_vocab, progress=not quiet)
-            except KeyboardInterrupt as e:
-                raise interrupted(e, "before the first training step", False, run_dir / "last.pt", again) from None
-            check_splits(data)
-            return _train_loop(cfg, run_dir, data, model, device, signals, continues=continues,
-                               stop_after_epochs=stop_after_epochs, quiet=quiet, command=command, again=again)
+    with training_run(cfg, run_dir, resume, again, quiet=quiet) as (continues, signals):
+        with before_first_step(run_dir, again):
+            run_vocab = (TaskVocab.load(run_dir / VOCAB_FILE) if continues and (run_dir / VOCAB_FILE).is_file()
+                         else None)
+            data, _, model = build(cfg, vocab=run_vocab, progress=not quiet)
+        check_splits(data)
+        return _train_loop(cfg, run_dir, data, model, torch.device(cfg.device), signals, continues=continues,
+                           stop_after_epochs=stop_after_epochs, quiet=quiet, command=command, again=again)
 
 
 def check_splits(data: TaskData) -> None:
@@ -477,11 +467,7 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
                     epoch_time = time.perf_counter() - t0
                     rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
                 if bar is not None:
-                    bar.update(step, loss=loss_sum / batch, tokens_per_s=tok / epoch_time)
-                    line = estimate.tick(step)
-                    if line is not None:
-                        bar.close()
-                        print(line, flush=True)
+                    bar.advance(step, estimate, loss=loss_sum / batch, tokens_per_s=tok / epoch_time)
                 if cfg.checkpoint_every_s > 0 and time.monotonic() - saved_at >= cfg.checkpoint_every_s \
                         and batch < steps_per_epoch:
                     with signals.held():

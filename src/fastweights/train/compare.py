@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from ..rl.config import RLConfig, resolve_rl_config
+from ..runs.config import config_to_dict, resolve_config
+from ..runs.directory import RunLock, read_json, read_json_file, write_json
+from ..runs.plots import plot_seed_bands
 from .algorithmic import load_task_data, train
-from .config import LMTrainConfig, TrainConfig, config_to_dict, resolve_config
-from .plots import plot_seed_bands
-from .runs import RunLock, read_json, read_json_file, write_json
+from .config import LMTrainConfig, TrainConfig
 
 
 @dataclass

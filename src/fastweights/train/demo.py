@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import ModelConfig, build_model, count_parameters
-from .progress import format_count, format_duration, plural
+from ..runs.progress import format_count, format_duration, plural
 
 
 def delayed_recall_batch(batch: int, length: int, vocab: int, delay: int, generator: torch.Generator):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -37,6 +38,7 @@ from typing import Any
 
 import torch
 
+from .interrupt import StopSignals, interrupted
 from .progress import plural
 
 
@@ -626,3 +628,46 @@ def open_run(run_dir: Path, resume: bool, resume_command: str, config: dict[str,
         owner.release()
         raise
     return owner, continues
+
+
+@contextlib.contextmanager
+def training_run(cfg: Any, run_dir: Path, resume: bool, again: str, *, quiet: bool = False, owner: bool = True
+                 ) -> Iterator[tuple[bool, StopSignals]]:
+    """How every task's training opens its run: :func:`open_run` (``config.json`` holds ``cfg``; ``owner=False``: a
+    process that does not own the directory, e.g. a torchrun rank other than 0), ``cfg.threads`` torch threads, and
+    Ctrl-C/SIGTERM caught (:class:`~fastweights.runs.interrupt.StopSignals`) until the block ends.
+
+    Yields ``(continues, signals)``: whether training continues from ``last.pt``, and the signal handler the loop
+    saves and stops with."""
+    lock, continues = open_run(run_dir, resume, again, dataclasses.asdict(cfg), quiet=quiet, lock=owner)
+    with lock:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        with StopSignals() as signals:
+            yield continues, signals
+
+
+@contextlib.contextmanager
+def before_first_step(run_dir: Path, again: str, where: str = "before the first training step") -> Iterator[None]:
+    """Building the data and model of a run: Ctrl-C here stops the run with nothing to save (the
+    :class:`~fastweights.runs.interrupt.Interrupted` says how to start it again)."""
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        raise interrupted(e, where, False, Path(run_dir) / "last.pt", again) from None
+
+
+def default_run_dir(cfg: Any, preset: str | None) -> Path:
+    """A new run directory of ``cfg`` (any task) without ``--run-dir``:
+    ``<out_dir>/<task>-<what>-<model>-<preset>-<time>`` (``-2``, ... for launches in the same second), where
+    ``what`` is the corpus and level (lm), the environment (rl), the variables or the depth (code-exec, listops)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if cfg.task == "lm":
+        data = Path(cfg.data).name if cfg.data not in (None, "embedded") else "shakespeare"
+        what = f"{data}-{cfg.level}{'-carry' if cfg.carry_state else ''}"
+    elif cfg.task == "rl":
+        what = cfg.env.replace("/", "-").replace(":", "-")
+    else:
+        what = f"vars{cfg.num_vars}" if cfg.task == "code-exec" else f"depth{cfg.depth}"
+    preset_name = Path(preset).stem if preset and preset.endswith(".json") else preset
+    return unique_run_dir(Path(cfg.out_dir) / f"{cfg.task}-{what}-{cfg.model}-{preset_name or 'default'}-{stamp}")

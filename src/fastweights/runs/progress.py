@@ -113,6 +113,15 @@ class Progress:
             self.stream.write(line + "\n")
         self.stream.flush()
 
+    def advance(self, done: int, estimate: DurationEstimate, **fields: float | str) -> None:
+        """A training loop's call after every update: :meth:`update`, then the run's estimated duration
+        (:meth:`DurationEstimate.tick`) on a line of its own once it is ready."""
+        self.update(done, **fields)
+        line = estimate.tick(done)
+        if line is not None:
+            self.close()
+            print(line, file=self.stream, flush=True)
+
     def close(self) -> None:
         """End the current line (on a terminal); the next ``update`` is shown at once."""
         if self.open_line:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import ConfigError
-from .runs import MetricsLog, read_json
+from ..fields import ConfigError
+from .directory import MetricsLog, read_json
 
 
 def _pyplot():
