@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 
 import pytest
@@ -161,3 +162,23 @@ def test_compare_lm_scores_test_perplexity_under_the_test_mode(tmp_path):
                       seeds=[1])
     assert carried[0]["test_mode"] == "carry"
     assert read_json(tmp_path / "carry" / "delta_net-seed1" / "config.json")["carry_state"] is True
+
+
+def test_a_grid_written_with_the_old_key_names_is_reused(tmp_path):
+    """Runs whose config.json an earlier version wrote (n_layers, n_heads) are the same runs: reused, not refused."""
+    data = write_corpus(tmp_path / "corpus")
+    overrides = [f"{k}={'null' if v is None else str(v).lower() if isinstance(v, bool) else v}"
+                 for k, v in LM_TINY.items()]
+    flags = {"data": str(data)}
+    rows = compare("lm", ["delta_net"], "cpu", overrides, tmp_path / "grid", flags, seeds=[1])
+    config = tmp_path / "grid" / "delta_net-seed1" / "config.json"
+    values = read_json(config)
+    values["n_layers"], values["n_heads"] = values.pop("num_layers"), values.pop("num_heads")
+    config.write_text(json.dumps(values))
+    runs = plan_grid("lm", ["delta_net"], [1], "cpu", overrides, tmp_path / "grid", flags)
+    assert [r.state for r in runs] == ["finished"]
+    values["n_layers"] = values["n_layers"] + 1
+    config.write_text(json.dumps(values))
+    with pytest.raises(ValueError, match="holds a run with a different configuration"):
+        plan_grid("lm", ["delta_net"], [1], "cpu", overrides, tmp_path / "grid", flags)
+    assert rows[0]["test_ppl"] == [read_json(tmp_path / "grid" / "delta_net-seed1" / "results.json")["test"]["ppl"]]
