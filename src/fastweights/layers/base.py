@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -164,9 +164,15 @@ class SequenceLayer(nn.Module):
     """Base class of every layer: ``forward``, ``initial_state`` and ``step`` (see the module docstring).
 
     Subclasses implement ``_forward(x, state, reset)`` on validated inputs and ``initial_state``.
+
+    ``TASK_OPTIONS`` is the layer's one table of task presets (paper.md A.10): for a task of
+    :data:`fastweights.layers.registry.TASKS` the keyword options its models pass unless the user's options say
+    otherwise; an entry ``"<task> v<n>"`` adds what differs for ``version=n`` of a versioned layer. Read it with
+    :func:`fastweights.layers.task_options`.
     """
 
     d_model: int
+    TASK_OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def _forward(self, x: Tensor, state: Any, reset: Tensor | None) -> tuple[Tensor, Any]:
         raise NotImplementedError

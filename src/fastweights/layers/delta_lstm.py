@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch import Tensor
 
@@ -29,13 +31,16 @@ class DeltaLSTM(FastWeightLayer):
         version: 1, 2, 3 or 4 (default).
         feature_map: q/k map, ``"elu1_sum_norm"`` (default, every version), ``"elu1"`` or ``"softmax"``.
         sum_norm_eps: epsilon of the sum normalisation.
-        output_scale: multiply the output by ``1/sqrt(d)`` (LM v2-v4; not v1).
+        output_scale: multiply the output by ``1/sqrt(d)``.
         impl: implementation of :func:`fastweights.ops.delta_lstm` (None = default).
 
     State: ``DeltaLSTMState(W [B, H, 3, d, d], R [B, H, 3, d, d], y [B, H, d], c [B, H, d])``.
     """
 
     op = "delta_lstm"
+    TASK_OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {
+        "lm": {"output_scale": True}, "lm v1": {"output_scale": False}, "rl": {"sum_norm_eps": 1e-5},
+    }
 
     def __init__(self, d_model: int, num_heads: int, head_dim: int | None = None, *, version: int = 4,
                  feature_map: str = "elu1_sum_norm", sum_norm_eps: float = 0.0, output_scale: bool = False,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch import Tensor
 
@@ -16,14 +18,11 @@ class DeltaNet(FastWeightLayer):
     Slow net: bias-free Linear ``d_model -> H * (3d + 1)``, per head ``[q~ | k~ | v~ | b~]``;
     ``q, k = phi(q~), phi(k~)``, ``v = v~``, ``beta = sigmoid(b~)``.
 
-    Task presets (paper.md A.10): algorithmic defaults; LM adds ``output_scale=True``; RL uses
-    ``sum_norm_eps=1e-5``.
-
     Args:
         d_model: model width C. num_heads: H. head_dim: d (default ``d_model // num_heads``).
         feature_map: ``"elu1_sum_norm"`` (default), ``"elu1"``, ``"softmax"``, ``"dpfp"`` or ``"favor"``.
-        sum_norm_eps: epsilon of the sum normalisation (0.0 algorithmic/LM, 1e-5 RL).
-        output_scale: multiply the fast-net output by ``1/sqrt(d)`` (LM).
+        sum_norm_eps: epsilon of the sum normalisation.
+        output_scale: multiply the fast-net output by ``1/sqrt(d)``.
         dpfp_nu, favor_features, favor_redraw: parameters of the DPFP / FAVOR+ feature maps.
         impl: implementation of :func:`fastweights.ops.delta_rule` (None = default).
 
@@ -31,6 +30,7 @@ class DeltaNet(FastWeightLayer):
     """
 
     op = "delta_rule"
+    TASK_OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {"lm": {"output_scale": True}, "rl": {"sum_norm_eps": 1e-5}}
 
     def __init__(self, d_model: int, num_heads: int, head_dim: int | None = None, *,
                  feature_map: str = "elu1_sum_norm", sum_norm_eps: float = 0.0, output_scale: bool = False,

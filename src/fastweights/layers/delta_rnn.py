@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch import Tensor
 
@@ -24,9 +26,6 @@ class DeltaRNN(FastWeightLayer):
     * version 2 (paper's main model): ``y_t = z_t + R_t softmax(y_{t-1})`` (linear output);
     * version 1 (appendix ablation): ``y_t = softmax(z_t + R_t y_{t-1})``.
 
-    Task presets (paper.md A.10): algorithmic v2 defaults; LM v2 adds ``output_scale=True``; RL uses
-    ``feature_map="softmax"``; LM v1 is ``version=1`` (softmax q, k by default, no scale).
-
     Args:
         d_model: model width C. num_heads: H. head_dim: d (default ``d_model // num_heads``).
         version: 2 (default) or 1.
@@ -39,6 +38,9 @@ class DeltaRNN(FastWeightLayer):
     """
 
     op = "delta_rnn"
+    TASK_OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {
+        "lm": {"output_scale": True}, "lm v1": {"output_scale": False}, "rl": {"feature_map": "softmax"},
+    }
 
     def __init__(self, d_model: int, num_heads: int, head_dim: int | None = None, *, version: int = 2,
                  feature_map: str | None = None, sum_norm_eps: float = 0.0, output_scale: bool = False,

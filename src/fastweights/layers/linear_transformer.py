@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from torch import Tensor
 
 from fastweights import ops
@@ -15,14 +17,11 @@ class LinearTransformer(FastWeightLayer):
     Slow net: bias-free Linear ``d_model -> H * 3d``, per head ``[q~ | k~ | v~]``; ``q, k = phi(q~), phi(k~)``
     with ``phi`` = ``feature_map``; ``v = v~``. No attention normalisation (denominator).
 
-    Task presets (paper.md A.10): algorithmic ``feature_map="elu1"`` (default); LM adds ``output_scale=True``;
-    RL uses ``feature_map="elu1_sum_norm", sum_norm_eps=1e-5``.
-
     Args:
         d_model: model width C. num_heads: H. head_dim: d (default ``d_model // num_heads``).
         feature_map: one of ``"elu1"``, ``"elu1_sum_norm"``, ``"softmax"``, ``"dpfp"``, ``"favor"``.
-        sum_norm_eps: epsilon of the sum normalisation (0.0 algorithmic/LM, 1e-5 RL).
-        output_scale: multiply the fast-net output by ``1/sqrt(d)`` (LM).
+        sum_norm_eps: epsilon of the sum normalisation.
+        output_scale: multiply the fast-net output by ``1/sqrt(d)``.
         dpfp_nu, favor_features, favor_redraw: parameters of the DPFP / FAVOR+ feature maps.
         impl: implementation of :func:`fastweights.ops.sum_rule` (None = default).
 
@@ -30,6 +29,11 @@ class LinearTransformer(FastWeightLayer):
     """
 
     op = "sum_rule"
+    # the LM runs have no attention normalisation (denominator) and scale the output instead
+    TASK_OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {
+        "lm": {"feature_map": "elu1", "output_scale": True},
+        "rl": {"feature_map": "elu1_sum_norm", "sum_norm_eps": 1e-5},
+    }
 
     def __init__(self, d_model: int, num_heads: int, head_dim: int | None = None, *, feature_map: str = "elu1",
                  sum_norm_eps: float = 0.0, output_scale: bool = False, dpfp_nu: int = 2, favor_features: int = 16,
