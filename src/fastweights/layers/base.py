@@ -282,6 +282,39 @@ class FastWeightLayer(SequenceLayer):
         return SPECS[self.op].zero_state(zeros, self.num_heads, K, V, depth)
 
 
+class FeatureMapLayer(FastWeightLayer):
+    """A fast-weight layer with one fast matrix ``[K, d]`` per head read and written through a q/k feature map of
+    any kind (``K`` = the map's output size): the Linear Transformer and Delta Net. The slow net gives
+    ``pieces_per_head(d)`` values per head.
+
+    Args:
+        d_model: model width C. num_heads: H. head_dim: d (default ``d_model // num_heads``).
+        feature_map: one of :data:`FEATURE_MAP_NAMES` (the default is the subclass's).
+        sum_norm_eps: epsilon of the sum normalisation.
+        output_scale: multiply the fast-net output by ``1/sqrt(d)``.
+        dpfp_nu, favor_features, favor_redraw: parameters of the DPFP / FAVOR+ feature maps.
+        impl: implementation of the layer's op (None = default).
+
+    State: ``S [B, H, K, d]`` (key-major), float32 (float64 for float64 layers).
+    """
+
+    @staticmethod
+    def pieces_per_head(head_dim: int) -> int:
+        raise NotImplementedError
+
+    def __init__(self, d_model: int, num_heads: int, head_dim: int | None, *, feature_map: str,
+                 sum_norm_eps: float, output_scale: bool, dpfp_nu: int, favor_features: int, favor_redraw: bool,
+                 impl: str | None) -> None:
+        _, h, hd = resolve_head_dim(d_model, num_heads, head_dim)
+        super().__init__(d_model, num_heads, head_dim, slow_net_width=h * self.pieces_per_head(hd),
+                         output_scale=output_scale, impl=impl)
+        self.feature_map = FeatureMap(feature_map, self.head_dim, sum_norm_eps=sum_norm_eps, dpfp_nu=dpfp_nu,
+                                      favor_features=favor_features, favor_redraw=favor_redraw)
+
+    def _state_sizes(self) -> tuple[int, int, int]:
+        return self.feature_map.out_dim, self.head_dim, 1  # the fast matrix is [K, d], K the feature size
+
+
 def detach_state(state: Any) -> Any:
     """A copy of a (nested tuple / named tuple) state with every tensor detached: carry a state into the
     next call without back-propagating into the previous one (truncated BPTT, as the paper's kernels do)."""

@@ -9,13 +9,12 @@ from torch import Tensor
 
 from fastweights import ops
 
-from .base import FastWeightLayer, FeatureMap, check_choice, resolve_head_dim
-from .delta_rnn import RECURRENT_FEATURE_MAPS
+from .delta_rnn import RecurrentFastLayer
 
 GATES = 3  # input i, update u, output o
 
 
-class DeltaLSTM(FastWeightLayer):
+class DeltaLSTM(RecurrentFastLayer):
     """Delta LSTM layer (fast LSTM with coupled input/forget gates, no peepholes).
 
     Slow net: bias-free Linear ``d_model -> H * (15d + 6)``; per head, in this order,
@@ -38,6 +37,8 @@ class DeltaLSTM(FastWeightLayer):
     """
 
     op = "delta_lstm"
+    GATES = GATES
+    VERSIONS = (1, 2, 3, 4)
     TASK_OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {
         "lm": {"output_scale": True}, "lm v1": {"output_scale": False}, "rl": {"sum_norm_eps": 1e-5},
     }
@@ -45,16 +46,8 @@ class DeltaLSTM(FastWeightLayer):
     def __init__(self, d_model: int, num_heads: int, head_dim: int | None = None, *, version: int = 4,
                  feature_map: str = "elu1_sum_norm", sum_norm_eps: float = 0.0, output_scale: bool = False,
                  impl: str | None = None) -> None:
-        _, h, hd = resolve_head_dim(d_model, num_heads, head_dim)
-        version = check_choice("version", version, (1, 2, 3, 4))
-        super().__init__(d_model, num_heads, head_dim, slow_net_width=h * (15 * hd + 6),
-                         output_scale=output_scale, impl=impl)
-        self.version = version
-        self.feature_map = FeatureMap(feature_map, self.head_dim, sum_norm_eps=sum_norm_eps,
-                                      allowed=RECURRENT_FEATURE_MAPS)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, version={self.version}"
+        super().__init__(d_model, num_heads, head_dim, version=version, feature_map=feature_map,
+                         sum_norm_eps=sum_norm_eps, output_scale=output_scale, impl=impl)
 
     def _fast(self, p: Tensor, state: ops.DeltaLSTMState | None, reset: Tensor | None
               ) -> tuple[Tensor, ops.DeltaLSTMState]:

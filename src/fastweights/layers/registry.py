@@ -1,4 +1,9 @@
-"""Name -> layer class registry and a uniform builder."""
+"""Name -> layer class registry, a uniform builder and the layers' task presets (:func:`task_options`).
+
+Every name is a layer that the models place in residual blocks. Two baselines of the paper are built without
+blocks under the same names: the algorithmic ``lstm`` model (:class:`fastweights.models.LSTMModel`) and the RL
+agent's ``lstm`` and ``feedforward`` cores (:mod:`fastweights.rl.agent`).
+"""
 
 from __future__ import annotations
 

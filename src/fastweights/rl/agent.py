@@ -7,13 +7,16 @@ layer as its core.
 
 Cores (``AgentConfig.core``):
 
-* ``"feedforward"``: no core, the heads read the core input (the paper's feed-forward baseline);
-* ``"lstm"``: ``nn.LSTM(core input, lstm_hidden=256)``, 1 layer (the paper's LSTM baseline);
+* ``"feedforward"``: no core, the heads read the core input (the paper's feed-forward baseline; not the registry's
+  ``feedforward`` layer);
+* ``"lstm"``: ``nn.LSTM(core input, lstm_hidden=256)``, 1 layer, no residual block (the paper's LSTM baseline; not
+  the registry's ``lstm`` layer in blocks);
 * any other registry layer (``delta_net``, ``linear_transformer``, ``delta_rnn``, ``rdn``, ``delta_lstm``,
   ``delta_mlp``, ``delta_delta_net``): Linear(core input -> D, bias) -> ``num_layers`` pre-LN residual blocks
-  [layer + FF ``d_ff``] (paper.md B.3; D=128, 2 layers, 4 heads x 32, FF 512 by default) with the RL feature maps of
-  paper.md A.10 (sum-normalised with eps 1e-5 for Delta Net/LT, softmax for Delta RNN) unless ``layer_options`` says
-  otherwise. ``"transformer"`` is refused: its KV cache would grow without bound along an RL stream.
+  [layer + FF ``d_ff``] (a :class:`~fastweights.models.blocks.BlockStack`; paper.md B.3; D=128, 2 layers, 4 heads x
+  32, FF 512 by default) with the layer's RL preset (``TASK_OPTIONS["rl"]``: the feature maps of paper.md A.10,
+  sum-normalised with eps 1e-5 for Delta Net/LT, softmax for Delta RNN) unless ``layer_options`` says otherwise.
+  ``"transformer"`` is refused: its KV cache would grow without bound along an RL stream.
 
 Layout: **batch first** like the rest of the library: ``obs [B, T, ...]``, ``done [B, T]``. ``done[b, t]`` is True
 when ``obs[b, t]`` is the first observation of a new episode: the core state of row b is zeroed before step t
