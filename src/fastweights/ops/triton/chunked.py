@@ -163,6 +163,23 @@ def _fwd_state_kernel(k_ptr, v_ptr, w_ptr, uv_ptr, u_ptr, s0_ptr, starts_ptr, st
     tl.store(st_ptr + sbase + kv_off, S, mask=kvmask)
 
 
+@device_fn
+def _chunk_scores(q_ptr, k_ptr, reset_ptr, b, h, t0, T, H, K, C: tl.constexpr, BK: tl.constexpr,
+                  HAS_RESET: tl.constexpr, HALF_DOT: tl.constexpr, PREC: tl.constexpr):
+    """The chunk's rows of ``[B * T * H]`` (int64), their in-sequence mask, the queries ``[C, BK]``, the segment ids
+    (:func:`chunk_segments`) and the causal within-segment scores ``q k^T [C, C]`` (zero where not visible)."""
+    offs = tl.arange(0, C)
+    ck = tl.arange(0, BK)
+    tmask = (t0 + offs) < T
+    row = ((b * T + t0 + offs) * H + h).to(tl.int64)
+    kmask = tmask[:, None] & (ck[None, :] < K)
+    qt = tl.load(q_ptr + row[:, None] * K + ck[None, :], mask=kmask, other=0.0)
+    kt = tl.load(k_ptr + row[:, None] * K + ck[None, :], mask=kmask, other=0.0)
+    seg, _total = chunk_segments(reset_ptr, b, t0, T, C, HAS_RESET)
+    same = (seg[:, None] == seg[None, :]) & (offs[:, None] >= offs[None, :])
+    return row, tmask, qt, seg, tl.where(same, mm_in(qt, tl.trans(kt), HALF_DOT, PREC), 0.0)
+
+
 @triton.jit
 def _fwd_output_kernel(q_ptr, k_ptr, v_ptr, u_ptr, starts_ptr, o_ptr, reset_ptr, T, H, K, V, N,
                        C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DELTA: tl.constexpr,
@@ -172,19 +189,12 @@ def _fwd_output_kernel(q_ptr, k_ptr, v_ptr, u_ptr, starts_ptr, o_ptr, reset_ptr,
     bh = tl.program_id(2)
     b = bh // H
     h = bh % H
-    t0 = n * C
     offs = tl.arange(0, C)
     ck = tl.arange(0, BK)
     cv = iv * BV + tl.arange(0, BV)
-    tmask = (t0 + offs) < T
-    row = ((b * T + t0 + offs) * H + h).to(tl.int64)
-    kmask = tmask[:, None] & (ck[None, :] < K)
+    row, tmask, qt, seg, qk = _chunk_scores(q_ptr, k_ptr, reset_ptr, b, h, n * C, T, H, K, C, BK, HAS_RESET,
+                                            HALF_DOT, PREC)
     vmask = tmask[:, None] & (cv[None, :] < V)
-    qt = tl.load(q_ptr + row[:, None] * K + ck[None, :], mask=kmask, other=0.0)
-    kt = tl.load(k_ptr + row[:, None] * K + ck[None, :], mask=kmask, other=0.0)
-    seg, _total = chunk_segments(reset_ptr, b, t0, T, C, HAS_RESET)
-    same = (seg[:, None] == seg[None, :]) & (offs[:, None] >= offs[None, :])
-    qk = tl.where(same, mm_in(qt, tl.trans(kt), HALF_DOT, PREC), 0.0)
     cb = (bh * N + n).to(tl.int64)
     S = tl.load(starts_ptr + cb * K * V + ck[:, None] * V + cv[None, :],
                 mask=(ck[:, None] < K) & (cv[None, :] < V), other=0.0)
@@ -205,18 +215,10 @@ def _bwd_local_kernel(q_ptr, k_ptr, do_ptr, du_ptr, reset_ptr, T, H, K, V, N,
     bh = tl.program_id(2)
     b = bh // H
     h = bh % H
-    t0 = n * C
     offs = tl.arange(0, C)
-    ck = tl.arange(0, BK)
     cv = iv * BV + tl.arange(0, BV)
-    tmask = (t0 + offs) < T
-    row = ((b * T + t0 + offs) * H + h).to(tl.int64)
-    kmask = tmask[:, None] & (ck[None, :] < K)
-    qt = tl.load(q_ptr + row[:, None] * K + ck[None, :], mask=kmask, other=0.0)
-    kt = tl.load(k_ptr + row[:, None] * K + ck[None, :], mask=kmask, other=0.0)
-    seg, _total = chunk_segments(reset_ptr, b, t0, T, C, HAS_RESET)
-    same = (seg[:, None] == seg[None, :]) & (offs[:, None] >= offs[None, :])
-    qk = tl.where(same, mm_in(qt, tl.trans(kt), HALF_DOT, PREC), 0.0)
+    row, tmask, _qt, _seg, qk = _chunk_scores(q_ptr, k_ptr, reset_ptr, b, h, n * C, T, H, K, C, BK, HAS_RESET,
+                                              HALF_DOT, PREC)
     do = tl.load(do_ptr + row[:, None] * V + cv[None, :], mask=tmask[:, None] & (cv[None, :] < V), other=0.0)
     du = mm(tl.trans(qk), do, PREC)
     cb = (bh * N + n).to(tl.int64)
