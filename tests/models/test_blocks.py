@@ -96,3 +96,17 @@ def test_bad_arguments():
         stack(torch.randn(1, 2, 8), (None,))
     with pytest.raises(TypeError, match=r"states: expected a tuple of 2 layer states .* got Tensor"):
         stack(torch.randn(1, 2, 8), torch.zeros(2))
+
+
+def test_models_check_their_state_in_one_place():
+    lm = build_lm(LMConfig("delta_net", 30, d_model=8, n_layers=2, n_heads=2, d_ff=16, cutoffs=(10,)))
+    seq = build_model(ModelConfig("delta_net", 7, 5, d_model=8, num_layers=2, num_heads=2, d_ff=16))
+    tokens = torch.zeros(3, 4, dtype=torch.long)
+    for model in (lm, seq):
+        state = model.initial_state(3)
+        with pytest.raises(TypeError, match=r"state: expected a ModelState\(position, layers\) with 2 layer states"):
+            model(tokens, state=(state.position, state.layers[:1]))
+        with pytest.raises(ValueError, match=r"state: expected position of shape \[B\] = \[3\], got \[2\]"):
+            model(tokens, state=(state.position[:2], state.layers))
+        _, carried = model(tokens, state=state)
+        assert len(carried.layers) == 2 and carried.position.tolist() == [4, 4, 4]
