@@ -94,7 +94,7 @@ class FastWeightsForCausalLM(PreTrainedModel, GenerationMixin):
     main_input_name = "input_ids"
     _is_stateful = True  # no assisted decoding: the state cannot be rolled back
     _tied_weights_keys = {"output.weight": "embedding.weight"}  # noqa: RUF012 (transformers' class attribute)
-    _no_split_modules = ["PaperLMBlock", "ResidualBlock", "PostLNBlock"]  # noqa: RUF012
+    _no_split_modules = ["ResidualBlock"]  # noqa: RUF012
 
     def __init__(self, config: FastWeightsConfig) -> None:
         super().__init__(config)

@@ -12,11 +12,11 @@ from .feedforward import FeedForward
 from .linear_transformer import LinearTransformer
 from .lstm import LSTM, LSTMState, run_lstm
 from .rdn import RecurrentDeltaNet
-from .registry import LAYERS, available_layers, build_layer, layer_options
+from .registry import LAYERS, TASKS, available_layers, build_layer, layer_options, task_options
 
 __all__ = [
-    "FEATURE_MAP_NAMES", "LAYERS", "LSTM", "DeltaDeltaNet", "DeltaLSTM", "DeltaMLP", "DeltaNet", "DeltaRNN",
-    "FastWeightLayer", "FeatureMap", "FeedForward", "KVCache", "LSTMState", "LinearTransformer",
-    "RecurrentDeltaNet", "SequenceLayer", "SoftmaxAttention", "available_layers", "build_layer", "check_input",
-    "detach_state", "layer_options", "run_lstm",
+    "FEATURE_MAP_NAMES", "LAYERS", "LSTM", "TASKS", "DeltaDeltaNet", "DeltaLSTM", "DeltaMLP", "DeltaNet",
+    "DeltaRNN", "FastWeightLayer", "FeatureMap", "FeedForward", "KVCache", "LSTMState", "LinearTransformer",
+    "RecurrentDeltaNet", "SequenceLayer", "SoftmaxAttention", "available_layers", "build_layer",
+    "check_input", "detach_state", "layer_options", "run_lstm", "task_options",
 ]

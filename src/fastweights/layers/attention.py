@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,12 +28,15 @@ class SoftmaxAttention(SequenceLayer):
 
     Args:
         d_model: model width C. num_heads: H. head_dim: d (default ``d_model // num_heads``).
-        bias: biases in the projections (False: LM baseline; True: the algorithmic PyTorch Transformer).
+        bias: biases in the projections.
         attn_dropout: dropout on the attention weights in training mode (the PyTorch encoder layer uses the
             model dropout here).
 
     State: :class:`KVCache` ``(k [B, H, L, d], v [B, H, L, d], visible [B, L])``; it grows by T per call.
     """
+
+    # the algorithmic baseline is PyTorch's encoder layer (projections with bias); the LM baseline has none
+    TASK_OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {"algorithmic": {"bias": True}, "lm": {"bias": False}}
 
     def __init__(self, d_model: int, num_heads: int, head_dim: int | None = None, *, bias: bool = False,
                  attn_dropout: float = 0.0) -> None:

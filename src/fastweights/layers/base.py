@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -144,9 +144,15 @@ class SequenceLayer(nn.Module):
     """Base class of every layer: ``forward``, ``initial_state`` and ``step`` (see the module docstring).
 
     Subclasses implement ``_forward(x, state, reset)`` on validated inputs and ``initial_state``.
+
+    ``TASK_OPTIONS`` is the layer's one table of task presets (paper.md A.10): for a task of
+    :data:`fastweights.layers.registry.TASKS` the keyword options its models pass unless the user's options say
+    otherwise; an entry ``"<task> v<n>"`` adds what differs for ``version=n`` of a versioned layer. Read it with
+    :func:`fastweights.layers.task_options`.
     """
 
     d_model: int
+    TASK_OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def _forward(self, x: Tensor, state: Any, reset: Tensor | None) -> tuple[Tensor, Any]:
         raise NotImplementedError
@@ -254,6 +260,39 @@ class FastWeightLayer(SequenceLayer):
         K, V, depth = self._state_sizes()
         zeros = zeros_factory(batch_size, *self._state_like(device, dtype))
         return SPECS[self.op].zero_state(zeros, self.num_heads, K, V, depth)
+
+
+class FeatureMapLayer(FastWeightLayer):
+    """A fast-weight layer with one fast matrix ``[K, d]`` per head read and written through a q/k feature map of
+    any kind (``K`` = the map's output size): the Linear Transformer and Delta Net. The slow net gives
+    ``pieces_per_head(d)`` values per head.
+
+    Args:
+        d_model: model width C. num_heads: H. head_dim: d (default ``d_model // num_heads``).
+        feature_map: one of :data:`FEATURE_MAP_NAMES` (the default is the subclass's).
+        sum_norm_eps: epsilon of the sum normalisation.
+        output_scale: multiply the fast-net output by ``1/sqrt(d)``.
+        dpfp_nu, favor_features, favor_redraw: parameters of the DPFP / FAVOR+ feature maps.
+        impl: implementation of the layer's op (None = default).
+
+    State: ``S [B, H, K, d]`` (key-major), float32 (float64 for float64 layers).
+    """
+
+    @staticmethod
+    def pieces_per_head(head_dim: int) -> int:
+        raise NotImplementedError
+
+    def __init__(self, d_model: int, num_heads: int, head_dim: int | None, *, feature_map: str,
+                 sum_norm_eps: float, output_scale: bool, dpfp_nu: int, favor_features: int, favor_redraw: bool,
+                 impl: str | None) -> None:
+        _, h, hd = resolve_head_dim(d_model, num_heads, head_dim)
+        super().__init__(d_model, num_heads, head_dim, slow_net_width=h * self.pieces_per_head(hd),
+                         output_scale=output_scale, impl=impl)
+        self.feature_map = FeatureMap(feature_map, self.head_dim, sum_norm_eps=sum_norm_eps, dpfp_nu=dpfp_nu,
+                                      favor_features=favor_features, favor_redraw=favor_redraw)
+
+    def _state_sizes(self) -> tuple[int, int, int]:
+        return self.feature_map.out_dim, self.head_dim, 1  # the fast matrix is [K, d], K the feature size
 
 
 def detach_state(state: Any) -> Any:

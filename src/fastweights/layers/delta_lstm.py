@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch import Tensor
 
 from fastweights import ops
 
-from .base import FastWeightLayer, FeatureMap, check_choice, resolve_head_dim
-from .delta_rnn import RECURRENT_FEATURE_MAPS
+from .delta_rnn import RecurrentFastLayer
 
 GATES = 3  # input i, update u, output o
 
 
-class DeltaLSTM(FastWeightLayer):
+class DeltaLSTM(RecurrentFastLayer):
     """Delta LSTM layer (fast LSTM with coupled input/forget gates, no peepholes).
 
     Slow net: bias-free Linear ``d_model -> H * (15d + 6)``; per head, in this order,
@@ -29,27 +30,24 @@ class DeltaLSTM(FastWeightLayer):
         version: 1, 2, 3 or 4 (default).
         feature_map: q/k map, ``"elu1_sum_norm"`` (default, every version), ``"elu1"`` or ``"softmax"``.
         sum_norm_eps: epsilon of the sum normalisation.
-        output_scale: multiply the output by ``1/sqrt(d)`` (LM v2-v4; not v1).
+        output_scale: multiply the output by ``1/sqrt(d)``.
         impl: implementation of :func:`fastweights.ops.delta_lstm` (None = default).
 
     State: ``DeltaLSTMState(W [B, H, 3, d, d], R [B, H, 3, d, d], y [B, H, d], c [B, H, d])``.
     """
 
     op = "delta_lstm"
+    GATES = GATES
+    VERSIONS = (1, 2, 3, 4)
+    TASK_OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {
+        "lm": {"output_scale": True}, "lm v1": {"output_scale": False}, "rl": {"sum_norm_eps": 1e-5},
+    }
 
     def __init__(self, d_model: int, num_heads: int, head_dim: int | None = None, *, version: int = 4,
                  feature_map: str = "elu1_sum_norm", sum_norm_eps: float = 0.0, output_scale: bool = False,
                  impl: str | None = None) -> None:
-        _, h, hd = resolve_head_dim(d_model, num_heads, head_dim)
-        version = check_choice("version", version, (1, 2, 3, 4))
-        super().__init__(d_model, num_heads, head_dim, slow_net_width=h * (15 * hd + 6),
-                         output_scale=output_scale, impl=impl)
-        self.version = version
-        self.feature_map = FeatureMap(feature_map, self.head_dim, sum_norm_eps=sum_norm_eps,
-                                      allowed=RECURRENT_FEATURE_MAPS)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, version={self.version}"
+        super().__init__(d_model, num_heads, head_dim, version=version, feature_map=feature_map,
+                         sum_norm_eps=sum_norm_eps, output_scale=output_scale, impl=impl)
 
     def _fast(self, p: Tensor, state: ops.DeltaLSTMState | None, reset: Tensor | None
               ) -> tuple[Tensor, ops.DeltaLSTMState]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch import Tensor
 
@@ -13,7 +15,29 @@ from .base import FastWeightLayer, FeatureMap, check_choice, resolve_head_dim
 RECURRENT_FEATURE_MAPS = ("elu1_sum_norm", "elu1", "softmax")
 
 
-class DeltaRNN(FastWeightLayer):
+class RecurrentFastLayer(FastWeightLayer):
+    """The fast RNN and the fast LSTM: per gate a delta-rule feed-forward matrix and a delta-rule recurrent matrix,
+    driven by ``[q~, k~, v~, rk~, rv~]`` (size d each) and ``[b~, rb~]`` (scalars) per head and gate; a cell
+    ``version`` of ``VERSIONS``; one q/k feature map of :data:`RECURRENT_FEATURE_MAPS`."""
+
+    GATES: ClassVar[int]
+    VERSIONS: ClassVar[tuple[int, ...]]
+
+    def __init__(self, d_model: int, num_heads: int, head_dim: int | None, *, version: int, feature_map: str,
+                 sum_norm_eps: float, output_scale: bool, impl: str | None) -> None:
+        _, h, hd = resolve_head_dim(d_model, num_heads, head_dim)
+        version = check_choice("version", version, self.VERSIONS)
+        super().__init__(d_model, num_heads, head_dim, slow_net_width=h * self.GATES * (5 * hd + 2),
+                         output_scale=output_scale, impl=impl)
+        self.version = version
+        self.feature_map = FeatureMap(feature_map, self.head_dim, sum_norm_eps=sum_norm_eps,
+                                      allowed=RECURRENT_FEATURE_MAPS)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, version={self.version}"
+
+
+class DeltaRNN(RecurrentFastLayer):
     """Delta RNN layer (fast RNN).
 
     Slow net: bias-free Linear ``d_model -> H * (5d + 2)``, per head ``[q~ | k~ | v~ | rk~ | rv~ | b~ | rb~]``
@@ -23,9 +47,6 @@ class DeltaRNN(FastWeightLayer):
 
     * version 2 (paper's main model): ``y_t = z_t + R_t softmax(y_{t-1})`` (linear output);
     * version 1 (appendix ablation): ``y_t = softmax(z_t + R_t y_{t-1})``.
-
-    Task presets (paper.md A.10): algorithmic v2 defaults; LM v2 adds ``output_scale=True``; RL uses
-    ``feature_map="softmax"``; LM v1 is ``version=1`` (softmax q, k by default, no scale).
 
     Args:
         d_model: model width C. num_heads: H. head_dim: d (default ``d_model // num_heads``).
@@ -39,22 +60,19 @@ class DeltaRNN(FastWeightLayer):
     """
 
     op = "delta_rnn"
+    GATES = 1
+    VERSIONS = (1, 2)
+    TASK_OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {
+        "lm": {"output_scale": True}, "lm v1": {"output_scale": False}, "rl": {"feature_map": "softmax"},
+    }
 
     def __init__(self, d_model: int, num_heads: int, head_dim: int | None = None, *, version: int = 2,
                  feature_map: str | None = None, sum_norm_eps: float = 0.0, output_scale: bool = False,
                  impl: str | None = None) -> None:
-        _, h, hd = resolve_head_dim(d_model, num_heads, head_dim)
-        version = check_choice("version", version, (1, 2))
         if feature_map is None:
             feature_map = "softmax" if version == 1 else "elu1_sum_norm"
-        super().__init__(d_model, num_heads, head_dim, slow_net_width=h * (5 * hd + 2),
-                         output_scale=output_scale, impl=impl)
-        self.version = version
-        self.feature_map = FeatureMap(feature_map, self.head_dim, sum_norm_eps=sum_norm_eps,
-                                      allowed=RECURRENT_FEATURE_MAPS)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, version={self.version}"
+        super().__init__(d_model, num_heads, head_dim, version=version, feature_map=feature_map,
+                         sum_norm_eps=sum_norm_eps, output_scale=output_scale, impl=impl)
 
     def _fast(self, p: Tensor, state: ops.DeltaRNNState | None, reset: Tensor | None
               ) -> tuple[Tensor, ops.DeltaRNNState]:

@@ -1,4 +1,5 @@
-"""Memoryless baseline: a per-position linear map (the RL feed-forward baseline has no memory at all)."""
+"""Memoryless baseline layer: a per-position linear map, the registry's ``feedforward`` (a layer in residual blocks).
+The RL agent's ``feedforward`` core is no layer at all (its heads read the core input, paper.md B.3)."""
 
 from __future__ import annotations
 

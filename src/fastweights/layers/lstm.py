@@ -56,7 +56,10 @@ def run_lstm(lstm: nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor] | None, rese
 
 
 class LSTM(SequenceLayer):
-    """LSTM layer ``[B, T, d_model] -> [B, T, d_model]`` (the RL baseline's core, paper.md A.9).
+    """LSTM layer ``[B, T, d_model] -> [B, T, d_model]``, the registry's ``lstm`` (a layer in residual blocks, as in
+    the language model). The paper's LSTM baselines are built without blocks: the algorithmic ``lstm`` model
+    (:class:`fastweights.models.LSTMModel`, paper.md A.9) and the RL ``lstm`` core run ``nn.LSTM`` through
+    :func:`run_lstm` directly.
 
     ``nn.LSTM(d_model, hidden_size, num_layers, batch_first=True)``; when ``hidden_size != d_model`` a bias-free
     Linear ``hidden_size -> d_model`` follows. ``num_heads``/``head_dim`` are accepted for a uniform constructor

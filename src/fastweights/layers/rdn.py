@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -23,12 +24,13 @@ class RecurrentDeltaNet(FastWeightLayer):
 
     Args:
         d_model: model width C. num_heads: H. head_dim: d (default ``d_model // num_heads``).
-        output_scale: multiply the output by ``1/sqrt(d)`` (LM). impl: implementation of the op.
+        output_scale: multiply the output by ``1/sqrt(d)``. impl: implementation of the op.
 
     State: ``RecDeltaState(W [B, H, d, d], y [B, H, d])``.
     """
 
     op = "rec_delta"
+    TASK_OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {"lm": {"output_scale": True}}
 
     def __init__(self, d_model: int, num_heads: int, head_dim: int | None = None, *, output_scale: bool = False,
                  impl: str | None = None) -> None:

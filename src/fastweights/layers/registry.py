@@ -1,8 +1,14 @@
-"""Name -> layer class registry and a uniform builder."""
+"""Name -> layer class registry, a uniform builder and the layers' task presets (:func:`task_options`).
+
+Every name is a layer that the models place in residual blocks. Two baselines of the paper are built without
+blocks under the same names: the algorithmic ``lstm`` model (:class:`fastweights.models.LSTMModel`) and the RL
+agent's ``lstm`` and ``feedforward`` cores (:mod:`fastweights.rl.agent`).
+"""
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 from .attention import SoftmaxAttention
@@ -31,6 +37,11 @@ LAYERS: dict[str, type[SequenceLayer]] = {
 }
 
 
+#: The tasks a layer's ``TASK_OPTIONS`` can hold presets for: the algorithmic sequence models
+#: (:class:`fastweights.models.SequenceModel`), the language model and the RL agent's core.
+TASKS = ("algorithmic", "lm", "rl")
+
+
 def available_layers() -> list[str]:
     """The registered layer names."""
     return list(LAYERS)
@@ -41,6 +52,22 @@ def layer_options(name: str) -> list[str]:
     cls = _lookup(name)
     params = inspect.signature(cls.__init__).parameters.values()
     return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def task_options(name: str, task: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The keyword options a ``task`` model passes to ``build_layer(name, ...)``: the layer's preset for the task
+    (its ``TASK_OPTIONS[task]``, then ``TASK_OPTIONS[f"{task} v{version}"]`` for a layer with a ``version``
+    option) overridden by ``options`` (the user's)."""
+    cls = _lookup(name)
+    if task not in TASKS:
+        raise ValueError(f"task: expected one of {list(TASKS)}, got {task!r}")
+    options = dict(options or {})
+    preset = dict(cls.TASK_OPTIONS.get(task, {}))
+    params = inspect.signature(cls.__init__).parameters
+    if "version" in params:
+        version = options.get("version", params["version"].default)
+        preset.update(cls.TASK_OPTIONS.get(f"{task} v{version}", {}))
+    return {**preset, **options}
 
 
 def _lookup(name: object) -> type[SequenceLayer]:

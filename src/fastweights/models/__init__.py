@@ -1,9 +1,9 @@
 """Sequence models built from :mod:`fastweights.layers`: configuration, residual blocks, the token model, and the
 word-level language model of the paper's WikiText-103 experiments (:mod:`fastweights.models.lm`)."""
 
-from .blocks import PositionwiseFF, PostLNBlock, ResidualBlock
+from .blocks import NORM_PLACEMENTS, BlockStack, PositionwiseFF, ResidualBlock
 from .config import ModelConfig, ModelOptions
-from .lm import AdaptiveLogSoftmax, LanguageModel, LMConfig, LMOptions, PaperLMBlock, build_lm, paper_config
+from .lm import AdaptiveLogSoftmax, LanguageModel, LMConfig, LMOptions, build_lm, paper_config
 from .sequence_model import (
     LSTMModel,
     ModelState,
@@ -15,7 +15,9 @@ from .sequence_model import (
 )
 
 __all__ = [
+    "NORM_PLACEMENTS",
     "AdaptiveLogSoftmax",
+    "BlockStack",
     "LMConfig",
     "LMOptions",
     "LSTMModel",
@@ -23,9 +25,7 @@ __all__ = [
     "ModelConfig",
     "ModelOptions",
     "ModelState",
-    "PaperLMBlock",
     "PositionwiseFF",
-    "PostLNBlock",
     "ResidualBlock",
     "SequenceModel",
     "build_lm",

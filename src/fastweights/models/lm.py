@@ -7,8 +7,8 @@
 * :class:`AdaptiveLogSoftmax` is the Transformer-XL style output layer (``div_val = 1``), its word weights tied to
   the input embedding; with no cutoffs it is a plain (tied) full softmax.
 * Every layer of :func:`fastweights.layers.available_layers` can be used; the LM-specific layer options of the
-  paper (1/sqrt(d) output scale, the Linear Transformer's elu+1 map, bias-free attention) are filled in by
-  :func:`lm_layer_options`.
+  paper (1/sqrt(d) output scale, the Linear Transformer's elu+1 map, bias-free attention) are the layers'
+  ``"lm"`` presets (``TASK_OPTIONS``), filled in by :func:`lm_layer_options`.
 
 Position handling (paper.md B.1 item 2). The paper adds absolute sinusoids ``[sin(p w) | cos(p w)]`` (concatenated, not
 interleaved) with **reversed** positions: in a call over T tokens, token t gets ``p = T - 1 - t`` (the last token 0),
@@ -41,14 +41,14 @@ from fastweights.fields import (
     embed,
     option,
 )
-from fastweights.layers.registry import available_layers, build_layer
+from fastweights.layers.registry import available_layers, build_layer, task_options
 from fastweights.ops.common import check_reset
 
-from .blocks import PositionwiseFF, PostLNBlock, ResidualBlock
+from .blocks import NORM_PLACEMENTS, BlockStack
 from .config import StackOptions
-from .sequence_model import ModelState, _check_tokens, episode_positions
+from .sequence_model import ModelState, _check_tokens, episode_positions, split_state
 
-BLOCKS = ("paper", "pre_ln", "post_ln")
+BLOCKS = NORM_PLACEMENTS  # LMConfig.block is the norm placement of every ResidualBlock
 SOFTMAXES = ("auto", "adaptive", "full")
 POSITIONAL_ENCODINGS = ("sinusoidal", "none")
 POSITION_ORDERS = ("reversed", "forward")
@@ -179,32 +179,14 @@ class LMConfig(LMOptions, _LMInputs):
 
 
 def lm_layer_options(config: LMConfig) -> dict[str, Any]:
-    """The options the LM passes to ``build_layer``: the paper's LM settings (paper.md A.1-A.9, A.10, F.5) overridden
-    by ``config.layer_options``.
-
-    * ``linear_transformer``: ``feature_map="elu1"`` (no sum normalisation), ``output_scale=True`` (no denominator:
-      the paper's runs use ``--skip_attn_normalization``);
-    * ``delta_net``, ``rdn``: ``output_scale=True``;
-    * ``delta_rnn``: ``output_scale=True`` for version 2, none for version 1 (softmax q, k by default);
-    * ``delta_lstm``: ``output_scale=True`` for versions 2-4, none for version 1;
-    * ``delta_mlp``, ``delta_delta_net``: the layer defaults (eps 1e-5 sum norms, no scale);
-    * ``transformer``: bias-free projections, ``attn_dropout = dropatt``;
-    * ``lstm``, ``feedforward``: the layer defaults.
-    """
-    opts = dict(config.layer_options)
-    name = config.model
-    base: dict[str, Any] = {}
-    if name == "linear_transformer":
-        base = {"feature_map": "elu1", "output_scale": True}
-    elif name in ("delta_net", "rdn"):
-        base = {"output_scale": True}
-    elif name == "delta_rnn":
-        base = {"output_scale": opts.get("version", 2) == 2}
-    elif name == "delta_lstm":
-        base = {"output_scale": opts.get("version", 4) != 1}
-    elif name == "transformer":
-        base = {"bias": False, "attn_dropout": config.dropatt}
-    return {**base, **opts}
+    """The options the LM passes to ``build_layer``: the layer's ``"lm"`` preset of the paper's settings (paper.md
+    A.1-A.9, A.10, F.5; the table is the layer class's ``TASK_OPTIONS``, read by
+    :func:`fastweights.layers.task_options`) and, for ``transformer``, ``attn_dropout = dropatt``, all overridden
+    by ``config.layer_options``."""
+    options = task_options(config.model, "lm", config.layer_options)
+    if config.model == "transformer":
+        options = {"attn_dropout": config.dropatt, **options}
+    return options
 
 
 def lm_positional_encoding(positions: Tensor, dim: int, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -333,34 +315,6 @@ class AdaptiveLogSoftmax(nn.Module):
         return (-logp).view(shape)
 
 
-class PaperLMBlock(nn.Module):
-    """The official LM ``DecoderLayer`` with ``--pre_lnorm`` (paper.md B.1 item 3, F.6).
-
-    ``h = LN1(x)``; ``h = h + Drop(layer(h))`` (the residual is added to the *normalised* input);
-    ``out = h + Drop(FF(LN2(h)))`` (a proper pre-LN residual). ``forward(x [B, T, D], state, reset) -> (out, state)``.
-    Submodule names equal :class:`ResidualBlock`'s, so weights move between the two block types.
-    """
-
-    def __init__(self, layer: nn.Module, d_ff: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        d_model = layer.d_model
-        self.norm1 = nn.LayerNorm(d_model)
-        self.layer = layer
-        self.norm2 = nn.LayerNorm(d_model)
-        self.ff = PositionwiseFF(d_model, d_ff, dropout)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor, state: Any = None, reset: Tensor | None = None) -> tuple[Tensor, Any]:
-        """``x [B, T, D] -> (out [B, T, D], final layer state)``."""
-        h = self.norm1(x)
-        y, state = self.layer(h, state, reset)
-        h = h + self.dropout(y)
-        return h + self.dropout(self.ff(self.norm2(h))), state
-
-
-_BLOCK_CLASSES = {"paper": PaperLMBlock, "pre_ln": ResidualBlock, "post_ln": PostLNBlock}
-
-
 class LanguageModel(nn.Module):
     """Word-level LM: ``Embedding * sqrt(D)`` (+ positions) -> Drop -> N blocks -> [LN] -> Drop -> output layer.
 
@@ -381,12 +335,9 @@ class LanguageModel(nn.Module):
         self.emb_scale = math.sqrt(D)
         self.dropout = nn.Dropout(config.dropout)
         options = lm_layer_options(config)
-        block_cls = _BLOCK_CLASSES[config.block]
-        self.blocks = nn.ModuleList(
-            block_cls(build_layer(config.model, D, config.num_heads, config.head_dim, **options), config.d_ff,
-                      config.dropout)
-            for _ in range(config.num_layers)
-        )
+        self.blocks = BlockStack.build(
+            config.num_layers, lambda: build_layer(config.model, D, config.num_heads, config.head_dim, **options),
+            config.d_ff, config.dropout, norm=config.block)
         self.final_norm = nn.LayerNorm(D) if config.final_norm else None
         self.output = AdaptiveLogSoftmax(config.vocab_size, D, config.effective_cutoffs,
                                          weight=self.embedding.weight if config.tie_weight else None)
@@ -422,7 +373,7 @@ class LanguageModel(nn.Module):
         batch_size = check_positive_int("batch_size", batch_size)
         device = self.embedding.weight.device if device is None else device
         return ModelState(torch.zeros(batch_size, dtype=torch.long, device=device),
-                          tuple(b.layer.initial_state(batch_size, device) for b in self.blocks))
+                          self.blocks.initial_state(batch_size, device))
 
     def _positions(self, start: Tensor, reset: Tensor | None, time: int) -> tuple[Tensor, Tensor]:
         """(positions fed to the encoding [B, T], the new counter [B])."""
@@ -443,30 +394,15 @@ class LanguageModel(nn.Module):
         if T == 0:
             raise ValueError(f"tokens: expected at least one time step, got shape {list(tokens.shape)}")
         reset = check_reset(reset, B, T, tokens.device)
-        if state is None:
-            start = torch.zeros(B, dtype=torch.long, device=tokens.device)
-            layer_states: tuple[Any, ...] = (None,) * len(self.blocks)
-        else:
-            if not isinstance(state, tuple) or len(state) != 2 or not isinstance(state[1], (tuple, list)) \
-                    or len(state[1]) != len(self.blocks):
-                raise TypeError(f"state: expected a ModelState(position, layers) with {len(self.blocks)} layer "
-                                f"states, got {type(state).__name__}")
-            start, layer_states = state
-            if not isinstance(start, Tensor) or tuple(start.shape) != (B,):
-                raise ValueError(f"state: expected position of shape [B] = [{B}], got "
-                                 f"{list(start.shape) if isinstance(start, Tensor) else type(start).__name__}")
-        positions, counter = self._positions(start.to(tokens.device), reset, T)
+        start, layer_states = split_state(state, B, len(self.blocks), tokens.device)
+        positions, counter = self._positions(start, reset, T)
         x = self.embedding(tokens) * self.emb_scale
         if self.config.positional_encoding == "sinusoidal":
             x = x + lm_positional_encoding(positions, self.config.d_model, x.dtype)
-        x = self.dropout(x)
-        finals = []
-        for block, s in zip(self.blocks, layer_states, strict=True):
-            x, s = block(x, s, reset)
-            finals.append(s)
+        x, layer_states = self.blocks(self.dropout(x), layer_states, reset)
         if self.final_norm is not None:
             x = self.final_norm(x)
-        return self.dropout(x), ModelState(counter, tuple(finals))
+        return self.dropout(x), ModelState(counter, layer_states)
 
     def forward(self, tokens: Tensor, state: ModelState | None = None, targets: Tensor | None = None,
                 reset: Tensor | None = None) -> tuple[Tensor, ModelState]:

@@ -10,10 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from fastweights.layers.lstm import LSTMState, run_lstm
-from fastweights.layers.registry import build_layer
+from fastweights.layers.registry import build_layer, task_options
 from fastweights.ops.common import check_reset
 
-from .blocks import PostLNBlock, ResidualBlock
+from .blocks import BlockStack
 from .config import ModelConfig
 
 
@@ -44,6 +44,23 @@ def episode_positions(start: Tensor, reset: Tensor | None, time: int) -> Tensor:
         return start[:, None] + t
     last_reset = torch.where(reset, t, -1).cummax(dim=1).values  # index of the latest reset at or before t
     return torch.where(last_reset >= 0, t - last_reset, start[:, None] + t)
+
+
+def split_state(state: object, batch_size: int, num_layers: int, device: torch.device
+                ) -> tuple[Tensor, tuple[Any, ...] | None]:
+    """Check a model's ``state`` (None or a :class:`ModelState`) and return ``(position [B] on device, layer
+    states)``; None means position 0 and the zero state of every layer (layer states None)."""
+    if state is None:
+        return torch.zeros(batch_size, dtype=torch.long, device=device), None
+    if not isinstance(state, tuple) or len(state) != 2 or not isinstance(state[1], (tuple, list)) \
+            or len(state[1]) != num_layers:
+        raise TypeError(f"state: expected a ModelState(position, layers) with {num_layers} layer "
+                        f"states, got {type(state).__name__}")
+    start, layer_states = state
+    if not isinstance(start, Tensor) or tuple(start.shape) != (batch_size,):
+        raise ValueError(f"state: expected position of shape [B] = [{batch_size}], got "
+                         f"{list(start.shape) if isinstance(start, Tensor) else type(start).__name__}")
+    return start.to(device), tuple(layer_states)
 
 
 def _check_tokens(tokens: object, vocab_size: int, *, name: str, layout: str) -> Tensor:
@@ -121,8 +138,10 @@ class _TokenModel(nn.Module):
 class SequenceModel(_TokenModel):
     """Embedding (not scaled) -> [sinusoidal PE] -> N residual blocks -> [final LN] -> Linear head.
 
-    Fast-weight and other layers: pre-LN :class:`ResidualBlock` s, no final LayerNorm (paper.md B.2). The
-    ``transformer`` model: post-LN blocks, final LayerNorm, attention with biases (paper.md A.9).
+    Fast-weight and other layers: a :class:`~fastweights.models.blocks.BlockStack` of pre-LN blocks, no final
+    LayerNorm (paper.md B.2). The ``transformer`` model: post-LN blocks, final LayerNorm, attention with biases
+    and attention dropout = ``dropout`` (paper.md A.9). Layer options: the layer's ``"algorithmic"`` preset
+    (:func:`fastweights.layers.task_options`) overridden by ``config.layer_options``.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -132,17 +151,14 @@ class SequenceModel(_TokenModel):
         self.config = config
         D = config.d_model
         is_transformer = config.model == "transformer"
-        options = dict(config.layer_options)
+        options = task_options(config.model, "algorithmic", config.layer_options)
         if is_transformer:
-            # nn.TransformerEncoderLayer: in/out projections with bias, dropout on the attention weights
-            options = {"bias": True, "attn_dropout": config.dropout, **options}
-        block_cls = PostLNBlock if is_transformer else ResidualBlock
+            # nn.TransformerEncoderLayer: dropout on the attention weights
+            options = {"attn_dropout": config.dropout, **options}
         self.embedding = nn.Embedding(config.vocab_size, D)
-        self.blocks = nn.ModuleList(
-            block_cls(build_layer(config.model, D, config.num_heads, config.head_dim, **options), config.ff_dim,
-                      config.dropout)
-            for _ in range(config.num_layers)
-        )
+        self.blocks = BlockStack.build(
+            config.num_layers, lambda: build_layer(config.model, D, config.num_heads, config.head_dim, **options),
+            config.ff_dim, config.dropout, norm="post_ln" if is_transformer else "pre_ln")
         self.final_norm = nn.LayerNorm(D) if is_transformer else None
         self.head = nn.Linear(D, config.num_classes)
 
@@ -150,29 +166,20 @@ class SequenceModel(_TokenModel):
         """Zero state: position 0 and every layer's ``initial_state``."""
         device = self.head.weight.device if device is None else device
         return ModelState(torch.zeros(batch_size, dtype=torch.long, device=device),
-                          tuple(b.layer.initial_state(batch_size, device) for b in self.blocks))
+                          self.blocks.initial_state(batch_size, device))
 
     def _hidden(self, tokens: Tensor, state: ModelState | None, reset: Tensor | None
                 ) -> tuple[Tensor, ModelState]:
         B, T = tokens.shape
-        if state is None:
-            start, layer_states = tokens.new_zeros(B, dtype=torch.long), (None,) * len(self.blocks)
-        else:
-            if not isinstance(state, tuple) or len(state) != 2 or len(state[1]) != len(self.blocks):
-                raise TypeError(f"state: expected a ModelState(position, layers) with {len(self.blocks)} layer "
-                                f"states, got {type(state).__name__}")
-            start, layer_states = state
+        start, layer_states = split_state(state, B, len(self.blocks), tokens.device)
         positions = episode_positions(start, reset, T)
         h = self.embedding(tokens)
         if self.config.use_positional_encoding:
             h = h + sinusoidal_encoding(positions, self.config.d_model, h.dtype)
-        finals = []
-        for block, s in zip(self.blocks, layer_states, strict=True):
-            h, s = block(h, s, reset)
-            finals.append(s)
+        h, layer_states = self.blocks(h, layer_states, reset)
         if self.final_norm is not None:
             h = self.final_norm(h)
-        return h, ModelState(positions[:, -1] + 1, tuple(finals))
+        return h, ModelState(positions[:, -1] + 1, layer_states)
 
 
 class LSTMModel(_TokenModel):

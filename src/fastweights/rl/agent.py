@@ -7,13 +7,16 @@ layer as its core.
 
 Cores (``AgentConfig.core``):
 
-* ``"feedforward"``: no core, the heads read the core input (the paper's feed-forward baseline);
-* ``"lstm"``: ``nn.LSTM(core input, lstm_hidden=256)``, 1 layer (the paper's LSTM baseline);
+* ``"feedforward"``: no core, the heads read the core input (the paper's feed-forward baseline; not the registry's
+  ``feedforward`` layer);
+* ``"lstm"``: ``nn.LSTM(core input, lstm_hidden=256)``, 1 layer, no residual block (the paper's LSTM baseline; not
+  the registry's ``lstm`` layer in blocks);
 * any other registry layer (``delta_net``, ``linear_transformer``, ``delta_rnn``, ``rdn``, ``delta_lstm``,
   ``delta_mlp``, ``delta_delta_net``): Linear(core input -> D, bias) -> ``num_layers`` pre-LN residual blocks
-  [layer + FF ``d_ff``] (paper.md B.3; D=128, 2 layers, 4 heads x 32, FF 512 by default) with the RL feature maps of
-  paper.md A.10 (sum-normalised with eps 1e-5 for Delta Net/LT, softmax for Delta RNN) unless ``layer_options`` says
-  otherwise. ``"transformer"`` is refused: its KV cache would grow without bound along an RL stream.
+  [layer + FF ``d_ff``] (a :class:`~fastweights.models.blocks.BlockStack`; paper.md B.3; D=128, 2 layers, 4 heads x
+  32, FF 512 by default) with the layer's RL preset (``TASK_OPTIONS["rl"]``: the feature maps of paper.md A.10,
+  sum-normalised with eps 1e-5 for Delta Net/LT, softmax for Delta RNN) unless ``layer_options`` says otherwise.
+  ``"transformer"`` is refused: its KV cache would grow without bound along an RL stream.
 
 Layout: **batch first** like the rest of the library: ``obs [B, T, ...]``, ``done [B, T]``. ``done[b, t]`` is True
 when ``obs[b, t]`` is the first observation of a new episode: the core state of row b is zeroed before step t
@@ -41,26 +44,24 @@ from ..fields import (
 )
 from ..layers.base import detach_state
 from ..layers.lstm import run_lstm
-from ..layers.registry import available_layers, build_layer, layer_options
-from ..models.blocks import ResidualBlock
+from ..layers.registry import available_layers, build_layer, layer_options, task_options
+from ..models.blocks import BlockStack
 from ..models.config import StackOptions
 
-#: Per-core layer options of the paper's RL layers (paper.md A.10), applied unless ``layer_options`` overrides them.
-RL_LAYER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "delta_net": {"sum_norm_eps": 1e-5},
-    "linear_transformer": {"feature_map": "elu1_sum_norm", "sum_norm_eps": 1e-5},
-    "delta_rnn": {"feature_map": "softmax"},
-    "delta_lstm": {"sum_norm_eps": 1e-5},
-    "delta_delta_net": {},
-    "delta_mlp": {},
-    "rdn": {},
-}
 TORSOS = ("auto", "impala", "conv", "mlp")
+#: Cores that are no registry layer in residual blocks: no core at all, and a bare ``nn.LSTM`` (see the module
+#: docstring; the registry layers of the same names are not used by the agent).
+BASELINE_CORES = ("feedforward", "lstm")
 
 
 def rl_cores() -> list[str]:
     """The core names an :class:`Agent` accepts."""
     return [n for n in available_layers() if n != "transformer"]
+
+
+#: The RL presets of the fast-weight cores (paper.md A.10), as the layers' ``TASK_OPTIONS["rl"]`` give them.
+RL_LAYER_DEFAULTS: dict[str, dict[str, Any]] = {
+    name: task_options(name, "rl") for name in rl_cores() if name not in BASELINE_CORES}
 
 
 @dataclass
@@ -101,7 +102,8 @@ class AgentConfig(AgentOptions, _AgentInputs):
         d_model, num_layers, num_heads, head_dim, d_ff, dropout: the fast-weight core (paper.md B.3).
         lstm_hidden: LSTM core width (256 in the paper).
         prev_action: also feed a one-hot of the previous action to the core (the paper does not: paper.md F.13).
-        layer_options: options of the core layer on top of :data:`RL_LAYER_DEFAULTS`.
+        layer_options: options of the core layer on top of its RL preset (the layer's ``TASK_OPTIONS["rl"]``,
+            see :func:`fastweights.layers.task_options`).
     """
 
     def __post_init__(self) -> None:
@@ -124,9 +126,9 @@ class AgentConfig(AgentOptions, _AgentInputs):
         check_probability("dropout", self.dropout)
         check_bool("prev_action", self.prev_action)
         check_dict("layer_options", self.layer_options)
-        if self.core in ("feedforward", "lstm") and self.layer_options:
+        if self.core in BASELINE_CORES and self.layer_options:
             raise ValueError(f"layer_options: the {self.core} core takes none, got {sorted(self.layer_options)}")
-        if self.core not in ("feedforward", "lstm"):
+        if self.core not in BASELINE_CORES:
             unknown = sorted(set(self.layer_options) - set(layer_options(self.core)))
             if unknown:
                 raise ValueError(f"layer_options: layer {self.core!r} takes no option(s) {unknown}; "
@@ -140,7 +142,8 @@ class AgentConfig(AgentOptions, _AgentInputs):
 
     @property
     def core_layer_options(self) -> dict[str, Any]:
-        return {**RL_LAYER_DEFAULTS.get(self.core, {}), **self.layer_options}
+        """The options of the core layer: its RL preset overridden by ``layer_options``."""
+        return task_options(self.core, "rl", self.layer_options)
 
 
 class _ImpalaResidual(nn.Module):
@@ -226,10 +229,11 @@ class RLCore(nn.Module):
             self.out_dim = config.lstm_hidden
         else:
             self.input_proj = nn.Linear(in_dim, config.d_model)
-            self.blocks = nn.ModuleList(
-                ResidualBlock(build_layer(config.core, config.d_model, config.num_heads, config.head_dim,
-                                          **config.core_layer_options), config.d_ff, config.dropout)
-                for _ in range(config.num_layers))
+            options = config.core_layer_options
+            self.blocks = BlockStack.build(
+                config.num_layers,
+                lambda: build_layer(config.core, config.d_model, config.num_heads, config.head_dim, **options),
+                config.d_ff, config.dropout)
             self.out_dim = config.d_model
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> Any:
@@ -240,7 +244,7 @@ class RLCore(nn.Module):
         if self.kind == "lstm":
             z = torch.zeros(1, batch_size, self.out_dim, device=device, dtype=self.lstm.weight_ih_l0.dtype)
             return (z, z.clone())
-        return tuple(b.layer.initial_state(batch_size, device) for b in self.blocks)
+        return self.blocks.initial_state(batch_size, device)
 
     def _run(self, x: Tensor, state: Any, reset: Tensor | None) -> tuple[Tensor, Any]:
         if self.kind == "feedforward":
@@ -248,17 +252,11 @@ class RLCore(nn.Module):
         if self.kind == "lstm":
             out, s = run_lstm(self.lstm, x, None if state is None else tuple(state), reset)
             return out, (s.h, s.c)
-        h = self.input_proj(x)
-        states = (None,) * len(self.blocks) if state is None else state
-        finals = []
-        for block, s in zip(self.blocks, states, strict=True):
-            h, s = block(h, s, reset)
-            finals.append(s)
-        return h, tuple(finals)
+        return self.blocks(self.input_proj(x), state, reset)
 
     def forward(self, x: Tensor, state: Any = None, reset: Tensor | None = None, *, cut_state_grad: bool = False
                 ) -> tuple[Tensor, Any]:
-        if not cut_state_grad or self.kind in ("feedforward", "lstm"):
+        if not cut_state_grad or self.kind in BASELINE_CORES:
             return self._run(x, state, reset)
         outs = []
         for t in range(x.shape[1]):

@@ -110,6 +110,15 @@ def from_bh_major(a: np.ndarray) -> Tensor:
     return torch.from_numpy(a).transpose(1, 2)
 
 
+def forward_outputs(B: int, H: int, T: int, num_chunks: int, V: int, matrix: tuple[int, ...], dtype: type
+                    ) -> tuple[np.ndarray, ...]:
+    """Empty outputs of a forward kernel whose state per (b, h) is a fast matrix ``[*matrix]`` and the last output
+    ``[V]``: ``(y [B, H, T, V], matrix_T [B, H, *matrix], y_T [B, H, V], the matrix at every chunk start
+    [B, H, num_chunks, *matrix], y there [B, H, num_chunks, V])``."""
+    return (np.empty((B, H, T, V), dtype), np.empty((B, H, *matrix), dtype), np.empty((B, H, V), dtype),
+            np.empty((B, H, num_chunks, *matrix), dtype), np.empty((B, H, num_chunks, V), dtype))
+
+
 def keep_tensor(reset: Tensor | None, B: int, T: int, dtype: torch.dtype) -> Tensor:
     """``1 - reset`` as a contiguous ``[B, T]`` tensor of ``dtype`` (ones without a reset), for the kernels."""
     if reset is None:

@@ -37,7 +37,7 @@ from torch import Tensor
 from ..common import numba as nb
 from ..common.checks import check_float_tensor
 from ..common.delta import feed_forward
-from ..common.numba import as_numpy, from_bh_major, np_dtype, softmax_into, to_bh_major
+from ..common.numba import as_numpy, forward_outputs, from_bh_major, np_dtype, softmax_into, to_bh_major
 from ..common.registry import register
 from ..common.scan import checkpoint_interval
 from ..states import DeltaLSTMState
@@ -345,9 +345,8 @@ def _recurrence(version: int, checkpoint_every: int, keep: Tensor, z: Tensor, rk
     dt = np_dtype(z.dtype)
     NC = -(-T // checkpoint_every)
     arrays = [to_bh_major(x) for x in (z, rk, rv, rbeta)]
-    y = np.empty((B, H, T, V), dt)
-    R_T, y_T, c_T = np.empty((B, H, G, V, V), dt), np.empty((B, H, V), dt), np.empty((B, H, V), dt)
-    cpR, cpy, cpc = np.empty((B, H, NC, G, V, V), dt), np.empty((B, H, NC, V), dt), np.empty((B, H, NC, V), dt)
+    y, R_T, y_T, cpR, cpy = forward_outputs(B, H, T, NC, V, (G, V, V), dt)
+    c_T, cpc = np.empty((B, H, V), dt), np.empty((B, H, NC, V), dt)  # the cell, kept like y
     nb.sync_threads()
     _forward_kernel(version, checkpoint_every, *arrays, as_numpy(keep), *(as_numpy(x) for x in (R0, y0, c0)), y,
                     R_T, y_T, c_T, cpR, cpy, cpc)

@@ -36,7 +36,7 @@ from torch import Tensor
 from ..common import numba as nb
 from ..common.checks import check_float_tensor
 from ..common.delta import feed_forward
-from ..common.numba import as_numpy, from_bh_major, softmax_into, to_bh_major
+from ..common.numba import as_numpy, forward_outputs, from_bh_major, softmax_into, to_bh_major
 from ..common.registry import register
 from ..common.scan import checkpoint_interval
 from ..states import DeltaRNNState
@@ -256,11 +256,7 @@ def _recurrence(v2: bool, C: int, keep: Tensor, z: Tensor, rk: Tensor, rv: Tenso
     NC = -(-T // C)
     zn, rkn, rvn, rbn = (to_bh_major(x) for x in (z, rk, rv, rbeta))
     dt = zn.dtype
-    ys = np.empty((B, H, T, V), dt)
-    RT = np.empty((B, H, V, V), dt)
-    yT = np.empty((B, H, V), dt)
-    Rcp = np.empty((B, H, NC, V, V), dt)
-    ycp = np.empty((B, H, NC, V), dt)
+    ys, RT, yT, Rcp, ycp = forward_outputs(B, H, T, NC, V, (V, V), dt)
     nb.sync_threads()
     _forward_kernel(v2, C, zn, rkn, rvn, rbn, as_numpy(keep), as_numpy(R0), as_numpy(y0), ys, RT, yT, Rcp, ycp)
     # batch-first and contiguous, like the other implementations' outputs

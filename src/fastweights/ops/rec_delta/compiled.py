@@ -37,7 +37,7 @@ from torch import Tensor
 from ..common import numba as nb
 from ..common.checks import check_float_tensor
 from ..common.delta import stack_recurrent
-from ..common.numba import as_numpy, from_bh_major, np_dtype, to_bh_major
+from ..common.numba import as_numpy, forward_outputs, from_bh_major, np_dtype, to_bh_major
 from ..common.registry import register
 from ..common.scan import checkpoint_interval
 from ..states import RecDeltaState
@@ -275,11 +275,7 @@ def _recurrence(checkpoint_every: int, keep: Tensor, q: Tensor, k: Tensor, v: Te
     NC = math.ceil(T / C)
     dt = np_dtype(q.dtype)
     PT = np.ascontiguousarray(as_numpy(P).transpose(0, 2, 1))
-    out = np.empty((B, H, T, D), dt)
-    Wf = np.empty((B, H, D, D), dt)
-    yf = np.empty((B, H, D), dt)
-    cpW = np.empty((B, H, NC, D, D), dt)
-    cpY = np.empty((B, H, NC, D), dt)
+    out, Wf, yf, cpW, cpY = forward_outputs(B, H, T, NC, D, (D, D), dt)
     nb.sync_threads()
     _forward_kernel(to_bh_major(q), to_bh_major(k), to_bh_major(v), to_bh_major(b), PT, as_numpy(keep), as_numpy(W0),
                     as_numpy(y0), C, out, Wf, yf, cpW, cpY)

@@ -163,6 +163,24 @@ def _fwd_state_kernel(k_ptr, v_ptr, w_ptr, uv_ptr, u_ptr, s0_ptr, starts_ptr, st
     tl.store(st_ptr + sbase + kv_off, S, mask=kvmask)
 
 
+@device_fn
+def _chunk_tiles(q_ptr, k_ptr, reset_ptr, b, h, t0, T, H, K, C: tl.constexpr, BK: tl.constexpr,
+                 HAS_RESET: tl.constexpr):
+    """What the intra-chunk kernels read first: the chunk's rows of ``[B * T * H]`` (int64), their in-sequence mask,
+    the queries and keys ``[C, BK]``, the segment ids and their total (:func:`chunk_segments`), and the mask
+    ``same [C, C]`` of the (query i, key j) pairs that see each other (j <= i in one segment)."""
+    offs = tl.arange(0, C)
+    ck = tl.arange(0, BK)
+    tmask = (t0 + offs) < T
+    row = ((b * T + t0 + offs) * H + h).to(tl.int64)
+    kmask = tmask[:, None] & (ck[None, :] < K)
+    qt = tl.load(q_ptr + row[:, None] * K + ck[None, :], mask=kmask, other=0.0)
+    kt = tl.load(k_ptr + row[:, None] * K + ck[None, :], mask=kmask, other=0.0)
+    seg, total = chunk_segments(reset_ptr, b, t0, T, C, HAS_RESET)
+    same = (seg[:, None] == seg[None, :]) & (offs[:, None] >= offs[None, :])
+    return row, tmask, qt, kt, seg, total, same
+
+
 @triton.jit
 def _fwd_output_kernel(q_ptr, k_ptr, v_ptr, u_ptr, starts_ptr, o_ptr, reset_ptr, T, H, K, V, N,
                        C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DELTA: tl.constexpr,
@@ -172,19 +190,13 @@ def _fwd_output_kernel(q_ptr, k_ptr, v_ptr, u_ptr, starts_ptr, o_ptr, reset_ptr,
     bh = tl.program_id(2)
     b = bh // H
     h = bh % H
-    t0 = n * C
     offs = tl.arange(0, C)
     ck = tl.arange(0, BK)
     cv = iv * BV + tl.arange(0, BV)
-    tmask = (t0 + offs) < T
-    row = ((b * T + t0 + offs) * H + h).to(tl.int64)
-    kmask = tmask[:, None] & (ck[None, :] < K)
-    vmask = tmask[:, None] & (cv[None, :] < V)
-    qt = tl.load(q_ptr + row[:, None] * K + ck[None, :], mask=kmask, other=0.0)
-    kt = tl.load(k_ptr + row[:, None] * K + ck[None, :], mask=kmask, other=0.0)
-    seg, _total = chunk_segments(reset_ptr, b, t0, T, C, HAS_RESET)
-    same = (seg[:, None] == seg[None, :]) & (offs[:, None] >= offs[None, :])
+    row, tmask, qt, kt, seg, _total, same = _chunk_tiles(q_ptr, k_ptr, reset_ptr, b, h, n * C, T, H, K, C, BK,
+                                                         HAS_RESET)
     qk = tl.where(same, mm_in(qt, tl.trans(kt), HALF_DOT, PREC), 0.0)
+    vmask = tmask[:, None] & (cv[None, :] < V)
     cb = (bh * N + n).to(tl.int64)
     S = tl.load(starts_ptr + cb * K * V + ck[:, None] * V + cv[None, :],
                 mask=(ck[:, None] < K) & (cv[None, :] < V), other=0.0)
@@ -205,17 +217,10 @@ def _bwd_local_kernel(q_ptr, k_ptr, do_ptr, du_ptr, reset_ptr, T, H, K, V, N,
     bh = tl.program_id(2)
     b = bh // H
     h = bh % H
-    t0 = n * C
     offs = tl.arange(0, C)
-    ck = tl.arange(0, BK)
     cv = iv * BV + tl.arange(0, BV)
-    tmask = (t0 + offs) < T
-    row = ((b * T + t0 + offs) * H + h).to(tl.int64)
-    kmask = tmask[:, None] & (ck[None, :] < K)
-    qt = tl.load(q_ptr + row[:, None] * K + ck[None, :], mask=kmask, other=0.0)
-    kt = tl.load(k_ptr + row[:, None] * K + ck[None, :], mask=kmask, other=0.0)
-    seg, _total = chunk_segments(reset_ptr, b, t0, T, C, HAS_RESET)
-    same = (seg[:, None] == seg[None, :]) & (offs[:, None] >= offs[None, :])
+    row, tmask, qt, kt, _seg, _total, same = _chunk_tiles(q_ptr, k_ptr, reset_ptr, b, h, n * C, T, H, K, C, BK,
+                                                          HAS_RESET)
     qk = tl.where(same, mm_in(qt, tl.trans(kt), HALF_DOT, PREC), 0.0)
     do = tl.load(do_ptr + row[:, None] * V + cv[None, :], mask=tmask[:, None] & (cv[None, :] < V), other=0.0)
     du = mm(tl.trans(qk), do, PREC)
@@ -277,20 +282,15 @@ def _bwd_inputs_kernel(q_ptr, k_ptr, v_ptr, beta_ptr, tm_ptr, starts_ptr, dend_p
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    t0 = n * C
     offs = tl.arange(0, C)
     ck = tl.arange(0, BK)
-    tmask = (t0 + offs) < T
-    row = ((b * T + t0 + offs) * H + h).to(tl.int64)
+    row, tmask, qt, kt, seg, total, same = _chunk_tiles(q_ptr, k_ptr, reset_ptr, b, h, n * C, T, H, K, C, BK,
+                                                        HAS_RESET)
     kmask = tmask[:, None] & (ck[None, :] < K)
-    qt = tl.load(q_ptr + row[:, None] * K + ck[None, :], mask=kmask, other=0.0)
-    kt = tl.load(k_ptr + row[:, None] * K + ck[None, :], mask=kmask, other=0.0)
     qf = qt.to(tl.float32)
     kf = kt.to(tl.float32)
-    seg, total = chunk_segments(reset_ptr, b, t0, T, C, HAS_RESET)
     keep0 = seg == 0
     in_last = seg == total
-    same = (seg[:, None] == seg[None, :]) & (offs[:, None] >= offs[None, :])
     cb = (bh * N + n).to(tl.int64)
     if DELTA:
         beta = tl.load(beta_ptr + row, mask=tmask, other=0.0).to(tl.float32)

@@ -568,6 +568,19 @@ def _f32(*shape, device) -> Tensor:
     return torch.empty(*shape, dtype=torch.float32, device=device)
 
 
+def _forward_outputs(B: int, T: int, H: int, V: int, NC: int, matrix: tuple[int, ...], store_cp: bool,
+                     device: torch.device) -> tuple[Tensor, ...]:
+    """float32 outputs of a recurrent forward kernel whose state per (b, h) is a fast matrix ``[*matrix]`` and the
+    last output ``[V]``: ``(y [B, T, H, V], matrix_T [B, H, *matrix], y_T [B, H, V], matrix at every chunk start
+    [B, H, NC, *matrix], y there [B, H, NC, V])``. Without ``store_cp`` (no backward) the final states stand in
+    for the chunk-start buffers, which the kernel then does not write."""
+    y = _f32(B, T, H, V, device=device)
+    mT, yT = _f32(B, H, *matrix, device=device), _f32(B, H, V, device=device)
+    mcp = _f32(B, H, NC, *matrix, device=device) if store_cp else mT
+    ycp = _f32(B, H, NC, V, device=device) if store_cp else yT
+    return y, mT, yT, mcp, ycp
+
+
 def _zeros_if_none(g: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if g is None else g.to(torch.float32).contiguous()
 
@@ -582,10 +595,7 @@ class _DeltaRNNTriton(torch.autograd.Function):
         NC = triton.cdiv(T, CS)
         dev = z.device
         store_cp = any(ctx.needs_input_grad[3:])
-        y = _f32(B, T, H, V, device=dev)
-        RT, yT = _f32(B, H, V, V, device=dev), _f32(B, H, V, device=dev)
-        rcp = _f32(B, H, NC, V, V, device=dev) if store_cp else RT
-        ycp = _f32(B, H, NC, V, device=dev) if store_cp else yT
+        y, RT, yT, rcp, ycp = _forward_outputs(B, T, H, V, NC, (V, V), store_cp, dev)
         BV = next_pow2(V, 2)
         _rnn_fwd_kernel[(B * H,)](z, rk, rv, rbeta, reset if reset is not None else z, R0, y0, y, RT, yT, rcp, ycp,
                                   T, H, V, NC, CS, BV=BV, V2=v2, HAS_RESET=reset is not None, STORE_CP=store_cp,
@@ -629,11 +639,8 @@ class _DeltaLSTMTriton(torch.autograd.Function):
         NC = triton.cdiv(T, CS)
         dev = z.device
         store_cp = any(ctx.needs_input_grad[3:])
-        y, c = _f32(B, T, H, V, device=dev), _f32(B, T, H, V, device=dev)
-        RT = _f32(B, H, 3, V, V, device=dev)
-        yT, cT = _f32(B, H, V, device=dev), _f32(B, H, V, device=dev)
-        rcp = _f32(B, H, NC, 3, V, V, device=dev) if store_cp else RT
-        ycp = _f32(B, H, NC, V, device=dev) if store_cp else yT
+        y, RT, yT, rcp, ycp = _forward_outputs(B, T, H, V, NC, (3, V, V), store_cp, dev)
+        c, cT = _f32(B, T, H, V, device=dev), _f32(B, H, V, device=dev)  # the cell, kept like y
         ccp = _f32(B, H, NC, V, device=dev) if store_cp else cT
         BV = next_pow2(V, 2)
         _lstm_fwd_kernel[(B * H,)](z, rk, rv, rbeta, reset if reset is not None else z, R0, y0, c0, y, c, RT, yT, cT,
@@ -681,10 +688,7 @@ class _RecDeltaTriton(torch.autograd.Function):
         NC = triton.cdiv(T, CS)
         dev = q.device
         store_cp = any(ctx.needs_input_grad[2:])
-        y = _f32(B, T, H, D, device=dev)
-        WT, yT = _f32(B, H, D, D, device=dev), _f32(B, H, D, device=dev)
-        wcp = _f32(B, H, NC, D, D, device=dev) if store_cp else WT
-        ycp = _f32(B, H, NC, D, device=dev) if store_cp else yT
+        y, WT, yT, wcp, ycp = _forward_outputs(B, T, H, D, NC, (D, D), store_cp, dev)
         BD = next_pow2(D, 2)
         _rdn_fwd_kernel[(B * H,)](q, k, v, b, P, reset if reset is not None else q, W0, y0, y, WT, yT, wcp, ycp,
                                   T, H, D, NC, CS, BD=BD, HAS_RESET=reset is not None, STORE_CP=store_cp,
