@@ -76,7 +76,7 @@ def test_stack_carries_states_and_resets():
 
 
 def test_every_model_runs_one_stack_with_unchanged_keys():
-    lm = build_lm(LMConfig("delta_net", 30, d_model=8, n_layers=2, n_heads=2, d_ff=16, cutoffs=(10,)))
+    lm = build_lm(LMConfig("delta_net", 30, d_model=8, num_layers=2, num_heads=2, d_ff=16, cutoffs=(10,)))
     seq = build_model(ModelConfig("delta_net", 7, 5, d_model=8, num_layers=2, num_heads=2, d_ff=16))
     agent = Agent(AgentConfig("delta_net", (6,), 3, d_model=8, num_heads=2, d_ff=16, torso_dim=12))
     for model, prefix in ((lm, "blocks.1."), (seq, "blocks.1."), (agent, "core.blocks.1.")):
@@ -89,7 +89,7 @@ def test_bad_arguments():
     layer = build_layer("delta_net", 8, 2)
     with pytest.raises(ValueError, match=r"norm: expected one of \['pre_ln', 'post_ln', 'paper'\], got 'sandwich'"):
         ResidualBlock(layer, 16, norm="sandwich")
-    with pytest.raises(ValueError, match="num_layers: expected a positive int, got 0"):
+    with pytest.raises(ValueError, match="num_layers: expected a positive integer, got 0"):
         BlockStack.build(0, lambda: layer, 16)
     stack = BlockStack.build(2, lambda: build_layer("delta_net", 8, 2), 16)
     with pytest.raises(TypeError, match=r"states: expected a tuple of 2 layer states .* got 1 states"):
@@ -99,7 +99,7 @@ def test_bad_arguments():
 
 
 def test_models_check_their_state_in_one_place():
-    lm = build_lm(LMConfig("delta_net", 30, d_model=8, n_layers=2, n_heads=2, d_ff=16, cutoffs=(10,)))
+    lm = build_lm(LMConfig("delta_net", 30, d_model=8, num_layers=2, num_heads=2, d_ff=16, cutoffs=(10,)))
     seq = build_model(ModelConfig("delta_net", 7, 5, d_model=8, num_layers=2, num_heads=2, d_ff=16))
     tokens = torch.zeros(3, 4, dtype=torch.long)
     for model in (lm, seq):
