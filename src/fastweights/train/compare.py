@@ -28,6 +28,7 @@ from ..runs.directory import RunLock, read_json, read_json_file, write_json
 from ..runs.plots import plot_seed_bands
 from .algorithmic import load_task_data, train
 from .config import LMTrainConfig, TrainConfig
+from .lm.evaluate import describe_eval
 
 
 @dataclass
@@ -95,8 +96,9 @@ def _train_in_process(run: GridRun) -> None:
 def _score(task: str, results: dict[str, Any]) -> float:
     """The number a grid compares: test accuracy (algorithmic), test perplexity (lm) or mean evaluation return
     (rl)."""
-    return {"rl": lambda: results["eval"]["mean"], "lm": lambda: results["test"]["ppl"]}.get(
-        task, lambda: results["test"]["acc"])()
+    if task == "rl":
+        return results["eval"]["mean"]
+    return results["test"]["ppl"] if task == "lm" else results["test"]["acc"]
 
 
 #: What :func:`_score` reports, as a progress line says it.
@@ -241,10 +243,7 @@ def format_table(task: str, preset: str | None, rows: list[dict[str, Any]], env:
                          f"{r['train_time_s_mean'] / 60:.1f} min |")
         return "\n".join(lines)
     if task == "lm":
-        mode = rows[0]["test_mode"] if rows else "?"
-        how = {"sliding": f"a sliding window of {rows[0]['test_context'] if rows else '?'} tokens",
-               "carry": "the state carried through the test split",
-               "segments": "non-overlapping segments"}.get(mode, mode)
+        how = describe_eval(rows[0]["test_mode"], rows[0]["test_context"]) if rows else "no finished run"
         lines = [f"lm, preset {preset}: test perplexity of the best-validation checkpoint ({how}), mean ± std over "
                  "seeds", "", "| model | parameters | test ppl | per seed | best valid ppl (segments) | best step | "
                  "tokens/s | train time per run |", "|---|---:|---:|---|---:|---:|---:|---:|"]

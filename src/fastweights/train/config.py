@@ -186,12 +186,14 @@ class LMTrainConfig:
             LMConfig(self.model, max(self.cutoffs, default=1) + 1, **self.model_fields())
         check_run_options(self)
 
+    def paper_protocol(self) -> str:
+        """The paper's evaluation mode for this run: ``carry`` for carried-state runs, else ``sliding``."""
+        return "carry" if self.carry_state else "sliding"
+
     def test_protocol(self) -> str:
-        """The evaluation mode of the end-of-training test: ``test_mode``, with ``auto`` resolved to the paper's
-        protocol (``carry`` for carried-state runs, else ``sliding``)."""
-        if self.test_mode == "auto":
-            return "carry" if self.carry_state else "sliding"
-        return self.test_mode
+        """The evaluation mode of the end-of-training test: ``test_mode``, with ``auto`` resolved to
+        :meth:`paper_protocol`."""
+        return self.paper_protocol() if self.test_mode == "auto" else self.test_mode
 
     def model_fields(self) -> dict[str, Any]:
         """The :class:`~fastweights.models.lm.LMConfig` fields of this run (``"auto"`` choices resolved as the paper

@@ -98,6 +98,13 @@ def _carry_sums(model: LanguageModel, ids: Tensor, chunk: int, device: torch.dev
 
 
 @torch.no_grad()
+def describe_eval(mode: str, context: int) -> str:
+    """How an :func:`evaluate_lm` result of ``mode`` scored its tokens, as a table or a log line says it."""
+    return {"segments": f"non-overlapping segments of {context} tokens",
+            "sliding": f"a sliding window of {context} tokens",
+            "carry": "the state carried through the split"}[mode]
+
+
 def evaluate_lm(model: LanguageModel, ids: Tensor, mode: str = "segments", *, context: int = 256,
                 batch_size: int | None = None, device: torch.device | str | None = None,
                 progress: bool = False) -> dict[str, Any]:

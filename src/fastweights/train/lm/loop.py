@@ -36,7 +36,7 @@ from ...weights import load_state
 from ..config import LMTrainConfig
 from .data import load_lm_data, local_batch_size, make_stream_batcher, train_batch
 from .dist import DistInfo, _all_mean, _gather, _init_process_group, dist_info, parameter_digest, run_device
-from .evaluate import validate
+from .evaluate import describe_eval, validate
 from .generate import VOCAB_FILE, LMVocab
 from .model import _map_state, _ppl, lm_model_config, lr_at
 from .run import evaluate_lm_run, lm_run_vocab
@@ -266,11 +266,9 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
             results["test_time_s"] = time.perf_counter() - t_test
             write_json(run_dir / "results.json", results)
             if not quiet:
-                how = {"segments": f"non-overlapping segments of {cfg.eval_tgt_len} tokens",
-                       "sliding": f"a sliding window of {results['test']['context']} tokens",
-                       "carry": "the state carried through the split"}[mode]
-                hint = (f"; the paper's protocol: fastweights eval {run_dir} --mode "
-                        f"{'carry' if cfg.carry_state else 'sliding'}" if cfg.test_mode == "segments" else "")
+                how = describe_eval(mode, results["test"]["context"])
+                hint = (f"; the paper's protocol: fastweights eval {run_dir} --mode {cfg.paper_protocol()}"
+                        if cfg.test_mode == "segments" else "")
                 print(f"done: test ppl {results['test']['ppl']:.2f} (unigram {results['unigram_ppl']['test']:.1f}; "
                       f"best-validation checkpoint of step {format_count(best['step'])}, {how}), "
                       f"{format_duration(elapsed)} of training; run dir {run_dir}{hint}", flush=True)

@@ -111,7 +111,7 @@ def evaluate_lm_run(run_dir: Path, split: str = "test", mode: str | None = None,
     if batch_size is not None:
         check_positive_int("batch_size", batch_size)
     cfg, corpus, model = load_lm_run(run_dir, checkpoint, device=device, corpus=corpus, data=data)
-    mode = mode or ("carry" if cfg.carry_state else "sliding")
+    mode = mode or cfg.paper_protocol()
     context = context or (cfg.tgt_len if mode == "sliding" else cfg.eval_tgt_len)
     if mode == "segments" and batch_size is None:
         batch_size = cfg.eval_batch_size
