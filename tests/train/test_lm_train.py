@@ -28,6 +28,7 @@ from fastweights.train.lm import (
     generate,
     generate_from_run,
     load_lm_data,
+    load_lm_model,
     lr_at,
     train_lm,
 )
@@ -547,3 +548,67 @@ def test_test_mode_is_checked():
     with pytest.raises(ValueError, match=r"test_mode: expected one of \['sliding', 'carry', 'segments', 'auto'\], "
                                          r"got 'stride'"):
         LMTrainConfig(test_mode="stride").validate()
+
+
+def _stream_reference_loss(model: torch.nn.Module, ids: torch.Tensor, streams: int) -> float:
+    """The mean NLL of ``streams`` contiguous streams of ``ids`` (the rest dropped), each one forward from a zero
+    state in float64: what a validation with the state carried along the streams must equal."""
+    model = model.double()
+    length = ids.numel() // streams
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for j in range(streams):
+            s = ids[j * length:(j + 1) * length].long()
+            nll, _ = model(s[:-1][None], targets=s[1:][None])
+            total, count = total + float(nll.sum()), count + s.numel() - 1
+    return total / count
+
+
+@pytest.mark.parametrize(("valid_mode", "carry", "carried"), [("auto", True, True), ("auto", False, False),
+                                                              ("segments", True, False), ("carry", False, True)])
+def test_the_validation_follows_valid_mode(corpus_dir, tmp_path, valid_mode, carry, carried):
+    """Each metrics row's validation is the last checkpoint's loss on the valid split: with the state carried along
+    eval_batch_size streams (auto with carry_state, or carry), else on segments from a zero state."""
+    cfg = tiny_cfg(corpus_dir, tmp_path, valid_mode=valid_mode, carry_state=carry, positional_encoding="none",
+                   eval_batch_size=3, eval_tgt_len=5, max_steps=20, eval_interval=10, lr=0.02)
+    assert cfg.validation_protocol() == ("carry" if carried else "segments")
+    run = tmp_path / "run"
+    train_lm(cfg, run, quiet=True)
+    _, _, model = load_lm_model(run, "last")
+    corpus = load_lm_data(cfg)
+    if carried:
+        expected = _stream_reference_loss(model, corpus.valid, 3)
+    else:
+        expected = evaluate_lm(model.double(), corpus.valid, "segments", context=5)["loss"]
+        # the two validations differ by far more than the tolerance below, so the test tells them apart
+        assert expected != pytest.approx(_stream_reference_loss(model, corpus.valid, 3), rel=1e-4)
+    assert float(metric_rows(run)[-1]["valid_loss"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_valid_mode_is_checked_and_runs_from_before_it_keep_their_validation(corpus_dir, tmp_path):
+    from fastweights.runs.config import config_from_dict
+
+    with pytest.raises(ValueError, match=r"valid_mode: expected one of \['segments', 'carry', 'auto'\], got 'sliding'"):
+        LMTrainConfig(valid_mode="sliding").validate()
+    with pytest.raises(ConfigError, match="valid_mode: 'carry' needs a fast-weight or recurrent model"):
+        LMTrainConfig(model="transformer", valid_mode="carry").validate()
+    # a config.json without valid_mode validated on segments: a carried-state one keeps that, the others read auto
+    assert config_from_dict({"task": "lm", "carry_state": True}).valid_mode == "segments"
+    assert config_from_dict({"task": "lm", "carry_state": False}).valid_mode == "auto"
+    assert config_from_dict({"task": "lm", "carry_state": True, "valid_mode": "auto"}).valid_mode == "auto"
+    # too few valid tokens for the streams: refused before the run directory is written
+    cfg = tiny_cfg(corpus_dir, tmp_path, carry_state=True, eval_batch_size=10_000)
+    with pytest.raises(ValueError, match=r"eval_batch_size: the validation with the state carried reads 10000 "
+                                         r"streams of at least 2 tokens, but the valid split has \d+ tokens"):
+        train_lm(cfg, tmp_path / "short", quiet=True)
+    assert not (tmp_path / "short" / "metrics.csv").exists()
+
+
+def test_evaluation_builds_no_autograd_graph():
+    """Evaluation runs under no_grad (a graph would hold every activation of a sliding-window pass)."""
+    model = random_lm("delta_net").float()
+    seen = []
+    model.embedding.register_forward_hook(lambda *_: seen.append(torch.is_grad_enabled()))
+    for mode in ("segments", "sliding", "carry"):
+        evaluate_lm(model, torch.arange(30) % 11, mode, context=8)
+    assert seen and not any(seen)

@@ -305,13 +305,16 @@ def checked_fields(cls: type, values: dict[str, Any], where: str = "config: ", s
                    ) -> dict[str, Any]:
     """The values of a ``config.json`` for ``cls``, each checked against its field's type (:func:`check_value`;
     errors start with ``where``), with the keys of earlier versions under their new names
-    (:func:`~fastweights.fields.translate_renamed_keys`). Keys ``cls`` has no field for are dropped (a config.json
+    (:func:`~fastweights.fields.translate_renamed_keys`) and, where ``cls`` has a ``from_earlier_version``, the
+    keys added since with the values earlier runs behaved by. Keys ``cls`` has no field for are dropped (a config.json
     may be newer or older), or refused when ``strict``."""
     names = field_names(cls)
     for old, new in RENAMED_KEYS.items():
         if old in values and new in names:
             check_value(new, values[old], where=where, cls=cls, label=old)
     values = translate_renamed_keys(values)
+    if hasattr(cls, "from_earlier_version"):  # keys added since, with the value that earlier runs behaved by
+        values = cls.from_earlier_version(values)
     if strict:
         for key in values:
             if key not in names:

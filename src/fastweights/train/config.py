@@ -32,6 +32,8 @@ TASKS = (*ALGORITHMIC_TASKS, "lm")
 #: The evaluation modes of :func:`fastweights.train.lm.evaluate_lm`; ``LMTrainConfig.test_mode`` adds ``auto``.
 EVAL_MODES = ("sliding", "carry", "segments")
 TEST_MODES = (*EVAL_MODES, "auto")
+#: The validation modes of ``LMTrainConfig.valid_mode`` (a sliding window is too slow to validate with).
+VALID_MODES = ("segments", "carry", "auto")
 
 
 @dataclass
@@ -151,9 +153,13 @@ class LMTrainConfig:
     tgt_len: int = option(256, "tokens per training segment (the truncated context)")
     carry_state: bool = option(False, "carry the state across consecutive windows of each stream (truncated "
                                       "BPTT)")
-    # evaluation during training: non-overlapping segments from a zero state
+    # evaluation during training: non-overlapping segments, each from a zero state or (carried-state runs) the
+    # state carried along eval_batch_size contiguous streams, as the paper's training loop validates
     eval_tgt_len: int = option(256, "tokens per segment of the validation during training")
-    eval_batch_size: int = option(10, "segments per forward of the validation")
+    eval_batch_size: int = option(10, "segments (or streams, valid_mode carry) per forward of the validation")
+    valid_mode: str = option("auto", "validation during training: segments (each from a zero state), carry (the "
+                                     "state carried along eval_batch_size streams) or auto (carry if carry_state, "
+                                     "else segments)")
     eval_interval: int = option(4000, "updates between validations, metrics rows and checkpoints")
     test_mode: str = option("segments", "final test of best.pt: segments, sliding (tgt_len context), carry, or "
                                         "auto (carry if carry_state, else sliding)")
@@ -179,9 +185,13 @@ class LMTrainConfig:
         check_non_negative_int("warmup_steps", self.warmup_steps)
         check_adam_options(self)
         check_choice("test_mode", self.test_mode, TEST_MODES)
+        check_choice("valid_mode", self.valid_mode, VALID_MODES)
         if self.carry_state and self.model == "transformer":
             raise ConfigError("carry_state: the transformer's state is a KV cache that would grow with every "
                               "window; carry_state needs a fast-weight or recurrent model (or set carry_state=false)")
+        if self.valid_mode == "carry" and self.model == "transformer":
+            raise ConfigError("valid_mode: 'carry' needs a fast-weight or recurrent model; the transformer's state "
+                              "is a KV cache that would grow with every window (use segments or auto)")
         with config_errors():  # the model fields, checked by LMConfig itself (the vocabulary comes with the data)
             LMConfig(self.model, max(self.cutoffs, default=1) + 1, **self.model_fields())
         check_run_options(self)
@@ -194,6 +204,22 @@ class LMTrainConfig:
         """The evaluation mode of the end-of-training test: ``test_mode``, with ``auto`` resolved to
         :meth:`paper_protocol`."""
         return self.paper_protocol() if self.test_mode == "auto" else self.test_mode
+
+    def validation_protocol(self) -> str:
+        """The evaluation mode of the validation during training: ``valid_mode``, with ``auto`` resolved to
+        ``carry`` for carried-state runs (so that the best checkpoint is the one best at what it is tested on),
+        else ``segments``."""
+        if self.valid_mode == "auto":
+            return "carry" if self.carry_state else "segments"
+        return self.valid_mode
+
+    @staticmethod
+    def from_earlier_version(values: dict[str, Any]) -> dict[str, Any]:
+        """The values of a ``config.json`` written before ``valid_mode`` existed, with the validation it ran: such
+        runs validated on segments from a zero state, which ``auto`` still means unless the state is carried."""
+        if "valid_mode" not in values and values.get("carry_state") is True:
+            return {**values, "valid_mode": "segments"}
+        return values
 
     def model_fields(self) -> dict[str, Any]:
         """The :class:`~fastweights.models.lm.LMConfig` fields of this run (``"auto"`` choices resolved as the paper

@@ -31,6 +31,11 @@ def load_lm_data(cfg: LMTrainConfig) -> LMCorpus:
         if corpus.split(split).numel() < 2:
             raise ValueError(f"data: the {split} split has {corpus.split(split).numel()} token(s); at least 2 are "
                              f"needed to score one")
+    n_valid = corpus.valid.numel()
+    if cfg.validation_protocol() == "carry" and n_valid < 2 * cfg.eval_batch_size:
+        raise ValueError(f"eval_batch_size: the validation with the state carried reads {cfg.eval_batch_size} "
+                         f"streams of at least 2 tokens, but the valid split has {n_valid} tokens; lower "
+                         f"eval_batch_size to at most {n_valid // 2}")
     return corpus
 
 

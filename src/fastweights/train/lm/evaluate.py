@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ...fields import check_positive_int
 from ...models.lm import LanguageModel, LMConfig
+from ...tasks.lm import StreamBatcher
 from ...runs.progress import Progress
 from ..config import EVAL_MODES, LMTrainConfig
 from .dist import DistInfo, _all_sum
@@ -97,7 +98,19 @@ def _carry_sums(model: LanguageModel, ids: Tensor, chunk: int, device: torch.dev
     return total, n
 
 
-@torch.no_grad()
+def _stream_sums(model: LanguageModel, ids: Tensor, streams: int, length: int, device: torch.device
+                 ) -> tuple[float, int]:
+    """Summed NLL and count of the tokens of ``streams`` contiguous streams of ``ids`` (Transformer-XL's ordered
+    iterator: the last ``len(ids) % streams`` tokens are dropped), read in windows of ``length`` tokens with the
+    state carried from window to window; each stream starts from a zero state."""
+    total, count, state = 0.0, 0, None
+    for x, y in StreamBatcher(ids, streams, length):
+        nll, state = model(x.to(device), state, targets=y.to(device))
+        total += float(nll.double().sum())
+        count += y.numel()
+    return total, count
+
+
 def describe_eval(mode: str, context: int) -> str:
     """How an :func:`evaluate_lm` result of ``mode`` scored its tokens, as a table or a log line says it."""
     return {"segments": f"non-overlapping segments of {context} tokens",
@@ -105,6 +118,7 @@ def describe_eval(mode: str, context: int) -> str:
             "carry": "the state carried through the split"}[mode]
 
 
+@torch.no_grad()
 def evaluate_lm(model: LanguageModel, ids: Tensor, mode: str = "segments", *, context: int = 256,
                 batch_size: int | None = None, device: torch.device | str | None = None,
                 progress: bool = False) -> dict[str, Any]:
@@ -160,14 +174,20 @@ def evaluate_lm(model: LanguageModel, ids: Tensor, mode: str = "segments", *, co
 @torch.no_grad()
 def validate(model: LanguageModel, ids: Tensor, cfg: LMTrainConfig, device: torch.device,
              dist: DistInfo) -> dict[str, float]:
-    """Segments-mode loss on ``ids`` during training; the segment batches are shared out over the processes."""
+    """The validation loss on ``ids`` during training, by ``cfg.validation_protocol()``: ``segments`` shares the
+    segment batches out over the processes; ``carry`` reads ``eval_batch_size`` contiguous streams of ``ids`` with
+    the state carried from window to window (every process reads them all: one pass costs about as much as one
+    segments validation, and the streams cannot be split without changing the result)."""
     was_training = model.training
     model.eval()
     try:
-        total, count = _segment_sums(model, ids.cpu(), cfg.eval_tgt_len, cfg.eval_batch_size, device,
-                                     dist.rank, dist.world_size)
+        if cfg.validation_protocol() == "carry":
+            total, count = _stream_sums(model, ids.cpu(), cfg.eval_batch_size, cfg.eval_tgt_len, device)
+        else:
+            total, count = _segment_sums(model, ids.cpu(), cfg.eval_tgt_len, cfg.eval_batch_size, device,
+                                         dist.rank, dist.world_size)
+            total, count = _all_sum([total, float(count)], dist, device)
     finally:
         model.train(was_training)
-    total, count = _all_sum([total, float(count)], dist, device)
     loss = total / count
     return {"loss": loss, "ppl": _ppl(loss)}

@@ -155,6 +155,8 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
     if not quiet:
         mode = (f"carried state over {cfg.batch_size} streams ({format_count(len(batcher))} windows per pass)"
                 if batcher else "random segments")
+        if cfg.validation_protocol() == "carry":
+            mode += f", validated with the state carried along {cfg.eval_batch_size} streams"
         at = f"; resumed at step {format_count(step)}" if continues else ""
         print(f"lm {cfg.model}: {format_count(n_params)} parameters; {corpus.summary()}; global batch "
               f"{cfg.batch_size} x {cfg.tgt_len} tokens, {mode}, {format_count(cfg.max_steps)} steps, "
