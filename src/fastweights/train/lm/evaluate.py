@@ -11,8 +11,8 @@ from torch import Tensor
 
 from ...fields import check_positive_int
 from ...models.lm import LanguageModel, LMConfig
-from ...tasks.lm import StreamBatcher
 from ...runs.progress import Progress
+from ...tasks.lm import StreamBatcher
 from ..config import EVAL_MODES, LMTrainConfig
 from .dist import DistInfo, _all_sum
 from .model import _ppl
