@@ -200,6 +200,7 @@ def summarize(runs: list[GridRun]) -> list[dict[str, Any]]:
             rows.append({
                 "model": model, "parameters": items[0][1]["parameters"], "seeds": [r.cfg.seed for r, _ in items],
                 "test_mode": items[0][1]["test"]["mode"], "test_context": items[0][1]["test"]["context"],
+                "valid_mode": items[0][0].cfg.validation_protocol(),
                 "test_ppl": ppl, "test_ppl_mean": statistics.fmean(ppl),
                 "test_ppl_std": statistics.stdev(ppl) if len(ppl) > 1 else 0.0,
                 "valid_ppl_mean": statistics.fmean(res["best_valid"]["valid_ppl"] for _, res in items),
@@ -244,8 +245,9 @@ def format_table(task: str, preset: str | None, rows: list[dict[str, Any]], env:
         return "\n".join(lines)
     if task == "lm":
         how = describe_eval(rows[0]["test_mode"], rows[0]["test_context"]) if rows else "no finished run"
+        valid = {"carry": "state carried", "segments": "segments"}[rows[0]["valid_mode"]] if rows else "segments"
         lines = [f"lm, preset {preset}: test perplexity of the best-validation checkpoint ({how}), mean ± std over "
-                 "seeds", "", "| model | parameters | test ppl | per seed | best valid ppl (segments) | best step | "
+                 "seeds", "", f"| model | parameters | test ppl | per seed | best valid ppl ({valid}) | best step | "
                  "tokens/s | train time per run |", "|---|---:|---:|---|---:|---:|---:|---:|"]
         for r in rows:
             n = len(r["test_ppl"])
