@@ -157,9 +157,8 @@ class LMTrainConfig:
     # state carried along eval_batch_size contiguous streams, as the paper's training loop validates
     eval_tgt_len: int = option(256, "tokens per segment of the validation during training")
     eval_batch_size: int = option(10, "segments (or streams, valid_mode carry) per forward of the validation")
-    valid_mode: str = option("auto", "validation during training: segments (each from a zero state), carry (the "
-                                     "state carried along eval_batch_size streams) or auto (carry if carry_state, "
-                                     "else segments)")
+    valid_mode: str = option("auto", "validation: segments (zero state), carry (state carried along "
+                                     "eval_batch_size streams), auto (carry if carry_state)")
     eval_interval: int = option(4000, "updates between validations, metrics rows and checkpoints")
     test_mode: str = option("segments", "final test of best.pt: segments, sliding (tgt_len context), carry, or "
                                         "auto (carry if carry_state, else sliding)")
