@@ -218,7 +218,7 @@ def _compare(args: argparse.Namespace) -> int:
     else:
         flags = _task_flags(args)
     compare(args.task, [m.strip() for m in args.models.split(",") if m.strip()], args.preset, args.overrides,
-            Path(args.out_dir), flags=flags, seeds=seeds, jobs=args.jobs)
+            Path(args.out_dir), flags=flags, seeds=seeds, jobs=args.jobs, report_only=args.report_only)
     return 0
 
 
@@ -465,6 +465,8 @@ def build_parser(help_task: str | None = None) -> argparse.ArgumentParser:
                                  help="comma-separated seeds, e.g. 11,12,13 (default: the preset's seed)")
         task_parser.add_argument("--jobs", type=int, default=1,
                                  help="runs at a time, each a separate process with the preset's threads (default 1)")
+        task_parser.add_argument("--report-only", action="store_true",
+                                 help="train nothing: summarise the finished runs in --out-dir, name the others")
         _add_overrides(task_parser)
     c.set_defaults(func=_compare)
 

@@ -158,6 +158,14 @@ def test_compare_lm_scores_test_perplexity_under_the_test_mode(tmp_path):
     assert summary.startswith("lm, preset cpu: test perplexity") and "a sliding window of 12 tokens" in summary
     two = compare("lm", ["lstm", "delta_net"], "cpu", overrides, tmp_path / "two", flags, seeds=[1, 2], jobs=2)
     assert [r["test_ppl"] for r in two] == [r["test_ppl"] for r in rows]
+    # --report-only: the finished runs summarised, seed 3 named and not trained
+    report = compare("lm", ["lstm", "delta_net"], "cpu", overrides, tmp_path / "one", flags, seeds=[1, 2, 3],
+                     report_only=True)
+    assert [r["test_ppl"] for r in report] == [r["test_ppl"] for r in rows]
+    assert not (tmp_path / "one" / "lstm-seed3").exists()
+    assert read_json(tmp_path / "one" / "summary.json")["not_finished"] == ["lstm-seed3", "delta_net-seed3"]
+    with pytest.raises(ValueError, match="report_only: no finished run of the grid in"):
+        compare("lm", ["lstm"], "cpu", overrides, tmp_path / "one", flags, seeds=[4], report_only=True)
     carried = compare("lm", ["delta_net"], "cpu", overrides, tmp_path / "carry", {**flags, "carry_state": True},
                       seeds=[1])
     assert carried[0]["test_mode"] == "carry" and carried[0]["valid_mode"] == "carry"

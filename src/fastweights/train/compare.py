@@ -273,8 +273,11 @@ def format_table(task: str, preset: str | None, rows: list[dict[str, Any]], env:
 
 
 def compare(task: str, models: list[str], preset: str | None, overrides: list[str], out_dir: Path,
-            flags: dict[str, Any] | None = None, seeds: list[int] | None = None, jobs: int = 1) -> list[dict[str, Any]]:
-    """Plan, run (resumably) and summarise the grid ``models x seeds``; returns :func:`summarize`'s rows."""
+            flags: dict[str, Any] | None = None, seeds: list[int] | None = None, jobs: int = 1,
+            report_only: bool = False) -> list[dict[str, Any]]:
+    """Plan, run (resumably) and summarise the grid ``models x seeds``; returns :func:`summarize`'s rows.
+    ``report_only``: train nothing; summarise the finished runs and name the others (a grid still in progress, or
+    the published run records copied to a directory)."""
     if jobs < 1:
         raise ValueError(f"jobs: expected a positive integer, got {jobs}")
     if seeds is not None and len(set(seeds)) != len(seeds):
@@ -283,20 +286,32 @@ def compare(task: str, models: list[str], preset: str | None, overrides: list[st
     runs = plan_grid(task, models, seeds, preset, overrides, out_dir, flags)
     out_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(out_dir, argument="out_dir"):  # one grid at a time in out_dir (each run also locks its own directory)
-        return _compare_locked(task, preset, overrides, out_dir, runs, jobs)
+        return _compare_locked(task, preset, overrides, out_dir, runs, jobs, report_only)
 
 
 def _compare_locked(task: str, preset: str | None, overrides: list[str], out_dir: Path, runs: list[GridRun],
-                    jobs: int) -> list[dict[str, Any]]:
+                    jobs: int, report_only: bool) -> list[dict[str, Any]]:
     t0 = time.perf_counter()
-    run_grid(runs, out_dir, jobs)
+    if report_only:  # runs are only read
+        missing = [r.name for r in runs if r.state != "finished"]
+        if len(missing) == len(runs):
+            raise ValueError(f"report_only: no finished run of the grid in {out_dir} "
+                             f"(expected {', '.join(r.name for r in runs)})")
+        if missing:
+            print(f"report only: {len(missing)} of {len(runs)} runs not finished, left out: {', '.join(missing)}",
+                  flush=True)
+    else:
+        run_grid(runs, out_dir, jobs)
     rows = summarize(runs)
     table = format_table(task, preset, rows, env=getattr(runs[0].cfg, "env", None) if runs else None)
     wall = time.perf_counter() - t0
-    print("\n" + table + f"\n\ngrid wall time: {wall / 60:.1f} min ({jobs} job{'s' if jobs > 1 else ''} at a time)")
+    print("\n" + table + ("" if report_only else
+                          f"\n\ngrid wall time: {wall / 60:.1f} min ({jobs} job{'s' if jobs > 1 else ''} at a time)"))
     (out_dir / "summary.md").write_text(table + "\n")
     write_json(out_dir / "summary.json", {"task": task, "preset": preset, "overrides": overrides, "rows": rows,
-                                          "grid_wall_time_s": wall})
+                                          "grid_wall_time_s": None if report_only else wall,
+                                          "not_finished": [r.name for r in runs if r.state != "finished"]
+                                          if report_only else []})
     try:
         groups = {row["model"]: [Path(d) for d in row["run_dirs"]] for row in rows}
         metrics = {"rl": ("episode_return",), "lm": ("valid_ppl", "train_loss")}.get(task, ("valid_acc", "train_loss"))
