@@ -7,7 +7,7 @@
 # Resumable: finished runs are reused and interrupted ones resumed, so re-run it after an interruption.
 # With KEEP=DIR the records of every finished run (config.json, results.json, metrics.csv) and each grid's
 # summary.md and curves.png are copied to DIR/truncated and DIR/carried (docs/runs/lm holds the published ones:
-# `fastweights compare lm ... --out-dir` on a copy of them rebuilds the tables without training).
+# `fastweights compare lm --report-only ... --out-dir` on a copy of them rebuilds the tables without training).
 # Usage: [SEEDS=11,12,13] [KEEP=docs/runs/lm] bash scripts/results_lm.sh [OUT_DIR]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
