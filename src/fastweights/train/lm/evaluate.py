@@ -83,31 +83,19 @@ def _sliding_sums(model: LanguageModel, ids: Tensor, window: int, batch_size: in
     return total, n - 1
 
 
-def _carry_sums(model: LanguageModel, ids: Tensor, chunk: int, device: torch.device,
-                bar: Progress | None = None) -> tuple[float, int]:
-    """One stream (batch 1), read in chunks of ``chunk`` tokens with the state carried across them."""
-    n = ids.numel() - 1
-    state, total = None, 0.0
-    for k, start in enumerate(range(0, n, chunk)):
-        end = min(start + chunk, n)
-        nll, state = model(ids[start:end][None].long().to(device), state,
-                           targets=ids[start + 1:end + 1][None].long().to(device))
-        total += float(nll.double().sum())
-        if bar is not None:
-            bar.update(k + 1)
-    return total, n
-
-
-def _stream_sums(model: LanguageModel, ids: Tensor, streams: int, length: int, device: torch.device
-                 ) -> tuple[float, int]:
+def _stream_sums(model: LanguageModel, ids: Tensor, streams: int, length: int, device: torch.device,
+                 bar: Progress | None = None) -> tuple[float, int]:
     """Summed NLL and count of the tokens of ``streams`` contiguous streams of ``ids`` (Transformer-XL's ordered
     iterator: the last ``len(ids) % streams`` tokens are dropped), read in windows of ``length`` tokens with the
-    state carried from window to window; each stream starts from a zero state."""
+    state carried from window to window; each stream starts from a zero state. ``streams=1`` is the ``carry``
+    evaluation: one pass over the split, every token but the first scored."""
     total, count, state = 0.0, 0, None
-    for x, y in StreamBatcher(ids, streams, length):
+    for k, (x, y) in enumerate(StreamBatcher(ids, streams, length)):
         nll, state = model(x.to(device), state, targets=y.to(device))
         total += float(nll.double().sum())
         count += y.numel()
+        if bar is not None:
+            bar.update(k + 1)
     return total, count
 
 
@@ -160,7 +148,7 @@ def evaluate_lm(model: LanguageModel, ids: Tensor, mode: str = "segments", *, co
         if mode == "sliding":
             total, count = _sliding_sums(model, ids, context, batch_size, device, bar)
         elif mode == "carry":
-            total, count = _carry_sums(model, ids, context, device, bar)
+            total, count = _stream_sums(model, ids, 1, context, device, bar)
         else:
             total, count = _segment_sums(model, ids, context, batch_size, device, bar=bar)
     finally:
