@@ -152,10 +152,14 @@ def test_compare_lm_scores_test_perplexity_under_the_test_mode(tmp_path):
         assert row["test_ppl"] == ppl and row["test_mode"] == "sliding" and row["test_context"] == LM_TINY["tgt_len"]
         assert row["test_ppl_mean"] == pytest.approx(statistics.fmean(ppl))
         assert row["test_ppl_std"] == pytest.approx(statistics.stdev(ppl))
+        steps = [read_json(tmp_path / "one" / f"{row['model']}-seed{s}" / "results.json")["best_valid"]["step"]
+                 for s in (1, 2)]
+        assert row["best_steps"] == steps
     again = evaluate_lm_run(tmp_path / "one" / "delta_net-seed2", "test")
     assert again["mode"] == "sliding" and again["ppl"] == pytest.approx(rows[1]["test_ppl"][1], rel=1e-9)
     summary = (tmp_path / "one" / "summary.md").read_text()
     assert summary.startswith("lm, preset cpu: test perplexity") and "a sliding window of 12 tokens" in summary
+    assert f"| {', '.join(map(str, rows[1]['best_steps']))} |" in summary.split("| delta_net |")[1].split("\n")[0]
     two = compare("lm", ["lstm", "delta_net"], "cpu", overrides, tmp_path / "two", flags, seeds=[1, 2], jobs=2)
     assert [r["test_ppl"] for r in two] == [r["test_ppl"] for r in rows]
     # --report-only: the finished runs summarised, seed 3 named and not trained
@@ -170,8 +174,8 @@ def test_compare_lm_scores_test_perplexity_under_the_test_mode(tmp_path):
                       seeds=[1])
     assert carried[0]["test_mode"] == "carry" and carried[0]["valid_mode"] == "carry"
     assert read_json(tmp_path / "carry" / "delta_net-seed1" / "config.json")["carry_state"] is True
-    assert rows[0]["valid_mode"] == "segments" and "| best valid ppl (segments) |" in summary
-    assert "| best valid ppl (state carried) |" in (tmp_path / "carry" / "summary.md").read_text()
+    assert rows[0]["valid_mode"] == "segments" and "| best valid ppl (segments), mean |" in summary
+    assert "| best valid ppl (state carried), mean |" in (tmp_path / "carry" / "summary.md").read_text()
 
 
 def test_a_grid_written_with_the_old_key_names_is_reused(tmp_path):

@@ -204,7 +204,7 @@ def summarize(runs: list[GridRun]) -> list[dict[str, Any]]:
                 "test_ppl": ppl, "test_ppl_mean": statistics.fmean(ppl),
                 "test_ppl_std": statistics.stdev(ppl) if len(ppl) > 1 else 0.0,
                 "valid_ppl_mean": statistics.fmean(res["best_valid"]["valid_ppl"] for _, res in items),
-                "best_step_mean": statistics.fmean(res["best_valid"]["step"] for _, res in items),
+                "best_steps": [res["best_valid"]["step"] for _, res in items],
                 "tokens_per_s_mean": statistics.fmean(res["tokens_per_s"] for _, res in items),
                 "train_time_s_mean": statistics.fmean(res["train_time_s"] for _, res in items),
                 "run_dirs": [str(r.run_dir) for r, _ in items],
@@ -247,14 +247,14 @@ def format_table(task: str, preset: str | None, rows: list[dict[str, Any]], env:
         how = describe_eval(rows[0]["test_mode"], rows[0]["test_context"]) if rows else "no finished run"
         valid = {"carry": "state carried", "segments": "segments"}[rows[0]["valid_mode"]] if rows else "segments"
         lines = [f"lm, preset {preset}: test perplexity of the best-validation checkpoint ({how}), mean ± std over "
-                 "seeds", "", f"| model | parameters | test ppl | per seed | best valid ppl ({valid}) | best step | "
-                 "tokens/s | train time per run |", "|---|---:|---:|---|---:|---:|---:|---:|"]
+                 "seeds", "", f"| model | parameters | test ppl | per seed | best valid ppl ({valid}), mean | "
+                 "best step per seed | tokens/s | train time per run |", "|---|---:|---:|---|---:|---:|---:|---:|"]
         for r in rows:
             n = len(r["test_ppl"])
             cell = f"{r['test_ppl_mean']:.1f} ± {r['test_ppl_std']:.1f} ({n})" if n > 1 else f"{r['test_ppl_mean']:.1f}"
             lines.append(f"| {r['model']} | {r['parameters']:,} | {cell} | "
                          f"{', '.join(f'{x:.1f}' for x in r['test_ppl'])} | {r['valid_ppl_mean']:.1f} | "
-                         f"{r['best_step_mean']:.0f} | {r['tokens_per_s_mean']:,.0f} | "
+                         f"{', '.join(str(s) for s in r['best_steps'])} | {r['tokens_per_s_mean']:,.0f} | "
                          f"{r['train_time_s_mean'] / 60:.1f} min |")
         return "\n".join(lines)
     code = task == "code-exec"
