@@ -17,6 +17,7 @@
     fastweights plot RUN_DIR... --out F.png   learning curves of several runs
     fastweights memory [--op ...]             peak memory of forward+backward: default path vs naive step loop
     fastweights bench [--shapes tiny,paper]   speed of every op and layer against the naive loop and the matmul peak
+    fastweights selftest [--device cuda]      check the Triton kernels (CPU: the CPU implementations) vs float64
 
 Errors in what the user typed (unknown model or key, a bad value, a missing directory, an unreadable file) are
 printed as one line (``fastweights: error: ...``) with exit status 2; failures of the machine or the run (a full
@@ -521,6 +522,8 @@ def build_parser(help_task: str | None = None) -> argparse.ArgumentParser:
     sub.add_parser("memory", help="peak memory of an op's forward+backward vs the naive loop", add_help=False)
     sub.add_parser("bench", help="speed and memory of every op and layer: default vs naive loop, matmul peak",
                    add_help=False)
+    sub.add_parser("selftest", help="check the Triton kernels on this GPU against float64 (correctness, speed)",
+                   add_help=False)
     return p
 
 
@@ -534,6 +537,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bench.ops_bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["selftest"]:
+        from .selftest import main as selftest_main
+
+        return selftest_main(argv[1:])
     help_task = None
     if argv[:1] in (["train"], ["data"], ["compare"]) and {"-h", "--help"} & set(argv):
         help_task = next((a for a in argv[1:] if a in TASKS), None)

@@ -169,8 +169,10 @@ def test_feature_map_table():
 # -------------------------------------------------------------------------------------------- registry
 
 SEQUENTIAL_DEFAULT = "compiled" if NUMBA_AVAILABLE else "checkpointed"
+LINEAR_DEFAULT = "compiled" if NUMBA_AVAILABLE else "chunked"  # the chunked form for heads above MAX_HEAD
 DEFAULTS = {
-    "sum_rule": "chunked", "delta_rule": "chunked", "delta_delta": "chunked", "delta_mlp": "chunked",
+    "sum_rule": LINEAR_DEFAULT, "delta_rule": LINEAR_DEFAULT, "delta_delta": LINEAR_DEFAULT,
+    "delta_mlp": LINEAR_DEFAULT,
     "delta_rnn": SEQUENTIAL_DEFAULT, "delta_lstm": SEQUENTIAL_DEFAULT, "rec_delta": SEQUENTIAL_DEFAULT,
 }
 
@@ -187,4 +189,35 @@ def test_available_implementations_lists_every_op_with_its_default_first():
 def test_available_implementations_returns_a_copy():
     impls = ops.available_implementations()
     impls["sum_rule"].clear()
-    assert ops.available_implementations()["sum_rule"][0] == "chunked"
+    assert ops.available_implementations()["sum_rule"][0] == LINEAR_DEFAULT
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("eps", [0.0, 1e-3])
+def test_elu_feature_maps_backward_matches_autograd_of_the_formula(eps, compiled, monkeypatch):
+    """The hand-written backward of ``elu_plus_one`` / ``elu_sum_norm`` (the compiled kernels and the PyTorch
+    path) against autograd through the formula, on a strided view like the layers pass."""
+    from fastweights.ops.common import compiled_feature_maps
+
+    if compiled:
+        pytest.importorskip("numba")
+    else:
+        monkeypatch.setattr(compiled_feature_maps, "usable", lambda x: False)
+    wide = 3 * torch.randn(3, 5, 2, 11, dtype=torch.float64)
+    wide[0, 0, 0, :3] = torch.tensor([0.0, -800.0, 40.0], dtype=torch.float64)  # the kink, underflow, large
+    x = wide[..., :7]
+    assert not x.is_contiguous()
+    def elu1(t):
+        return torch.where(t > 0, t + 1, torch.exp(t.clamp(max=0))).clamp_min(torch.finfo(t.dtype).tiny)
+
+    for fn, formula in (
+        (elu_plus_one, elu1),
+        (lambda t: elu_sum_norm(t, eps), lambda t: elu1(t) / (elu1(t).sum(-1, keepdim=True) + eps)),
+    ):
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = fn(a), formula(b)
+        g = torch.randn_like(ya)
+        (ga,), (gb,) = torch.autograd.grad(ya, a, g), torch.autograd.grad(yb, b, g)
+        torch.testing.assert_close(ya, yb, rtol=1e-15, atol=0)
+        torch.testing.assert_close(ga, gb, rtol=1e-12, atol=1e-300)
+    assert torch.autograd.gradcheck(lambda t: elu_sum_norm(t, eps), (x[:1, :2].clone().requires_grad_(),))

@@ -369,3 +369,42 @@ def test_empty_sequence(case, impl):
     assert out.shape[1] == 0
     for name, a, e in zip(st_names, fin, st):
         assert torch.equal(a, e), name
+
+
+# ------------------------------------------------------------------------------------- activated arguments
+
+
+def test_value_check_is_skipped_inside_activated_arguments_only():
+    from fastweights.ops.common.checks import activated_arguments
+
+    q = torch.rand(1, 3, 1, 2)
+    bad_beta = torch.full((1, 3, 1), 2.0)
+    with pytest.raises(ValueError, match=r"beta: expected values in \[0, 1\]"):
+        ops.delta_rule(q, q, q, bad_beta)
+    with activated_arguments():
+        ops.delta_rule(q, q, q, bad_beta)  # a layer's sigmoid output: not read again
+        with pytest.raises(ValueError, match="beta: expected shape"):  # shape checks still run
+            ops.delta_rule(q, q, q, bad_beta[:, :2])
+    with pytest.raises(ValueError, match=r"beta: expected values in \[0, 1\]"):
+        ops.delta_rule(q, q, q, bad_beta)
+
+
+@pytest.mark.parametrize("name", ["delta_net", "delta_rnn", "delta_mlp", "delta_delta_net", "delta_lstm"])
+def test_layers_do_not_run_value_checks(name, monkeypatch):
+    from fastweights.layers import build_layer
+    from fastweights.ops.common import checks
+
+    decisions = []
+    original = checks._value_checks_for
+
+    def spy(t):
+        decisions.append(original(t))
+        return decisions[-1]
+
+    monkeypatch.setattr(checks, "_value_checks_for", spy)
+    layer = build_layer(name, 16, 2, 8)
+    layer(torch.randn(2, 5, 16))[0].sum().backward()
+    assert decisions and not any(decisions)  # asked, and told to skip, at every check
+    decisions.clear()
+    ops.delta_rule(*(torch.rand(1, 3, 1, 2),) * 3, torch.rand(1, 3, 1))
+    assert decisions == [True]  # a direct call still checks

@@ -584,6 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", default=None, help="also write every measurement as JSON")
     p.add_argument("--load-sample", type=float, default=LOAD_SAMPLE_S, metavar="SECONDS",
                    help="how long the CPUs' busy fraction is sampled before and after the run")
+    p.add_argument("--train", action="store_true",
+                   help="time whole training steps of every model instead (its options: fastweights bench --train "
+                        "--help)")
     return p
 
 
@@ -681,6 +684,11 @@ def _run(ops: list[str], layers: list[str], shapes: list[tuple[str, tuple[int, i
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--train" in argv:  # a mode with options of its own
+        from .train_bench import main as train_main
+
+        return train_main([x for x in argv if x != "--train"])
     p = build_parser()
     a = p.parse_args(argv)
     ops = _parse_list(p, "--ops", a.ops, OPS)

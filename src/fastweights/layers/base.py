@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from fastweights.fields import check_bool, check_choice, check_number, check_positive_int
 from fastweights.ops import feature_maps as fm
 from fastweights.ops.common import check_reset
+from fastweights.ops.common.checks import activated_arguments
 
 # Names accepted by the ``feature_map`` option of the layers that allow a choice (paper.md A.2, A.10).
 FEATURE_MAP_NAMES = ("elu1_sum_norm", "elu1", "softmax", "dpfp", "favor")
@@ -236,7 +237,8 @@ class FastWeightLayer(SequenceLayer):
 
     def _forward(self, x: Tensor, state: Any, reset: Tensor | None) -> tuple[Tensor, Any]:
         B, T, _ = x.shape
-        o, state = self._fast(self.slow_net(x), state, reset)
+        with activated_arguments():  # the layer's write strengths come from a sigmoid: no value check
+            o, state = self._fast(self.slow_net(x), state, reset)
         if self.output_scale:
             o = o * (1.0 / math.sqrt(self.head_dim))
         return self.out_proj(o.reshape(B, T, self.num_heads * self.head_dim)), state

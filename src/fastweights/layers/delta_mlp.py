@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from fastweights import ops
 from fastweights.ops import feature_maps as fm
+from fastweights.ops.common.checks import activated_arguments
 
 from .base import FastWeightLayer, check_nonnegative_float, check_positive_int, resolve_head_dim
 
@@ -78,8 +79,9 @@ class DeltaMLP(FastWeightLayer):
         value_pieces = value_block.split([f, d] * L, dim=-1)
         betas = torch.sigmoid(b.view(B, T, H, 2 * L)).unbind(-1)
         keys = [fm.elu_sum_norm(k, eps) for k in key_pieces]
-        o, final = ops.delta_mlp(q, keys, list(value_pieces), list(betas), norms=list(self.norms), eps=eps,
-                                 initial_state=state, reset=reset, output_final_state=True, impl=self.impl)
+        with activated_arguments():  # the betas come from a sigmoid: no value check
+            o, final = ops.delta_mlp(q, keys, list(value_pieces), list(betas), norms=list(self.norms), eps=eps,
+                                     initial_state=state, reset=reset, output_final_state=True, impl=self.impl)
         if self.output_scale:
             o = o * (d ** -0.5)
         return self.out_proj(o.reshape(B, T, H * d)), final

@@ -8,16 +8,41 @@ Value checks (``beta`` inside [0, 1]) need to read the tensor; on CUDA that is a
 They therefore run by default only for CPU tensors. :func:`set_value_checks` switches them on or off
 everywhere (``True``/``False``) or back to the default (``None``). Code traced by ``torch.compile`` skips them
 (reading a value would break the graph); shape, dtype and device checks still run while tracing.
+
+They guard what a user passes to an op. The layers pass write strengths that come out of a sigmoid (or a
+softmax), which cannot leave [0, 1]: they call the ops inside :func:`activated_arguments`, so that a training
+step does not read every ``beta`` once more (a full pass over the tensor per check).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
 
 _VALUE_CHECKS: bool | None = None
+_ACTIVATED: contextvars.ContextVar[bool] = contextvars.ContextVar("fastweights_activated_arguments", default=False)
+
+
+def activated_arguments() -> contextlib.AbstractContextManager[None]:
+    """Inside this block the ops skip their value checks: for callers whose probability arguments come from a
+    sigmoid or softmax (the layers), not from a user. Shape, dtype and device checks still run. (While
+    ``torch.compile`` traces, value checks are off anyway and the block does nothing.)"""
+    if torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    return _activated()
+
+
+@contextlib.contextmanager
+def _activated() -> Iterator[None]:
+    token = _ACTIVATED.set(True)
+    try:
+        yield
+    finally:
+        _ACTIVATED.reset(token)
 
 
 def set_value_checks(enabled: bool | None) -> None:
@@ -27,7 +52,7 @@ def set_value_checks(enabled: bool | None) -> None:
 
 
 def _value_checks_for(t: Tensor) -> bool:
-    if torch.compiler.is_compiling():  # a data-dependent check would break the graph
+    if torch.compiler.is_compiling() or _ACTIVATED.get():  # a data-dependent check would break the graph
         return False
     if _VALUE_CHECKS is None:
         return t.device.type == "cpu"

@@ -3,7 +3,7 @@
 * :func:`read`, :func:`recurrent_delta_update`: the key-major read ``M^T x`` and one delta write, as step functions
   of :func:`~fastweights.ops.common.scan.checkpointed_scan` use them;
 * :func:`feed_forward`: the fast matrices driven by slow-net outputs only (``z = W^T q``, any gate axis folded into
-  the heads), run by the chunked delta rule of whichever backend (``impl``);
+  the heads), run by the delta rule (``impl``: its implementation; by default the fastest for the inputs);
 * :func:`prepare_state`: the validated initial state (zeros when None) in the compute dtype;
 * :func:`check_recurrent_inputs`, :func:`check_version`: argument checks of the recurrent ops;
 * :func:`recurrent_args`, :func:`prepare_recurrent`, :func:`dispatch_recurrent`: the arguments, their validation
@@ -124,7 +124,7 @@ def prepare_state(initial_state: object, fields: Sequence[tuple[str, str]], dims
 
 def feed_forward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, W0: Tensor, reset: Tensor | None,
                  impl: str | None = None) -> tuple[Tensor, Tensor]:
-    """``z = W^T q`` of the feed-forward fast matrices and their final state, by the chunked delta rule.
+    """``z = W^T q`` of the feed-forward fast matrices and their final state, by the delta rule.
 
     ``q, k [B, T, H, *G, K]``, ``v [B, T, H, *G, V]``, ``beta [B, T, H, *G]``, ``W0 [B, H, *G, K, V]``; the gate
     axes ``G`` (the Delta LSTM's three gates) are independent delta rules, so they are folded into the heads.

@@ -30,6 +30,9 @@ COMPILED_DTYPES = (torch.float32, torch.float64)
 if NUMBA_AVAILABLE:
     kernel = numba.njit(cache=True, fastmath=False)  # a per-sequence function, compiled once
     parallel_kernel = numba.njit(parallel=True, cache=True, fastmath=False)  # distributes the (b, h) pairs
+    # reductions may be reordered and a multiply-add fused (no assumption about NaN, inf or signed zeros beyond
+    # that): what lets LLVM vectorise a dot product and keep several partial sums in flight
+    reordering_kernel = numba.njit(cache=True, fastmath={"reassoc", "contract"})
     prange = numba.prange
 else:  # pragma: no cover - the registry never selects a compiled implementation without numba
 
@@ -37,6 +40,7 @@ else:  # pragma: no cover - the registry never selects a compiled implementation
         return fn
 
     parallel_kernel = kernel
+    reordering_kernel = kernel
     prange = range
 
 

@@ -14,7 +14,12 @@ CPU inputs these entries are simply not meant for the device (no fallback notice
 
 Inputs float32/bfloat16/float16 (float64 runs the PyTorch implementation), states and accumulation float32,
 outputs in the input dtype. Calls the kernels do not take (float64, too large heads) go to the next implementation
-through the registry's ``supports`` (:func:`supports_linear`, :func:`supports_recurrent`). See ``docs/gpu.md``.
+through the registry's ``supports`` (:func:`supports_linear`, :func:`supports_recurrent`).
+
+Every entry gets the first-use check of :mod:`.safety` through :func:`register_triton`: the first call per (op,
+version, CUDA device, dtype) compares the kernel with the PyTorch implementation on a tiny input, and a kernel that
+raises or disagrees is switched off there for the rest of the process, with one warning
+(:func:`set_triton_check`, ``FASTWEIGHTS_TRITON_CHECK=0``: off). See ``docs/gpu.md``.
 """
 
 from __future__ import annotations
@@ -24,16 +29,28 @@ from collections.abc import Callable
 from torch import Tensor
 
 from ..common.registry import Choice, register
+from . import safety
 from ._support import MAX_KEY_DIM, MAX_VALUE_DIM, triton_missing
+from .safety import reset_triton_checks, set_triton_check, triton_check, triton_check_enabled, triton_check_results
+
+__all__ = [
+    "FLOAT64", "PRIORITY", "linear_rule_triton", "register_triton", "reset_triton_checks", "set_triton_check",
+    "supports_linear", "supports_recurrent", "triton_check", "triton_check_enabled", "triton_check_results",
+]
 
 PRIORITY = 30  # above "compiled" (20) and the PyTorch implementations (10)
 FLOAT64 = Choice("float64 inputs stay in float64 (the kernels compute in float32)")
 
 
 def register_triton(op: str, supports: Callable[..., str | None]) -> Callable[[Callable], Callable]:
-    """Register ``fn`` as ``impl="triton"`` of ``op`` (CUDA tensors; ``supports`` refusals go to the next one)."""
-    return register(op, "triton", priority=PRIORITY, supports=supports, available=triton_missing,
-                    devices=("cuda",), covers_all=False)
+    """Register ``fn`` as ``impl="triton"`` of ``op`` (CUDA tensors; ``supports`` refusals go to the next one),
+    behind the first-use check of :mod:`.safety` (a failed check is one more refusal)."""
+
+    def deco(fn: Callable) -> Callable:
+        return register(op, "triton", priority=PRIORITY, supports=safety.guard(op, "triton", supports, fn),
+                        available=triton_missing, devices=("cuda",), covers_all=False)(fn)
+
+    return deco
 
 
 def _refusal(q: object, size: int, limit: int, what: str) -> str | None:

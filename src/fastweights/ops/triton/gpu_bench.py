@@ -3,7 +3,7 @@
     python -m fastweights.ops.triton.gpu_bench [--json PATH] [--budget-s 330] [--cases delta_rule,...]
     python -m fastweights.ops.triton.gpu_bench --device cpu --tiny     # smoke run of the harness on a CPU
 
-For every case (the issue's shapes below), on one device and in one process:
+For every case (``FULL_CASES``), on one device and in one process:
 
 * **numerics** first: our default implementation (``impl=None``: ``triton`` on CUDA tensors) against the float64
   PyTorch implementation (``chunked`` for the sum/delta rule, ``checkpointed`` for the recurrent ops; both are
@@ -22,8 +22,9 @@ Targets: sum/delta rule fwd+bwd within ``FLA_TARGET`` x the fastest fla kernel; 
 ``NAIVE_TARGET`` x faster than the naive loop; bf16 outputs within 1e-2 and gradients within 2e-2 of float64.
 
 Prints a table, then one line ``JSON {...}`` (also written to ``--json``) with the GPU's name and every number. Optional
-sides (naive, fla) are skipped with a note once ``--budget-s`` seconds have passed, so that the run stays within
-about six minutes on an H100.
+sides (naive, fla) are skipped with a note once ``--budget-s`` seconds have passed, to bound the run's length.
+
+``fastweights selftest`` (:mod:`fastweights.selftest`) reuses the inputs, timing and reporting pieces of this module.
 """
 
 from __future__ import annotations
@@ -45,11 +46,13 @@ import torch
 from torch import Tensor
 
 from ... import ops
+from . import safety
+from .safety import rel_err  # relative Frobenius error (= relative RMSE), shared with the first-use check
 
 FLA_TARGET = 1.2  # ours / fastest fla, fwd+bwd, at most
 NAIVE_TARGET = 50.0  # naive / ours, fwd+bwd, at least
-TOLERANCES = {"bf16": (1e-2, 2e-2), "fp16": (1e-2, 2e-2), "fp32": (1e-3, 1e-3)}  # (outputs, gradients)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+TOLERANCES = {name: safety.TOLERANCES[dt] for name, dt in DTYPES.items()}  # (outputs, gradients)
 ORACLE = {name: spec.fast_oracle for name, spec in ops.SPECS.items()}  # the float64 oracle at benchmark sizes
 
 
@@ -105,9 +108,10 @@ def prefix(args: list[Tensor], n_time: int, steps: int) -> list[Tensor]:
 
 
 def op_fn(case: Case, impl: str | None, output_final_state: bool = False) -> Callable[..., tuple]:
-    fn = getattr(ops, case.op)
+    """``f(*args) -> (output, final state)``: the op on the flat arguments of :func:`make_args` with ``impl``."""
+    spec = ops.SPECS[case.op]
     kw = {} if case.version is None else {"version": case.version}
-    return lambda *xs: fn(*xs, impl=impl, output_final_state=output_final_state, **kw)
+    return lambda *xs: spec.call(xs, impl=impl, output_final_state=output_final_state, **kw)
 
 
 # ------------------------------------------------------------------------------------------------ fla
@@ -164,8 +168,10 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_ms(fn: Callable[[], object], device: str, warmup: int, reps: int) -> float:
-    """Median milliseconds per call after ``warmup`` calls (CUDA events on a GPU)."""
+def time_ms(fn: Callable[[], object], device: str, warmup: int, reps: int,
+            stat: Callable[[list[float]], float] = statistics.median) -> float:
+    """Milliseconds per call after ``warmup`` calls, the ``stat`` (median; ``min``) of ``reps`` timings (CUDA events
+    on a GPU)."""
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -182,16 +188,17 @@ def time_ms(fn: Callable[[], object], device: str, warmup: int, reps: int) -> fl
             t0 = time.perf_counter()
             fn()
             times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times)
+    return stat(times)
 
 
 def _leaves(args: list[Tensor]) -> list[Tensor]:
     return [a.detach().clone().requires_grad_() for a in args]
 
 
-def measure(f: Callable[..., Tensor], args: list[Tensor], device: str, warmup: int, reps: int) -> dict:
-    """fwd (no_grad) and fwd+bwd (gradients of every input) times of ``f(*args) -> out`` and the peak memory of
-    fwd+bwd."""
+def measure(f: Callable[..., Tensor], args: list[Tensor], device: str, warmup: int, reps: int,
+            stat: Callable[[list[float]], float] = statistics.median) -> dict:
+    """fwd (no_grad) and fwd+bwd (gradients of every input) times of ``f(*args) -> out`` (:func:`time_ms`) and the
+    peak memory of fwd+bwd."""
     leaves = _leaves(args)
     with torch.no_grad():
         w = torch.randn_like(f(*leaves), dtype=torch.float32).to(args[0].dtype)
@@ -203,23 +210,16 @@ def measure(f: Callable[..., Tensor], args: list[Tensor], device: str, warmup: i
     def fwd_bwd():
         torch.autograd.grad(f(*leaves), leaves, w)
 
-    res = {"fwd_ms": time_ms(fwd, device, warmup, reps)}
+    res = {"fwd_ms": time_ms(fwd, device, warmup, reps, stat)}
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    res["fwd_bwd_ms"] = time_ms(fwd_bwd, device, warmup, reps)
+    res["fwd_bwd_ms"] = time_ms(fwd_bwd, device, warmup, reps, stat)
     res["peak_mem_gb"] = ((torch.cuda.max_memory_allocated() - base) / 2**30) if device.startswith("cuda") else None
     return res
 
 
 # ------------------------------------------------------------------------------------------------ numerics
-
-
-def rel_err(a: Tensor, e: Tensor) -> float:
-    a, e = a.detach().to(torch.float64), e.detach().to(torch.float64)
-    den = e.norm().item()
-    num = (a - e).norm().item()
-    return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
 
 
 def grads_of(f: Callable[..., Tensor], args: list[Tensor], w: Tensor) -> tuple[Tensor, list[Tensor]]:
