@@ -38,10 +38,11 @@ from .feature_maps import (
 from .rec_delta import rec_delta
 from .states import DeltaDeltaState, DeltaLSTMState, DeltaRNNState, RecDeltaState
 from .sum_rule import sum_rule
+from .triton import set_triton_check
 
 __all__ = [
     "SPECS", "DeltaDeltaState", "DeltaLSTMState", "DeltaRNNState", "OpSpec", "RecDeltaState",
     "available_implementations", "check_reset", "delta_delta", "delta_lstm", "delta_mlp", "delta_rnn", "delta_rule",
     "dpfp", "elu_plus_one", "elu_sum_norm", "favor_plus", "feature_maps", "orthogonal_gaussian_projection",
-    "rec_delta", "set_value_checks", "softmax", "sum_norm", "sum_rule",
+    "rec_delta", "set_triton_check", "set_value_checks", "softmax", "sum_norm", "sum_rule",
 ]
