@@ -71,9 +71,10 @@ def _backward_kernel(x, g, eps, tiny, normalize, gx):
 
 
 def usable(x: Tensor) -> bool:
-    """Whether the kernels take ``x``: a CPU float32/float64 tensor with a last axis, numba installed."""
-    return (nb.NUMBA_AVAILABLE and x.device.type == "cpu" and x.dtype in nb.COMPILED_DTYPES and x.dim() >= 1
-            and x.numel() > 0)
+    """Whether the kernels take ``x``: a CPU float32/float64 tensor with a last axis, numba installed, and no
+    ``torch.compile`` tracing (which traces the PyTorch form of the maps instead)."""
+    return (nb.NUMBA_AVAILABLE and not torch.compiler.is_compiling() and x.device.type == "cpu"
+            and x.dtype in nb.COMPILED_DTYPES and x.dim() >= 1 and x.numel() > 0)
 
 
 def _rows(x: Tensor) -> np.ndarray:
