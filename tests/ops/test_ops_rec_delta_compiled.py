@@ -217,3 +217,37 @@ def test_errors_match_checkpointed():
     with pytest.raises(ValueError) as e2:
         call(REC, bad, st, impl="checkpointed")
     assert str(e1.value) == str(e2.value)
+
+
+def test_non_contiguous_inputs_give_identical_results():
+    """The kernels read the ``[B, T, H, ...]`` inputs in place: non-contiguous views (every other step and head of
+    larger tensors, strided slow matrices and state) give bit-identical outputs and gradients to contiguous ones."""
+    T = 11
+    _, xs, _, st = make_inputs(REC, B=3, T=T, H=H, K=D, seed=21)
+    reset = standard_reset(3, T, boundaries=(4,))
+    ref = run_with_grads(REC, xs, st, reset, impl="compiled", checkpoint_every=4)
+
+    def per_step(x: torch.Tensor) -> torch.Tensor:  # inside a tensor with twice the steps and heads
+        big = torch.randn(x.shape[0], 2 * x.shape[1], 2 * x.shape[2], *x.shape[3:], dtype=x.dtype)
+        big[:, ::2, 1::2] = x
+        return big[:, ::2, 1::2]
+
+    def strided(x: torch.Tensor) -> torch.Tensor:  # the last axis with stride 2
+        return torch.stack([x, torch.randn_like(x)], dim=-1)[..., 0]
+
+    xs_nc = [per_step(x) for x in xs[:4]] + [strided(x) for x in xs[4:]]
+    st_nc = [strided(s) for s in st]
+    assert all(torch.equal(a, e) and not a.is_contiguous() for a, e in zip(xs_nc + st_nc, xs + st))
+    got = run_with_grads(REC, xs_nc, st_nc, reset, impl="compiled", checkpoint_every=4)
+    for a, e in zip([got[0], *got[1], *got[2], *got[3]], [ref[0], *ref[1], *ref[2], *ref[3]]):
+        assert torch.equal(a, e)
+
+
+@pytest.mark.parametrize(("Bn", "T", "Hn", "Dn", "chunk"), [(1, 7, 1, 2, 3), (3, 13, 5, 7, 4), (2, 9, 3, 19, 20)])
+def test_odd_sizes_match_reference(Bn, T, Hn, Dn, chunk):
+    """Odd batch, head and head sizes (not multiples of a vector width; D = 2), chunks that do not divide T."""
+    names, xs, st_names, st = make_inputs(REC, B=Bn, T=T, H=Hn, K=Dn, seed=31 + Dn)
+    reset = make_reset(Bn, T, [(0, 5), (Bn - 1, T - 1)])
+    got = run_with_grads(REC, xs, st, reset, impl="compiled", checkpoint_every=chunk)
+    ref = run_with_grads(REC, xs, st, reset, impl="reference")
+    compare_runs(REC, got, ref, TOL, names, st_names)
