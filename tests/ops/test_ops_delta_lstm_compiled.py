@@ -94,6 +94,36 @@ def test_gradcheck(version):
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_odd_sizes_match_reference(version):
+    """Odd batch, head and value sizes (V = 5, not a multiple of a vector width), K != V, a ragged last chunk and
+    resets inside and at the start of chunks."""
+    case, T = LSTM[version], 11
+    names, xs, st_names, st = make_inputs(case, B=3, T=T, H=3, K=7, V=5, seed=40 + version)
+    reset = make_reset(3, T, [(0, 4), (1, 5), (2, 10)])
+    got = run_with_grads(case, xs, st, reset, impl="compiled", checkpoint_every=4)
+    ref = run_with_grads(case, xs, st, reset, impl="reference")
+    compare_runs(case, got, ref, TOL, names, st_names)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_non_contiguous_inputs_give_identical_results(dtype):
+    """Inputs and initial state as strided views (a [B, H, T, ...] layout seen batch-first, every other element
+    of a larger tensor) give bit-identical outputs, final states and gradients to contiguous copies."""
+    case, T = LSTM[4], 13
+    _, xs, _, st = make_inputs(case, T=T, **SHAPE, dtype=dtype, seed=9)
+    reset = standard_reset(2, T, boundaries=(5,))
+    strided = [x.transpose(1, 2).contiguous().transpose(1, 2) for x in xs[:4]]
+    strided += [torch.stack([x, x], dim=-1)[..., 0] for x in xs[4:]]
+    st_strided = [torch.stack([s, s], dim=1)[:, 1] if i % 2 else s.transpose(0, 1).contiguous().transpose(0, 1)
+                  for i, s in enumerate(st)]
+    assert not all(x.is_contiguous() for x in strided + st_strided)
+    got = run_with_grads(case, strided, st_strided, reset, impl="compiled", checkpoint_every=4)
+    want = run_with_grads(case, xs, st, reset, impl="compiled", checkpoint_every=4)
+    for a, b in zip([got[0], *got[1], *got[2], *got[3]], [want[0], *want[1], *want[2], *want[3]]):
+        assert torch.equal(a, b)
+
+
 # ------------------------------------------------------------------------------------------- precision
 
 
@@ -145,7 +175,7 @@ def test_reset_equals_two_independent_runs(version):
 
 def test_inputs_not_mutated():
     """Inputs, initial state and reset are bit-identical after forward + backward, and nothing returned
-    shares memory with them (including inputs already laid out [B, H, T, ...], which to_bh_major does not copy)."""
+    shares memory with them (including contiguous inputs, which the kernels read without a copy)."""
     case, T = LSTM[4], 19
     _, xs, _, st = make_inputs(case, T=T, **SHAPE)
     xs = [x.transpose(1, 2).contiguous().transpose(1, 2).requires_grad_() for x in xs]

@@ -36,6 +36,7 @@ from torch.autograd.function import once_differentiable
 from . import numba as nb
 from .checks import check_float_tensor
 from .chunked import _single_step, prepare_linear_inputs
+from .numba import as_numpy as _np  # a contiguous numpy view, short for the kernel calls
 from .scan import checkpoint_interval
 
 # ------------------------------------------------------------------------------------------------- kernels
@@ -224,10 +225,6 @@ def _backward_kernel(delta, C, q, k, v, beta, keep, Scp, Wv, go, gST, gq, gk, gv
 
 
 # ------------------------------------------------------------------------------------------------- autograd
-
-
-def _np(x: Tensor) -> np.ndarray:
-    return x.detach().contiguous().numpy()
 
 
 # Two entry points share the kernels. In eager mode an autograd.Function (:class:`_LinearRecurrence`) calls them

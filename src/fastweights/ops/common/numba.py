@@ -33,6 +33,9 @@ if NUMBA_AVAILABLE:
     # reductions may be reordered and a multiply-add fused (no assumption about NaN, inf or signed zeros beyond
     # that): what lets LLVM vectorise a dot product and keep several partial sums in flight
     reordering_kernel = numba.njit(cache=True, fastmath={"reassoc", "contract"})
+    # a helper inlined into its callers at numba's IR level: a call per head and step costs about as much as a
+    # step at V = 16 (helpers take whole arrays and indices: slicing a view per head and step is as costly)
+    inline_kernel = numba.njit(inline="always", cache=True, fastmath={"reassoc", "contract"})
     prange = numba.prange
 else:  # pragma: no cover - the registry never selects a compiled implementation without numba
 
@@ -41,25 +44,26 @@ else:  # pragma: no cover - the registry never selects a compiled implementation
 
     parallel_kernel = kernel
     reordering_kernel = kernel
+    inline_kernel = kernel
     prange = range
 
 
-@kernel
-def softmax_into(x, out):
-    """``out = softmax(x)`` over a vector ``[V]`` (max-subtracted, like torch.softmax); ``out`` may be ``x``."""
+@inline_kernel
+def softmax_inplace(x):
+    """``x = softmax(x)`` over a vector ``[V]`` (max-subtracted, like torch.softmax), in ``x``'s dtype."""
     V = x.shape[0]
     if V == 0:
         return
-    m = x[0]
-    for v in range(1, V):
-        m = max(m, x[v])
-    s = 0.0
-    for v in range(V):
-        e = np.exp(x[v] - m)
-        out[v] = e
-        s += e
-    for v in range(V):
-        out[v] = out[v] / s
+    mx = x[0]
+    for j in range(1, V):
+        mx = max(mx, x[j])
+    tot = x.dtype.type(0)
+    for j in range(V):
+        e = np.exp(x[j] - mx)
+        x[j] = e
+        tot += e
+    for j in range(V):
+        x[j] = x[j] / tot
 
 
 def numba_missing() -> str | None:
@@ -82,7 +86,7 @@ def np_dtype(dtype: torch.dtype) -> type:
 
 
 def as_numpy(x: Tensor) -> np.ndarray:
-    """A C-contiguous numpy array of ``x`` as it is (e.g. batch-head-major states), without autograd."""
+    """A C-contiguous numpy array of ``x`` (a no-op for a contiguous tensor), without autograd."""
     return x.detach().contiguous().numpy()
 
 
@@ -102,25 +106,6 @@ def sync_threads() -> None:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
-
-
-def to_bh_major(x: Tensor) -> np.ndarray:
-    """``[B, T, H, ...]`` -> a C-contiguous numpy array ``[B, H, T, ...]`` (each (b, h) sequence contiguous)."""
-    return x.detach().transpose(1, 2).contiguous().numpy()
-
-
-def from_bh_major(a: np.ndarray) -> Tensor:
-    """Inverse of :func:`to_bh_major`: ``[B, H, T, ...]`` numpy -> ``[B, T, H, ...]`` tensor."""
-    return torch.from_numpy(a).transpose(1, 2)
-
-
-def forward_outputs(B: int, H: int, T: int, num_chunks: int, V: int, matrix: tuple[int, ...], dtype: type
-                    ) -> tuple[np.ndarray, ...]:
-    """Empty outputs of a forward kernel whose state per (b, h) is a fast matrix ``[*matrix]`` and the last output
-    ``[V]``: ``(y [B, H, T, V], matrix_T [B, H, *matrix], y_T [B, H, V], the matrix at every chunk start
-    [B, H, num_chunks, *matrix], y there [B, H, num_chunks, V])``."""
-    return (np.empty((B, H, T, V), dtype), np.empty((B, H, *matrix), dtype), np.empty((B, H, V), dtype),
-            np.empty((B, H, num_chunks, *matrix), dtype), np.empty((B, H, num_chunks, V), dtype))
 
 
 def keep_tensor(reset: Tensor | None, B: int, T: int, dtype: torch.dtype) -> Tensor:

@@ -23,9 +23,17 @@ t+1 sent back), ``gc`` that of c_t and ``G^g`` that of R^g_t:
     gy' = a * (ga - <a, ga>)  (v2-v4: softmax Jacobian)  |  ga  (v1)
     gradients of R_{t-1}, y_{t-1}, c_{t-1}: m gR', m gy', m gc'
 
-The forward kernel keeps the state at the start of every chunk of ``checkpoint_every`` steps; the backward kernel
-recomputes one chunk at a time from it into per-(b, h) buffers and walks the chunk backwards. All kernel
-arrays are ``[B, H, T, ...]`` (each (b, h) sequence contiguous).
+The kernels run one batch row per ``prange`` iteration and interleave its heads inside the time loop (``for t:
+for h:``): consecutive steps of the loop body belong to independent heads, so the out-of-order core overlaps their
+dependency chains. They read the inputs and write the outputs and input gradients in their batch-first
+``[B, T, H, 3, V]`` layout (no transposing copies) and compile with reassociation and contraction allowed
+(``nb.reordering_kernel``), so that the loops over ``V`` vectorise. ``R`` is key-major (``R[g, k, v]``; every row
+contiguous), the forward updates it in place and fuses the write, the read ``R_t^T a`` and the next step's old
+value ``R_t^T rk_{t+1}`` into one pass over ``R`` (a reset at ``t + 1`` scales that old value by ``m_{t+1}``, as it
+scales ``R_t``). The forward keeps the state at the start of every chunk of ``checkpoint_every`` steps
+(``[B, H, NC, ...]``); the backward recomputes one chunk of every head of its row from them with the forward's
+step (the reset applied in place, so the buffers hold ``R', y', c'``) into per-row buffers and walks the chunk
+backwards, head by head within each step.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from torch import Tensor
 from ..common import numba as nb
 from ..common.checks import check_float_tensor
 from ..common.delta import feed_forward
-from ..common.numba import as_numpy, forward_outputs, from_bh_major, np_dtype, softmax_into, to_bh_major
+from ..common.numba import as_numpy as _np  # a contiguous numpy view, short for the kernel calls
 from ..common.registry import register
 from ..common.scan import checkpoint_interval
 from ..states import DeltaLSTMState
@@ -45,287 +53,298 @@ from . import prepare
 
 # ------------------------------------------------------------------------------------------------ kernels
 
-
-@nb.kernel
-def _dot(x, y):
-    """``sum_v x[v] y[v]`` for vectors of length >= 1, in their dtype, with four partial sums: without
-    fastmath the compiler may not reorder a single running sum, which would serialise the adds."""
-    n = x.shape[0]
-    if n < 4:
-        s = x[0] * y[0]
-        for i in range(1, n):
-            s += x[i] * y[i]
-        return s
-    s0, s1, s2, s3 = x[0] * y[0], x[1] * y[1], x[2] * y[2], x[3] * y[3]
-    i = 4
-    while i + 4 <= n:
-        s0 += x[i] * y[i]
-        s1 += x[i + 1] * y[i + 1]
-        s2 += x[i + 2] * y[i + 2]
-        s3 += x[i + 3] * y[i + 3]
-        i += 4
-    s = (s0 + s1) + (s2 + s3)
-    while i < n:
-        s += x[i] * y[i]
-        i += 1
-    return s
-
-
-@nb.kernel
-def _reset(kp, R, y, c):
-    """Multiply the state ``R [3, V, V]``, ``y, c [V]`` by the keep flag in place (a no-op for kp = 1)."""
-    if kp != 1.0:
-        R *= kp
-        y *= kp
-        c *= kp
-
-
-@nb.kernel
-def _reset_into(kp, R, y, c, Rr, yr, cr):
-    """``Rr, yr, cr = kp R, kp y, kp c`` (the reset state, into scratch buffers of the same shapes)."""
-    for g in range(R.shape[0]):
-        for k in range(R.shape[1]):
-            for v in range(R.shape[2]):
-                Rr[g, k, v] = kp * R[g, k, v]
-    for v in range(y.shape[0]):
-        yr[v] = kp * y[v]
-        cr[v] = kp * c[v]
-
-
-@nb.kernel
-def _step(version, Rsrc, Rdst, yprev, cprev, z, rk, rv, rbeta, a, d, gate, cnew, ynew):
-    """One step of one (batch, head), after the reset.
-
-    In: ``Rsrc [3, V, V]`` = R', ``yprev, cprev [V]`` = y', c' (the reset previous state), ``z, rk, rv [3, V]``,
-    ``rbeta [3]``.
-    Out: ``Rdst [3, V, V]`` = R_t (a different array from ``Rsrc``), ``a [V]`` the fed-back copy, ``d [3, V]`` the write
-    residuals ``rv - R'^T rk``, ``gate [3, V]`` = (i, u, o), ``cnew, ynew [V]``. The backward needs exactly these.
-    """
-    G, V = z.shape
-    if version == 1:
-        for v in range(V):
-            a[v] = yprev[v]
-    else:
-        softmax_into(yprev, a)
+@nb.inline_kernel
+def _old_value(R, r0, r1, rk, b, t, h, old):
+    """``old[h, g] = R[r0, r1, g]^T rk[b, t, h, g]`` for every gate (``R [., ., G, V, V]``, ``old [H, G, V]``)."""
+    G, V = old.shape[1], old.shape[2]
     for g in range(G):
-        Rs, Rd, dg, pg = Rsrc[g], Rdst[g], d[g], gate[g]
-        # residual of the write, read with the old matrix; accumulated row by row (key-major R: each row is
-        # contiguous) so that the inner loops are vectorisable axpys
         for v in range(V):
-            dg[v] = 0.0
+            old[h, g, v] = old.dtype.type(0)
         for k in range(V):
-            r, Rk = rk[g, k], Rs[k]
+            r = rk[b, t, h, g, k]
             for v in range(V):
-                dg[v] += r * Rk[v]
-        for v in range(V):
-            dg[v] = rv[g, v] - dg[v]
-        # write, and read the recurrent term R_t^T a with the new matrix in the same pass
-        for v in range(V):
-            pg[v] = 0.0
+                old[h, g, v] += R[r0, r1, g, k, v] * r
+
+
+@nb.inline_kernel
+def _scale(m, R, r0, r1, Rr, q0, q1, y, c):
+    """The reset ``Rr[q0, q1] = m R[r0, r1]`` (``[G, V, V]``; may be the same), ``y *= m``, ``c *= m`` (multiply, not
+    assign, so that the semantics match the reference exactly)."""
+    G, V = R.shape[2], R.shape[3]
+    for g in range(G):
         for k in range(V):
-            w, ak, Rsk, Rdk = rbeta[g] * rk[g, k], a[k], Rs[k], Rd[k]
             for v in range(V):
-                val = Rsk[v] + w * dg[v]
-                Rdk[v] = val
-                pg[v] += ak * val
-        for v in range(V):
-            pg[v] = z[g, v] + pg[v]  # pre-activation p^g
+                Rr[q0, q1, g, k, v] = R[r0, r1, g, k, v] * m
     for v in range(V):
-        i = 1.0 / (1.0 + np.exp(-gate[0, v]))
-        u = gate[1, v] if version == 4 else 1.0 / (1.0 + np.exp(-gate[1, v]))
-        o = 1.0 / (1.0 + np.exp(-gate[2, v]))
+        y[v] *= m
+        c[v] *= m
+
+
+@nb.inline_kernel
+def _step(version, Rp, p0, p1, Rn, n0, n1, m, old, b, t, h, z, rk, rv, rbeta, a, c, d, gate, y):
+    """Head ``h`` of batch row ``b``, step ``t``, after the reset. ``Rp[p0, p1] [G, V, V]`` = R' (the reset state);
+    ``R_t`` goes to ``Rn[n0, n1]`` (may be the same array and index). ``old[h] [G, V]``: ``R_{t-1}^T rk_t`` (before the
+    reset) on entry, ``R_t^T rk_{t+1}`` on exit (the next step's old value, fused into the write). ``a [V]``: y' on
+    entry, the fed-back ``a_t`` on exit; ``c [V]``: c' on entry, ``c_t`` on exit. Writes the write residuals
+    ``d [G, V]``, ``gate [G, V]`` = (i, u, o) and ``y [V]`` = ``y_t``. The backward needs exactly these."""
+    G, V = d.shape
+    T = z.shape[1]
+    zero = y.dtype.type(0)
+    one = y.dtype.type(1)
+    if version != 1:
+        nb.softmax_inplace(a)
+    tn = t + 1 if t + 1 < T else t
+    for g in range(G):
+        bt = rbeta[b, t, h, g]
+        for v in range(V):
+            d[g, v] = rv[b, t, h, g, v] - m * old[h, g, v]  # (m R_{t-1})^T rk_t
+            gate[g, v] = zero
+            old[h, g, v] = zero
+        # the write R_t = R' + rbeta rk d^T and both reads of R_t (the recurrent term, the next old value)
+        for k in range(V):
+            w = bt * rk[b, t, h, g, k]
+            ak = a[k]
+            kn = rk[b, tn, h, g, k]
+            for v in range(V):
+                r = Rp[p0, p1, g, k, v] + w * d[g, v]
+                Rn[n0, n1, g, k, v] = r
+                gate[g, v] += ak * r
+                old[h, g, v] += kn * r
+        for v in range(V):
+            gate[g, v] = z[b, t, h, g, v] + gate[g, v]  # pre-activation p^g
+    for v in range(V):
+        i = one / (one + np.exp(-gate[0, v]))
+        u = gate[1, v] if version == 4 else one / (one + np.exp(-gate[1, v]))
+        o = one / (one + np.exp(-gate[2, v]))
         gate[0, v] = i
         gate[1, v] = u
         gate[2, v] = o
-        cn = i * u + (1.0 - i) * cprev[v]
-        cnew[v] = cn
+        cn = i * u + (one - i) * c[v]
+        c[v] = cn
         if version == 3:
-            ynew[v] = o * cn + z[1, v]
+            y[v] = o * cn + z[b, t, h, 1, v]
         else:
-            ynew[v] = o * cn
+            y[v] = o * cn
     if version == 1:
-        softmax_into(ynew, ynew)
+        nb.softmax_inplace(y)
 
 
-@nb.kernel
-def _step_backward(version, kp, Rsrc, Rt, cprev, cnew, ynew, a, d, gate, rk, rbeta, gy, gc, GR, gyprev,
-                   gz, grk, grv, grbeta, gh, gp, ga, gd):
-    """Back-propagate one step of one (batch, head) (the inverse data flow of :func:`_reset` + :func:`_step`).
-
-    In: the step's saved quantities (``Rsrc`` = R' and ``cprev`` = c' after the reset, ``Rt`` = R_t, ``cnew``,
-    ``ynew``, ``a``, ``d``, ``gate``), its keep flag ``kp``, ``gy [V]`` the total gradient of y_t (output + later
-    steps), ``gc [V]`` and ``GR [3, V, V]`` the gradients of c_t and R_t.
-    Out: ``gc``, ``GR`` overwritten with the gradients of c_{t-1}, R_{t-1} (before the reset), ``gyprev [V]`` that
-    of y_{t-1}; ``gz, grk, grv [3, V]`` and ``grbeta [3]`` of the step inputs. ``gh, gp, ga, gd`` are scratch.
-    """
-    G, V = gate.shape
-    # output: y = softmax(h) (v1) | h (+ z^u for v3)
-    if version == 1:
-        s = _dot(gy, ynew)
+@nb.reordering_kernel
+def _forward_row(version, C, b, z, rk, rv, rbeta, keep, R0, y0, c0, ys, RT, yT, cT, cpR, cpy, cpc):
+    """Batch row ``b``: z, rk, rv ``[B, T, H, 3, V]``, rbeta ``[B, T, H, 3]``, keep ``[B, T]``, R0
+    ``[B, H, 3, V, V]``, y0, c0 ``[B, H, V]``. Writes ys ``[B, T, H, V]``, the final RT, yT, cT and the state at
+    the start of every chunk of ``C`` steps (before that step's reset) into cpR ``[B, H, NC, 3, V, V]``, cpy, cpc
+    ``[B, H, NC, V]``."""
+    T, H, G, V = z.shape[1], z.shape[2], z.shape[3], z.shape[4]
+    dt = z.dtype
+    old = np.empty((H, G, V), dt)  # R_{t-1}^T rk_t, computed by the previous step
+    yc = np.empty((H, V), dt)  # y_{t-1} of every head
+    a = np.empty(V, dt)
+    d = np.empty((G, V), dt)
+    gate = np.empty((G, V), dt)
+    y = np.empty(V, dt)
+    for h in range(H):  # the running state lives in the outputs RT, cT
         for v in range(V):
-            gh[v] = ynew[v] * (gy[v] - s)
-    else:
-        for v in range(V):
-            gh[v] = gy[v]
-    # h = o c_t;  c_t = i u + (1 - i) c';  gates from the pre-activations p
-    for v in range(V):
-        i, u, o = gate[0, v], gate[1, v], gate[2, v]
-        go = gh[v] * cnew[v]
-        gct = gc[v] + gh[v] * o
-        gi = gct * (u - cprev[v])
-        gu = gct * i
-        gc[v] = gct * (1.0 - i)
-        gp[0, v] = gi * i * (1.0 - i)
-        gp[1, v] = gu if version == 4 else gu * u * (1.0 - u)
-        gp[2, v] = go * o * (1.0 - o)
-        gz[0, v] = gp[0, v]
-        gz[1, v] = gp[1, v] + gy[v] if version == 3 else gp[1, v]
-        gz[2, v] = gp[2, v]
-    for k in range(V):
-        ga[k] = 0.0
-    for g in range(G):
-        Gg, Rtg, Rsg, gpg, dg = GR[g], Rt[g], Rsrc[g], gp[g], d[g]
-        rb = rbeta[g]
-        for v in range(V):
-            gd[v] = 0.0
-        gb = 0.0
-        # row by row: the read p = z + R_t^T a gives ga and adds a gp^T to dL/dR_t; with the completed row of
-        # dL/dR_t =: G, the write R_t = R' + rbeta rk d^T gives dL/drbeta = rk^T G d, dL/drk = rbeta G d (direct
-        # part) and dL/dd = rbeta G^T rk (accumulated in gd)
-        for k in range(V):
-            ak, r, Gk = a[k], rk[g, k], Gg[k]
-            ga[k] += _dot(Rtg[k], gpg)
-            for v in range(V):
-                Gk[v] += ak * gpg[v]
-            sd = _dot(Gk, dg)
-            for v in range(V):
-                gd[v] += r * Gk[v]
-            gb += r * sd
-            grk[g, k] = rb * sd
-        grbeta[g] = gb
-        for v in range(V):
-            gd[v] = rb * gd[v]  # dL/dd = dL/drv
-            grv[g, v] = gd[v]
-        # the residual d = rv - R'^T rk: dL/dR' = G - rk gd^T, dL/drk -= R' gd
-        for k in range(V):
-            r, Gk = rk[g, k], Gg[k]
-            grk[g, k] -= _dot(Rsg[k], gd)
-            for v in range(V):
-                Gk[v] -= r * gd[v]
-    # the fed-back copy a = y' (v1) | softmax(y') (v2-v4)
-    if version == 1:
-        for v in range(V):
-            gyprev[v] = ga[v]
-    else:
-        s = _dot(ga, a)
-        for v in range(V):
-            gyprev[v] = a[v] * (ga[v] - s)
-    # the reset y' = kp y_{t-1} (and R', c')
-    if kp != 1.0:
-        GR *= kp
-        gc *= kp
-        gyprev *= kp
-
-
-@nb.parallel_kernel
-def _forward_kernel(version, C, z, rk, rv, rbeta, keep, R0, y0, c0, y_out, R_out, y_last, c_last, cpR, cpy, cpc):
-    """Forward over ``z, rk, rv [B, H, T, 3, V]``, ``rbeta [B, H, T, 3]``, ``keep [B, T]`` from ``R0 [B, H, 3, V, V]``,
-    ``y0, c0 [B, H, V]``. Writes ``y_out [B, H, T, V]``, the final ``R_out, y_last, c_last`` and the state at the
-    start of every chunk of ``C`` steps (before that step's reset) into ``cpR [B, H, NC, 3, V, V]``,
-    ``cpy, cpc [B, H, NC, V]``."""
-    B, H, T, G, V = z.shape
-    for bh in nb.prange(B * H):
-        b, h = bh // H, bh % H
-        # R ping-pongs between two buffers: a step that reads and writes the same array cannot be vectorised
-        # (the compiler's runtime overlap check fails and it falls back to scalar code)
-        R, Rnext = np.empty((G, V, V), z.dtype), np.empty((G, V, V), z.dtype)
-        R[:] = R0[b, h]
-        yprev = y0[b, h].copy()
-        cprev = c0[b, h].copy()
-        cnew = np.empty(V, z.dtype)
-        a = np.empty(V, z.dtype)
-        d = np.empty((G, V), z.dtype)
-        gate = np.empty((G, V), z.dtype)
-        for t in range(T):
-            if t % C == 0:
-                cpR[b, h, t // C] = R
-                cpy[b, h, t // C] = yprev
-                cpc[b, h, t // C] = cprev
-            _reset(keep[b, t], R, yprev, cprev)
-            _step(version, R, Rnext, yprev, cprev, z[b, h, t], rk[b, h, t], rv[b, h, t], rbeta[b, h, t],
-                  a, d, gate, cnew, y_out[b, h, t])
-            R, Rnext = Rnext, R
-            yprev[:] = y_out[b, h, t]
-            cprev[:] = cnew
-        R_out[b, h] = R
-        y_last[b, h] = yprev
-        c_last[b, h] = cprev
-
-
-@nb.parallel_kernel
-def _backward_kernel(version, C, z, rk, rv, rbeta, keep, cpR, cpy, cpc, gy_out, gR_T, gy_T, gc_T,
-                     gz, grk, grv, grbeta, gR0, gy0, gc0):
-    """Backward of :func:`_forward_kernel`. In: its inputs and checkpoints, ``gy_out [B, H, T, V]`` and the
-    gradients of the final state ``gR_T [B, H, 3, V, V]``, ``gy_T, gc_T [B, H, V]``. Out: ``gz, grk, grv
-    [B, H, T, 3, V]``, ``grbeta [B, H, T, 3]`` and the initial-state gradients ``gR0, gy0, gc0``."""
-    B, H, T, G, V = z.shape
-    NC = cpR.shape[2]
-    Cm = min(C, T)
-    for bh in nb.prange(B * H):
-        b, h = bh // H, bh % H
-        # one chunk's recomputed states: Rs[j], Ys[j], Cs[j] hold the state entering step t0 + j (before its
-        # reset; the reset state of a reset step goes to the scratch Rr, yr, cr), so Rs[j + 1] is R after the
-        # step; the other buffers hold the per-step quantities that _step_backward needs
-        Rs = np.empty((Cm + 1, G, V, V), z.dtype)
-        Ys = np.empty((Cm + 1, V), z.dtype)
-        Cs = np.empty((Cm + 1, V), z.dtype)
-        As = np.empty((Cm, V), z.dtype)
-        Ds = np.empty((Cm, G, V), z.dtype)
-        Gt = np.empty((Cm, G, V), z.dtype)
-        Rr = np.empty((G, V, V), z.dtype)
-        yr = np.empty(V, z.dtype)
-        cr = np.empty(V, z.dtype)
-        # gradient carries (w.r.t. the state after the current step) live in the initial-state outputs
-        GR = gR0[b, h]
-        GR[:] = gR_T[b, h]
-        gy = gy0[b, h]
-        gy[:] = gy_T[b, h]
-        gc = gc0[b, h]
-        gc[:] = gc_T[b, h]
-        gyt = np.empty(V, z.dtype)
-        gh = np.empty(V, z.dtype)
-        gp = np.empty((G, V), z.dtype)
-        ga = np.empty(V, z.dtype)
-        gd = np.empty(V, z.dtype)
-        for ci in range(NC - 1, -1, -1):
-            t0 = ci * C
-            n = min(C, T - t0)
-            Rs[0] = cpR[b, h, ci]
-            Ys[0] = cpy[b, h, ci]
-            Cs[0] = cpc[b, h, ci]
-            for j in range(n):
-                t = t0 + j
-                kp = keep[b, t]
-                if kp != 1.0:
-                    _reset_into(kp, Rs[j], Ys[j], Cs[j], Rr, yr, cr)
-                    _step(version, Rr, Rs[j + 1], yr, cr, z[b, h, t], rk[b, h, t], rv[b, h, t], rbeta[b, h, t],
-                          As[j], Ds[j], Gt[j], Cs[j + 1], Ys[j + 1])
-                else:
-                    _step(version, Rs[j], Rs[j + 1], Ys[j], Cs[j], z[b, h, t], rk[b, h, t], rv[b, h, t],
-                          rbeta[b, h, t], As[j], Ds[j], Gt[j], Cs[j + 1], Ys[j + 1])
-            for j in range(n - 1, -1, -1):
-                t = t0 + j
-                kp = keep[b, t]
+            yc[h, v] = y0[b, h, v]
+            cT[b, h, v] = c0[b, h, v]
+        for g in range(G):
+            for k in range(V):
                 for v in range(V):
-                    gyt[v] = gy_out[b, h, t, v] + gy[v]
-                if kp != 1.0:
-                    _reset_into(kp, Rs[j], Ys[j], Cs[j], Rr, yr, cr)
-                    Rp, cp = Rr, cr
+                    RT[b, h, g, k, v] = R0[b, h, g, k, v]
+        if T > 0:
+            _old_value(RT, b, h, rk, b, 0, h, old)
+    for t in range(T):
+        m = keep[b, t]
+        if t % C == 0:
+            n = t // C
+            for h in range(H):
+                for v in range(V):
+                    cpy[b, h, n, v] = yc[h, v]
+                    cpc[b, h, n, v] = cT[b, h, v]
+                for g in range(G):
+                    for k in range(V):
+                        for v in range(V):
+                            cpR[b, h, n, g, k, v] = RT[b, h, g, k, v]
+        for h in range(H):
+            for v in range(V):
+                a[v] = yc[h, v]
+            if m != 1.0:
+                _scale(m, RT, b, h, RT, b, h, a, cT[b, h])
+            _step(version, RT, b, h, RT, b, h, m, old, b, t, h, z, rk, rv, rbeta, a, cT[b, h], d, gate, y)
+            for v in range(V):
+                yc[h, v] = y[v]
+                ys[b, t, h, v] = y[v]
+    for h in range(H):
+        for v in range(V):
+            yT[b, h, v] = yc[h, v]
+
+
+@nb.reordering_kernel
+def _backward_row(version, C, b, z, rk, rv, rbeta, keep, cpR, cpy, cpc, gys, gRT, gyT, gcT,
+                  gz, grk, grv, grbeta, gR0, gy0, gc0):
+    """Batch row ``b``: the inputs of :func:`_forward_row`, its checkpoints, the output gradients gys
+    ``[B, T, H, V]``, gRT ``[B, H, 3, V, V]``, gyT, gcT ``[B, H, V]``. Writes gz, grk, grv ``[B, T, H, 3, V]``,
+    grbeta ``[B, T, H, 3]`` and the initial-state gradients gR0, gy0, gc0."""
+    T, H, G, V = z.shape[1], z.shape[2], z.shape[3], z.shape[4]
+    NC = cpR.shape[2]
+    dt = z.dtype
+    zero = dt.type(0)
+    one = dt.type(1)
+    # the running gradients w.r.t. R_t, y_t (output gradient included) and c_t live in the outputs gR0, gy0, gc0
+    for h in range(H):
+        for v in range(V):
+            gy0[b, h, v] = gyT[b, h, v] + gys[b, T - 1, h, v]
+            gc0[b, h, v] = gcT[b, h, v]
+        for g in range(G):
+            for k in range(V):
+                for v in range(V):
+                    gR0[b, h, g, k, v] = gRT[b, h, g, k, v]
+    # chunk buffers per head: Rb[h, l], yb[h, l], cb[h, l] = the state before step t0 + l (before its reset; the
+    # reset state R' of a reset step goes to the scratch Rr), l = 0..L; ab, db, gb: the step's a_t, d_t and gates
+    Rb = np.empty((H, C + 1, G, V, V), dt)
+    yb = np.empty((H, C + 1, V), dt)
+    cb = np.empty((H, C + 1, V), dt)
+    ab = np.empty((H, C, V), dt)
+    db = np.empty((H, C, G, V), dt)
+    gb = np.empty((H, C, G, V), dt)
+    Rr = np.empty((1, 1, G, V, V), dt)
+    old = np.empty((H, G, V), dt)
+    a = np.empty(V, dt)
+    cn = np.empty(V, dt)
+    d = np.empty((G, V), dt)
+    gate = np.empty((G, V), dt)
+    y = np.empty(V, dt)
+    gh = np.empty(V, dt)
+    gp = np.empty((G, V), dt)
+    ga = np.empty(V, dt)
+    gd = np.empty(V, dt)
+    for ci in range(NC - 1, -1, -1):
+        t0 = ci * C
+        L = min(C, T - t0)
+        for h in range(H):
+            for v in range(V):
+                yb[h, 0, v] = cpy[b, h, ci, v]
+                cb[h, 0, v] = cpc[b, h, ci, v]
+            for g in range(G):
+                for k in range(V):
+                    for v in range(V):
+                        Rb[h, 0, g, k, v] = cpR[b, h, ci, g, k, v]
+            _old_value(Rb, h, 0, rk, b, t0, h, old)
+        for l in range(L):  # recompute the chunk with the forward's step
+            t = t0 + l
+            m = keep[b, t]
+            for h in range(H):
+                for v in range(V):
+                    a[v] = yb[h, l, v]
+                    cn[v] = cb[h, l, v]
+                if m != 1.0:
+                    _scale(m, Rb, h, l, Rr, 0, 0, a, cn)
+                    _step(version, Rr, 0, 0, Rb, h, l + 1, m, old, b, t, h, z, rk, rv, rbeta, a, cn, d, gate, y)
                 else:
-                    Rp, cp = Rs[j], Cs[j]
-                _step_backward(version, kp, Rp, Rs[j + 1], cp, Cs[j + 1], Ys[j + 1], As[j], Ds[j], Gt[j],
-                               rk[b, h, t], rbeta[b, h, t], gyt, gc, GR, gy, gz[b, h, t], grk[b, h, t],
-                               grv[b, h, t], grbeta[b, h, t], gh, gp, ga, gd)
+                    _step(version, Rb, h, l, Rb, h, l + 1, m, old, b, t, h, z, rk, rv, rbeta, a, cn, d, gate, y)
+                for v in range(V):
+                    ab[h, l, v] = a[v]
+                    cb[h, l + 1, v] = cn[v]
+                    yb[h, l + 1, v] = y[v]
+                for g in range(G):
+                    for v in range(V):
+                        db[h, l, g, v] = d[g, v]
+                        gb[h, l, g, v] = gate[g, v]
+        for l in range(L - 1, -1, -1):
+            t = t0 + l
+            m = keep[b, t]
+            for h in range(H):
+                # the output: y = softmax(h) (v1) | h (+ z^u for v3); gy0[b, h] is the whole gradient of y_t
+                if version == 1:
+                    s = zero
+                    for v in range(V):
+                        s += gy0[b, h, v] * yb[h, l + 1, v]
+                    for v in range(V):
+                        gh[v] = yb[h, l + 1, v] * (gy0[b, h, v] - s)
+                else:
+                    for v in range(V):
+                        gh[v] = gy0[b, h, v]
+                # h = o c_t;  c_t = i u + (1 - i) c';  the gates from the pre-activations p
+                for v in range(V):
+                    i, u, o = gb[h, l, 0, v], gb[h, l, 1, v], gb[h, l, 2, v]
+                    go = gh[v] * cb[h, l + 1, v]
+                    gct = gc0[b, h, v] + gh[v] * o
+                    gi = gct * (u - m * cb[h, l, v])  # c' = m c_{t-1}
+                    gu = gct * i
+                    gc0[b, h, v] = m * (gct * (one - i))
+                    gp[0, v] = gi * i * (one - i)
+                    gp[1, v] = gu if version == 4 else gu * u * (one - u)
+                    gp[2, v] = go * o * (one - o)
+                    gz[b, t, h, 0, v] = gp[0, v]
+                    gz[b, t, h, 1, v] = gp[1, v] + gy0[b, h, v] if version == 3 else gp[1, v]
+                    gz[b, t, h, 2, v] = gp[2, v]
+                    ga[v] = zero
+                for g in range(G):
+                    bt = rbeta[b, t, h, g]
+                    for v in range(V):
+                        gd[v] = zero
+                    gbt = zero
+                    # pass 1, row by row: the read p = z + R_t^T a gives ga and adds a gp^T to dL/dR_t; with the
+                    # completed row of dL/dR_t =: G, the write R_t = R' + rbeta rk d^T gives dL/drbeta = rk^T G d,
+                    # dL/drk = rbeta G d (direct part) and dL/dd = rbeta G^T rk (accumulated in gd)
+                    for k in range(V):
+                        ak = ab[h, l, k]
+                        r = rk[b, t, h, g, k]
+                        acc_a = zero
+                        sd = zero
+                        for v in range(V):
+                            acc_a += Rb[h, l + 1, g, k, v] * gp[g, v]
+                            G_ = gR0[b, h, g, k, v] + ak * gp[g, v]
+                            gR0[b, h, g, k, v] = G_
+                            sd += G_ * db[h, l, g, v]
+                            gd[v] += r * G_
+                        ga[k] += acc_a
+                        grk[b, t, h, g, k] = bt * sd
+                        gbt += r * sd
+                    grbeta[b, t, h, g] = gbt
+                    for v in range(V):
+                        gd[v] = bt * gd[v]  # dL/dd = dL/drv
+                        grv[b, t, h, g, v] = gd[v]
+                    # pass 2: the residual d = rv - R'^T rk (R' = m R_{t-1}): dL/dR' = G - rk gd^T, dL/drk -= R' gd;
+                    # then the reset
+                    for k in range(V):
+                        r = rk[b, t, h, g, k]
+                        acc = zero
+                        for v in range(V):
+                            acc += Rb[h, l, g, k, v] * gd[v]
+                            gR0[b, h, g, k, v] = (gR0[b, h, g, k, v] - r * gd[v]) * m
+                        grk[b, t, h, g, k] -= m * acc
+                # the fed-back copy a = y' (v1) | softmax(y') (v2-v4), y' = m y_{t-1}; plus y_{t-1}'s output gradient
+                if version == 1:
+                    for v in range(V):
+                        gy0[b, h, v] = m * ga[v]
+                else:
+                    s = zero
+                    for v in range(V):
+                        s += ga[v] * ab[h, l, v]
+                    for v in range(V):
+                        gy0[b, h, v] = m * (ab[h, l, v] * (ga[v] - s))
+                if t > 0:
+                    for v in range(V):
+                        gy0[b, h, v] += gys[b, t - 1, h, v]
+
+
+# the parallel kernels only distribute the batch rows: a small prange body keeps numba's (slow) parallel
+# compilation short; the per-row work is compiled once as a plain function
+
+
+@nb.parallel_kernel
+def _forward_kernel(version, C, z, rk, rv, rbeta, keep, R0, y0, c0, ys, RT, yT, cT, cpR, cpy, cpc):
+    for b in nb.prange(z.shape[0]):
+        _forward_row(version, C, b, z, rk, rv, rbeta, keep, R0, y0, c0, ys, RT, yT, cT, cpR, cpy, cpc)
+
+
+@nb.parallel_kernel
+def _backward_kernel(version, C, z, rk, rv, rbeta, keep, cpR, cpy, cpc, gys, gRT, gyT, gcT,
+                     gz, grk, grv, grbeta, gR0, gy0, gc0):
+    for b in nb.prange(z.shape[0]):
+        _backward_row(version, C, b, z, rk, rv, rbeta, keep, cpR, cpy, cpc, gys, gRT, gyT, gcT,
+                      gz, grk, grv, grbeta, gR0, gy0, gc0)
 
 
 # ------------------------------------------------------------------------------------------ autograd glue
@@ -342,16 +361,15 @@ def _recurrence(version: int, checkpoint_every: int, keep: Tensor, z: Tensor, rk
     """``(z, rk, rv [B, T, H, 3, V], rbeta [B, T, H, 3], R0 [B, H, 3, V, V], y0, c0 [B, H, V])``, ``keep [B, T]``
     -> ``(y [B, T, H, V], R_T, y_T, c_T, cpR [B, H, NC, 3, V, V], cpy, cpc [B, H, NC, V])``."""
     B, T, H, G, V = z.shape
-    dt = np_dtype(z.dtype)
+    dt = nb.np_dtype(z.dtype)
     NC = -(-T // checkpoint_every)
-    arrays = [to_bh_major(x) for x in (z, rk, rv, rbeta)]
-    y, R_T, y_T, cpR, cpy = forward_outputs(B, H, T, NC, V, (G, V, V), dt)
-    c_T, cpc = np.empty((B, H, V), dt), np.empty((B, H, NC, V), dt)  # the cell, kept like y
+    ys = np.empty((B, T, H, V), dt)
+    RT, yT, cT = np.empty((B, H, G, V, V), dt), np.empty((B, H, V), dt), np.empty((B, H, V), dt)
+    cpR, cpy, cpc = np.empty((B, H, NC, G, V, V), dt), np.empty((B, H, NC, V), dt), np.empty((B, H, NC, V), dt)
     nb.sync_threads()
-    _forward_kernel(version, checkpoint_every, *arrays, as_numpy(keep), *(as_numpy(x) for x in (R0, y0, c0)), y,
-                    R_T, y_T, c_T, cpR, cpy, cpc)
-    # [B, T, H, V] contiguous, like the other implementations (callers may .view() it)
-    return (from_bh_major(y).contiguous(), *(torch.from_numpy(x) for x in (R_T, y_T, c_T, cpR, cpy, cpc)))
+    _forward_kernel(version, checkpoint_every, _np(z), _np(rk), _np(rv), _np(rbeta), _np(keep), _np(R0), _np(y0),
+                    _np(c0), ys, RT, yT, cT, cpR, cpy, cpc)
+    return tuple(torch.from_numpy(x) for x in (ys, RT, yT, cT, cpR, cpy, cpc))
 
 
 @_recurrence.register_fake
@@ -368,26 +386,22 @@ def _recurrence_backward(version: int, checkpoint_every: int, keep: Tensor, z: T
                          g_yT: Tensor, g_cT: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The gradients of z, rk, rv, rbeta, R0, y0, c0 from those of y, R_T, y_T, c_T."""
     B, T, H, G, V = z.shape
-    arrays = [to_bh_major(x) for x in (z, rk, rv, rbeta)]
-    gy_out = to_bh_major(g_y.to(z.dtype))
-    g_final = [as_numpy(g.to(z.dtype)) for g in (g_R, g_yT, g_cT)]
-    npdt = np_dtype(z.dtype)
-    gz, grk, grv = (np.empty((B, H, T, G, V), npdt) for _ in range(3))
-    grbeta = np.empty((B, H, T, G), npdt)
-    gR0, gy0, gc0 = np.empty((B, H, G, V, V), npdt), np.empty((B, H, V), npdt), np.empty((B, H, V), npdt)
+    dt = nb.np_dtype(z.dtype)
+    gz, grk, grv = (np.empty((B, T, H, G, V), dt) for _ in range(3))
+    grbeta = np.empty((B, T, H, G), dt)
+    gR0, gy0, gc0 = np.empty((B, H, G, V, V), dt), np.empty((B, H, V), dt), np.empty((B, H, V), dt)
     nb.sync_threads()
-    _backward_kernel(version, checkpoint_every, *arrays, as_numpy(keep), cpR.numpy(), cpy.numpy(), cpc.numpy(), gy_out,
-                     *g_final, gz, grk, grv, grbeta, gR0, gy0, gc0)
-    return (from_bh_major(gz), from_bh_major(grk), from_bh_major(grv), from_bh_major(grbeta),
-            torch.from_numpy(gR0), torch.from_numpy(gy0), torch.from_numpy(gc0))
+    _backward_kernel(version, checkpoint_every, _np(z), _np(rk), _np(rv), _np(rbeta), _np(keep), _np(cpR), _np(cpy),
+                     _np(cpc), *(_np(g.to(z.dtype)) for g in (g_y, g_R, g_yT, g_cT)), gz, grk, grv, grbeta, gR0, gy0,
+                     gc0)
+    return tuple(torch.from_numpy(x) for x in (gz, grk, grv, grbeta, gR0, gy0, gc0))
 
 
 @_recurrence_backward.register_fake
 def _(version, checkpoint_every, keep, z, rk, rv, rbeta, cpR, cpy, cpc, g_y, g_R, g_yT, g_cT):
     B, T, H, G, V = z.shape
-    # the real gradients are [B, H, T, ...] arrays seen batch-first: the same strides here
-    return (*(z.new_empty(B, H, T, G, V).transpose(1, 2) for _ in range(3)), z.new_empty(B, H, T, G).transpose(1, 2),
-            z.new_empty(B, H, G, V, V), z.new_empty(B, H, V), z.new_empty(B, H, V))
+    return (z.new_empty(B, T, H, G, V), z.new_empty(B, T, H, G, V), z.new_empty(B, T, H, G, V),
+            z.new_empty(B, T, H, G), z.new_empty(B, H, G, V, V), z.new_empty(B, H, V), z.new_empty(B, H, V))
 
 
 def _setup_context(ctx, inputs, output) -> None:

@@ -53,6 +53,7 @@ from torch import Tensor
 from ..common import numba as nb
 from ..common.checks import check_float_tensor
 from ..common.delta import feed_forward
+from ..common.numba import as_numpy as _np  # a contiguous numpy view, short for the kernel calls
 from ..common.registry import register
 from ..common.scan import checkpoint_interval
 from ..states import DeltaRNNState
@@ -60,33 +61,7 @@ from . import prepare
 
 # ------------------------------------------------------------------------------------------------- kernels
 
-# Helpers inlined into the row kernels at numba's IR level (a call per head and step would cost as much as the
-# step at V = 16). They take whole arrays and indices: slicing a view per head and step is as costly as a call.
-if nb.NUMBA_AVAILABLE:
-    _inline = nb.numba.njit(inline="always", cache=True, fastmath={"reassoc", "contract"})
-else:  # pragma: no cover - the registry never selects a compiled implementation without numba
-    _inline = nb.kernel
-
-
-@_inline
-def _softmax_inplace(x):
-    """``x = softmax(x)`` over a vector ``[V]`` (max-subtracted, like torch.softmax), in ``x``'s dtype."""
-    V = x.shape[0]
-    if V == 0:
-        return
-    mx = x[0]
-    for j in range(1, V):
-        mx = max(mx, x[j])
-    tot = x.dtype.type(0)
-    for j in range(V):
-        e = np.exp(x[j] - mx)
-        x[j] = e
-        tot += e
-    for j in range(V):
-        x[j] = x[j] / tot
-
-
-@_inline
+@nb.inline_kernel
 def _old_value(R, r0, r1, rk, b, t, h, old):
     """``old[h] = R[r0, r1]^T rk[b, t, h]`` (``R [., ., V, V]``, ``rk [B, T, H, V]``, ``old [H, V]``)."""
     V = old.shape[1]
@@ -98,7 +73,7 @@ def _old_value(R, r0, r1, rk, b, t, h, old):
             old[h, j] += R[r0, r1, i, j] * ki
 
 
-@_inline
+@nb.inline_kernel
 def _step(v2, Rp, p0, p1, Rn, n0, n1, m, old, b, t, h, z, rk, rv, rbeta, s, d, u, y):
     """Head ``h`` of batch row ``b``, step ``t``. ``Rp[p0, p1]``: the state before the step (not yet masked); the new
     state ``R_t`` goes to ``Rn[n0, n1]`` (may be the same). ``old[h]``: ``R_{t-1}^T rk_t`` on entry, ``R_t^T
@@ -115,7 +90,7 @@ def _step(v2, Rp, p0, p1, Rn, n0, n1, m, old, b, t, h, z, rk, rv, rbeta, s, d, u
         y[j] = zero
         old[h, j] = zero
     if v2:
-        _softmax_inplace(s)
+        nb.softmax_inplace(s)
     tn = t + 1 if t + 1 < T else t
     # the write and both reads of R_t (the output, the next step's old value) in one pass over R
     if m != 1.0:  # reset: multiply (not assign) so that the semantics match the reference exactly
@@ -141,7 +116,7 @@ def _step(v2, Rp, p0, p1, Rn, n0, n1, m, old, b, t, h, z, rk, rv, rbeta, s, d, u
     for j in range(V):
         y[j] = z[b, t, h, j] + y[j]
     if not v2:
-        _softmax_inplace(y)
+        nb.softmax_inplace(y)
 
 
 @nb.reordering_kernel
@@ -311,10 +286,6 @@ def _backward_kernel(v2, C, z, rk, rv, rbeta, keep, Rcp, ycp, gys, gRT, gyT, gz,
 
 
 # ------------------------------------------------------------------------------------------------- autograd
-
-
-def _np(x: Tensor) -> np.ndarray:
-    return x.detach().contiguous().numpy()
 
 
 # The recurrence is a pair of custom ops (forward, backward) with fake implementations (shapes only) and a
