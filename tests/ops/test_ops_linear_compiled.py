@@ -142,14 +142,18 @@ def test_auto_selects_compiled_for_small_heads_and_chunked_for_large():
     for op in ("sum_rule", "delta_rule"):
         assert ops.available_implementations()[op][0] == "compiled"
     small = torch.rand(1, 4, 1, 16)
-    assert resolve("delta_rule", None, small, small, small, torch.rand(1, 4, 1)).name == "compiled"
-    big = torch.rand(1, 4, 1, 128)
-    assert resolve("delta_rule", None, big, big, big, torch.rand(1, 4, 1)).name == "chunked"
-    assert resolve("sum_rule", None, big, big, big).name == "chunked"
-    # an explicit chunk width asks for the chunked form, a checkpoint interval for the recurrent one
-    assert resolve("sum_rule", None, small, small, small, chunk_size=16).name == "chunked"
-    assert resolve("sum_rule", None, big, big, big, checkpoint_every=16).name == "compiled"
-    assert big.shape[-1] ** 2 > compiled_linear.MAX_HEAD >= small.shape[-1] ** 2
+    big = torch.rand(1, 4, 1, 256)
+    for op, args in (("delta_rule", (torch.rand(1, 4, 1),)), ("sum_rule", ())):
+        assert small.shape[-1] ** 2 <= compiled_linear.MAX_HEAD[op] < big.shape[-1] ** 2
+        assert resolve(op, None, small, small, small, *args).name == "compiled"
+        assert resolve(op, None, big, big, big, *args).name == "chunked"
+        # an explicit chunk width asks for the chunked form, a checkpoint interval for the recurrent one
+        assert resolve(op, None, small, small, small, *args, chunk_size=16).name == "chunked"
+        assert resolve(op, None, big, big, big, *args, checkpoint_every=16).name == "compiled"
+    # the limit is on K x V: a narrow key with wide values counts as its product
+    wide_v = torch.rand(1, 4, 1, 200)
+    assert resolve("sum_rule", None, small, small, wide_v).name == "compiled"
+    assert resolve("sum_rule", None, big, big, wide_v).name == "chunked"
 
 
 def test_no_grad_keeps_no_checkpoints_and_matches():

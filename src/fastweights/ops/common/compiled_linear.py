@@ -28,6 +28,8 @@ the forward's arithmetic) and walks it backwards. Without a gradient the forward
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -375,21 +377,28 @@ def linear_rule_compiled(op: str, q: Tensor, k: Tensor, v: Tensor, beta: Tensor 
     return o.to(in_dtype), (s if output_final_state else None)
 
 
-def supports_compiled(q: object, k: object, v: object, *args: object, **kwargs: object) -> str | None:
-    """``supports`` of the compiled sum/delta rule: heads up to ``MAX_HEAD`` keys x values, where the recurrent
-    form beats the chunked one (``fastweights bench``, docs/performance.md); larger heads, and calls that set the
-    chunked form's ``chunk_size``, go to the chunked form without a notice. A call that sets ``checkpoint_every``
-    (the recurrent form's interval) stays here whatever the head size."""
-    from .registry import Choice
+def supports_up_to(max_head: int) -> Callable[..., str | None]:
+    """The ``supports`` of a compiled sum/delta rule that beats the chunked form for heads of up to ``max_head``
+    keys x values (measured with ``fastweights bench``, docs/performance.md). Larger heads, and calls that set
+    the chunked form's ``chunk_size``, go to the chunked form without a notice; a call that sets
+    ``checkpoint_every`` (the recurrent form's interval) stays here whatever the head size."""
 
-    if "chunk_size" in kwargs:
-        return Choice("chunk_size= sets the chunk width of the chunked form")
-    if "checkpoint_every" in kwargs or not (isinstance(q, Tensor) and isinstance(v, Tensor)):
-        return None  # the op's argument checks report wrong types
-    K, V = q.shape[-1], v.shape[-1]
-    if K * V > MAX_HEAD:
-        return Choice(f"heads of {K} x {V} run faster in the chunked form")
-    return None
+    def supports(q: object, k: object = None, v: object = None, *args: object, **kwargs: object) -> str | None:
+        from .registry import Choice
+
+        if "chunk_size" in kwargs:
+            return Choice("chunk_size= sets the chunk width of the chunked form")
+        if "checkpoint_every" in kwargs or not isinstance(q, Tensor) or q.dim() == 0:
+            return None  # the op's argument checks report wrong types
+        K = q.shape[-1]
+        V = v.shape[-1] if isinstance(v, Tensor) and v.dim() > 0 else K
+        if K * V > max_head:
+            return Choice(f"heads of {K} x {V} run faster in the chunked form")
+        return None
+
+    supports.max_head = max_head  # type: ignore[attr-defined]
+    return supports
 
 
-MAX_HEAD = 64 * 64  # K * V up to which the recurrent kernels beat the chunked form (docs/performance.md)
+# K * V up to which the recurrent kernels beat the chunked form, forward+backward, one thread (docs/performance.md)
+MAX_HEAD = {"sum_rule": 96 * 96, "delta_rule": 128 * 128}

@@ -4,8 +4,9 @@ Every compiled backend takes its decorators (:data:`kernel`, :data:`parallel_ker
 ``supports`` and its array conversions from here, so that a machine without numba imports them all unchanged
 (the decorators then leave the plain Python functions, which ``impl="auto"`` never selects).
 
-The compiled kernels loop over time inside one machine-code function, parallel over batch x heads
-(``numba.prange``), so the per-step cost is the arithmetic, not ~60 us of Python and dispatch per step.
+The compiled kernels loop over time inside one machine-code function per batch row, parallel over the batch
+(``numba.prange``), with the heads interleaved inside the time loop, so the per-step cost is the arithmetic, not
+~60 us of Python and dispatch per step; they read the batch-first inputs where they lie (:func:`as_numpy`).
 They follow the memory rule of the default path: the forward keeps the state at the start of every chunk of
 ``checkpoint_every`` steps; the backward recomputes one chunk at a time from it.
 """

@@ -31,7 +31,7 @@ def delta_delta(
         beta: ``[B, T, H]`` in [0, 1]. eps: sum-normalisation epsilon of the level-2 feature map.
         initial_state: ``DeltaDeltaState(M [B,H,D,3D+1], W [B,H,D,D])`` or None (zeros).
         reset: bool ``[B, T]``. impl: an implementation of :func:`delta_rule` for both levels (``"compiled"``, the
-            default on CPU for heads up to 64 x 64, ``"chunked"``, ``"reference"``, ...).
+            default on CPU for heads up to 128 x 128, ``"chunked"``, ``"reference"``, ...).
     Returns:
         ``(o [B, T, H, D], DeltaDeltaState or None)``.
     """

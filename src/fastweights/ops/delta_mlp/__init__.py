@@ -47,7 +47,7 @@ def delta_mlp(
         norms: ``L`` callables applied to ``h_l`` before its feature map (the slow LayerNorms), or None.
         eps: sum-normalisation epsilon. initial_state: ``(A_0 [B,H,D,F], B_0 [B,H,F,D], A_1, ...)`` or None.
         reset: bool ``[B, T]``. impl: an implementation of :func:`delta_rule` for every fast matrix (``"compiled"``,
-            the default on CPU for heads up to 64 x 64, ``"chunked"``, ``"reference"``, ...).
+            the default on CPU for heads up to 128 x 128, ``"chunked"``, ``"reference"``, ...).
     Returns:
         ``(h_L [B, T, H, D], tuple of the 2L final matrices or None)``.
     """

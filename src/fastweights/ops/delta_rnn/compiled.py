@@ -1,7 +1,7 @@
 """Compiled CPU implementation of the Delta RNN (numba; paper.md A.5).
 
 The feed-forward part ``z_t = W_t^T q_t`` does not depend on the recurrence and runs, as in the
-``checkpointed`` implementation, through the chunked :func:`delta_rule`. Only the (R, y) recursion is compiled,
+``checkpointed`` implementation, through :func:`delta_rule`. Only the (R, y) recursion is compiled,
 as in :mod:`~fastweights.ops.common.compiled_linear`: one machine-code function per batch row (``prange`` over B),
 with the heads interleaved inside the time loop (``for t: for h:``, so the out-of-order core overlaps the
 dependency chains of different heads), the per-head state ``[H, V, V]`` of the row in L1/L2, small per-step vectors

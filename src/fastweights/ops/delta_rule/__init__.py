@@ -25,10 +25,10 @@ def delta_rule(
         reset: bool ``[B, T]``; True at ``t`` zeroes the state before step ``t``.
         output_final_state: return the final state ``[B, H, K, V]`` (float32/float64) instead of None.
         impl: ``"compiled"`` (a fused recurrent CPU kernel, numba; the default for CPU tensors with heads up to
-            64 x 64 when numba is installed), ``"chunked"`` (the chunkwise-parallel form; the default otherwise),
-            ``"triton"`` (CUDA) or ``"reference"``; extra ``kwargs`` go to it: ``chunk_size`` (the chunked form's
-            chunk width; setting it selects that form) or ``checkpoint_every`` (the compiled form's steps between
-            the states kept for the backward).
+            128 x 128 when numba is installed), ``"chunked"`` (the chunkwise-parallel form; the default
+            otherwise), ``"triton"`` (CUDA) or ``"reference"``; extra ``kwargs`` go to it: ``chunk_size`` (the
+            chunked form's chunk width; setting it selects that form) or ``checkpoint_every`` (the compiled
+            form's steps between the states kept for the backward).
     Returns:
         ``(o [B, T, H, V] in q's dtype, final_state or None)``.
     """
