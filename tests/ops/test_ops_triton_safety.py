@@ -145,7 +145,9 @@ def test_the_output_mismatch_is_caught_by_the_check_itself():
         return o * factor[0], s
 
     ok, problem = safety.first_use_check("delta_rule", scaled, chunked, "cpu", torch.float32)
-    assert not ok and problem.startswith("largest mismatch: output, relative error 1.0e-02 (tolerance 1e-03)")
+    # scaling the output scales every gradient alike: the largest of the equal errors may be any of them
+    assert not ok and problem.startswith("largest mismatch: ")
+    assert "relative error 1.0e-02 (tolerance 1e-03)" in problem
     factor[0] = 1.003
     ok, problem = safety.first_use_check("delta_rule", scaled, chunked, "cpu", torch.bfloat16)
     assert ok and problem is None  # within the half-precision tolerance
