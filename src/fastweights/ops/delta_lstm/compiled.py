@@ -1,10 +1,10 @@
 """Compiled CPU implementation (numba) of the Delta LSTM (paper.md A.6), registered as ``impl="compiled"``.
 
 The feed-forward part ``z^g_t = W^g_t^T q^g_t`` does not depend on the recurrence, so it runs through
-:func:`delta_rule` (its default implementation) exactly as in the ``checkpointed`` implementation. The recurrent part (the three
-fast matrices ``R^g``, key-major ``[V, V]``, the output ``y`` and the cell ``c``) runs in one machine-code loop
-per batch row, the heads inside the time loop. Per step t, with ``m = 1 - reset[b, t]`` and the reset state ``R' = m R_{t-1}``,
-``y' = m y_{t-1}``, ``c' = m c_{t-1}``:
+:func:`delta_rule` (its default implementation) exactly as in the ``checkpointed`` implementation. The recurrent
+part (the three fast matrices ``R^g``, key-major ``[V, V]``, the output ``y`` and the cell ``c``) runs in one
+machine-code loop per batch row, the heads inside the time loop. Per step t, with ``m = 1 - reset[b, t]`` and the
+reset state ``R' = m R_{t-1}``, ``y' = m y_{t-1}``, ``c' = m c_{t-1}``:
 
     d^g = rv^g - R^g'^T rk^g;   R^g_t = R^g' + rbeta^g rk^g d^g^T      (retrieve with the old, write)
     a = softmax(y')  (v2-v4)  |  y'  (v1);    p^g = z^g_t + R^g_t^T a   (read with the new matrix)
