@@ -50,7 +50,7 @@ def delta_lstm_checkpointed(q, k, v, beta, rk, rv, rbeta, *, version=4, initial_
     in_dtype = check_float_tensor("q", q).dtype
     (q, k, v, beta, rk, rv, rbeta), (W0, R0, y0, c0), reset = prepare(
         q, k, v, beta, rk, rv, rbeta, version, initial_state, reset)
-    z, W = feed_forward(q, k, v, beta, W0, reset)
+    z, W = feed_forward(q, k, v, beta, W0, reset, impl="chunked")  # pure PyTorch throughout
     y, (R, y_last, c) = checkpointed_scan(_STEPS[version], (z, rk, rv, rbeta), (), (R0, y0, c0), reset,
                                           checkpoint_every)
     final = DeltaLSTMState(W, R, y_last, c) if output_final_state else None

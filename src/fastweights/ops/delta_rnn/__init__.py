@@ -7,7 +7,8 @@ Per step (key-major ``W [K, V]``, ``R [V, V]``):
     v2: y_t = z_t + R_t^T softmax(y_{t-1})      (y_0 = 0, so softmax(y_0) is uniform)
     v1: y_t = softmax(z_t + R_t^T y_{t-1})
 
-The W part does not depend on y, so every fast implementation runs it with the chunked delta rule
+The W part does not depend on y, so every fast implementation runs it with the delta rule (the pure-PyTorch
+``checkpointed`` one with the chunked form, the compiled one with the default)
 (:func:`~fastweights.ops.common.delta.feed_forward`) and only the (R, y) recursion step by step.
 """
 

@@ -35,7 +35,7 @@ def delta_rnn_checkpointed(q, k, v, beta, rk, rv, rbeta, *, version=2, initial_s
     in_dtype = check_float_tensor("q", q).dtype
     (q, k, v, beta, rk, rv, rbeta), (W0, R0, y0), reset = prepare(
         q, k, v, beta, rk, rv, rbeta, version, initial_state, reset)
-    z, W = feed_forward(q, k, v, beta, W0, reset)
+    z, W = feed_forward(q, k, v, beta, W0, reset, impl="chunked")  # pure PyTorch throughout
     step = _step_v2 if version == 2 else _step_v1
     y, (R, y_last) = checkpointed_scan(step, (z, rk, rv, rbeta), (), (R0, y0), reset, checkpoint_every)
     final = DeltaRNNState(W, R, y_last) if output_final_state else None
