@@ -396,7 +396,6 @@ def supports_up_to(max_head: int) -> Callable[..., str | None]:
             return Choice(f"heads of {K} x {V} run faster in the chunked form")
         return None
 
-    supports.max_head = max_head  # type: ignore[attr-defined]
     return supports
 
 
