@@ -337,7 +337,7 @@ def test_resume_continues_an_interrupted_run(capsys, tmp_path):
     assert not (run_dir / "results.json").exists()
     rc, out, err = cli(capsys, "train", "code-exec", "--resume", run_dir)
     assert rc == 0, err
-    assert "epoch 2:" in out and "epoch 1:" not in out
+    assert "(epoch 2):" in out and "(epoch 1):" not in out
     assert read_json(run_dir / "results.json")["test"] == read_json(tmp_path / "full" / "results.json")["test"]
     rows = []
     for d in (run_dir, tmp_path / "full"):

@@ -253,3 +253,24 @@ def test_generate_dataset_reports_progress():
     data = lo.generate_dataset(3, (4, 2, 2), seed=1, progress=seen.append)
     assert seen == list(range(1, 9))  # every kept tree, over all splits
     assert [len(data[s]) for s in ("train", "valid", "test")] == [4, 2, 2]
+
+
+def test_max_length_keeps_the_short_trees_of_the_unfiltered_draws():
+    full = lo.generate_dataset(10, sizes=(400, 0, 0), seed=7)["train"]
+    capped = lo.generate_dataset(10, sizes=(100, 0, 0), seed=7, max_length=80)["train"]
+    assert all(len(tokens) <= 80 and lo.tree_depth(tokens) == 11 for tokens, _ in capped)
+    assert all(lo.evaluate(tokens) == label for tokens, label in capped)
+    # the same draws, filtered: the capped data are the short trees of the unfiltered sequence, in order
+    short = [ex for ex in full if len(ex[0]) <= 80]
+    assert len(short) >= 20 and capped[:len(short)] == short[:len(capped)]
+
+
+@pytest.mark.parametrize("bad", [True, 30, 2.5, "80"])
+def test_max_length_below_the_shortest_tree_or_not_an_int_is_refused(bad):
+    with pytest.raises(ValueError, match="max_length: expected an int >= 31"):
+        lo.generate_dataset(10, sizes=(1, 0, 0), max_length=bad)
+
+
+def test_max_length_that_keeps_almost_no_tree_is_refused_instead_of_hanging():
+    with pytest.raises(ValueError, match=r"max_length: only \d+ of 2000 trees of depth 10 have at most 40 tokens"):
+        lo.generate_dataset(10, sizes=(50, 0, 0), seed=1, max_length=40)

@@ -189,7 +189,7 @@ def test_run_directory_contents(tiny_cfg, tmp_path, capsys):
     run_dir = tmp_path / "run"
     results = train(cfg, run_dir)
     out = capsys.readouterr().out
-    assert "parameters" in out and "epoch 2:" in out and "done: test acc" in out and f"run dir {run_dir}" in out
+    assert "parameters" in out and "(epoch 2):" in out and "done: test acc" in out and f"run dir {run_dir}" in out
     assert "estimated duration:" in out and "ETA" in out
     assert {"config.json", "meta.json", "metrics.csv", "last.pt", "best.pt", "results.json"} <= {
         p.name for p in run_dir.iterdir()}
@@ -326,6 +326,60 @@ def test_interrupt_inside_validation_redoes_it(tiny_cfg, tmp_path, monkeypatch):
     assert (ckpt["epoch"], ckpt["batch"], ckpt["step"]) == (1, 5, 10)  # epoch 2 trained, its validation due
     resumed = train(cfg, tmp_path / "run", resume=True, quiet=True)
     _assert_same_run(tmp_path / "run", tmp_path / "full", resumed, full)
+
+
+def test_validation_every_eval_interval_updates(tiny_cfg, tmp_path):
+    """eval_interval=2 with 5 updates per epoch: a row at every second update and at every epoch end (one row where
+    both fall together); each row's train loss is the mean over the updates since the previous row."""
+    cfg = tiny_cfg(epochs=2, eval_interval=2)
+    run_dir = tmp_path / "run"
+    results = train(cfg, run_dir, quiet=True)
+    rows = metric_rows(run_dir)
+    assert [(r["epoch"], r["step"]) for r in rows] == [("1", "2"), ("1", "4"), ("1", "5"), ("2", "6"), ("2", "8"),
+                                                        ("2", "10")]
+    best = results["best_valid"]
+    best_row = next(r for r in rows if int(r["step"]) == best["step"])
+    assert float(best_row["valid_acc"]) == pytest.approx(best["acc"], abs=1e-6)
+    assert int(best_row["epoch"]) == best["epoch"]
+    assert load_checkpoint(run_dir / "best.pt")["step"] == best["step"]
+    assert evaluate_run(run_dir, "valid")["acc"] == pytest.approx(best["acc"])
+    # the per-row train losses are window means: re-weighted by their window sizes they give the epochs' means
+    every_epoch = train(tiny_cfg(epochs=2), tmp_path / "epochs", quiet=True)
+    assert every_epoch["test"] != {} and metric_rows(tmp_path / "epochs")[1]["step"] == "10"
+    epoch_rows = metric_rows(tmp_path / "epochs")
+    windows = [2, 2, 1, 1, 2, 2]
+    for epoch, picks in ((1, range(0, 3)), (2, range(3, 6))):
+        mean = sum(float(rows[i]["train_loss"]) * windows[i] for i in picks) / 5
+        assert mean == pytest.approx(float(epoch_rows[epoch - 1]["train_loss"]), rel=1e-6)
+
+
+@pytest.mark.parametrize("where", ["in an update", "in a mid-epoch validation"])
+def test_resume_with_mid_epoch_validations_gives_the_uninterrupted_run(tiny_cfg, tmp_path, monkeypatch, where):
+    """With eval_interval=2, interrupted inside step 8 (after the validation of step 6) or inside the validation
+    of step 6 (then redone on resume): the resumed run equals the uninterrupted one bit for bit."""
+    cfg = tiny_cfg(epochs=3, dropout=0.1, schedule="cosine", warmup_steps=3, eval_interval=2)
+    full = train(cfg, tmp_path / "full", quiet=True)
+    run_dir = tmp_path / "run"
+    if where == "in an update":
+        fail_at_step(monkeypatch, 8, lambda: signal.raise_signal(signal.SIGTERM))
+        expected_rows = 4  # steps 2, 4, 5 and 6
+    else:
+        real, calls = algorithmic.evaluate, [0]
+
+        def evaluate_then_interrupt(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == 4:  # the validation of step 6
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(algorithmic, "evaluate", evaluate_then_interrupt)
+        expected_rows = 3
+    with pytest.raises(Interrupted):
+        train(cfg, run_dir, quiet=True)
+    monkeypatch.undo()
+    assert len(metric_rows(run_dir)) == expected_rows
+    resumed = train(cfg, run_dir, resume=True, quiet=True)
+    _assert_same_run(run_dir, tmp_path / "full", resumed, full)
 
 
 def test_second_signal_in_an_update_saves_nothing(tiny_cfg, tmp_path, monkeypatch):

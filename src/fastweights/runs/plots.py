@@ -40,7 +40,8 @@ def _save(plt, fig, title: str, out: Path) -> Path:
 
 
 def plot_runs(run_dirs: list[Path], out: Path, metrics: tuple[str, ...] | None = None) -> Path:
-    """One panel per metric (x = epoch, or step for runs that log no epochs), one line per run labelled ``model``.
+    """One panel per metric (x = update, or epoch for runs that log no updates), one line per run labelled
+    ``model``.
 
     The runs must be of one task (their metrics do not share an axis otherwise), and every metric a column of
     every run's ``metrics.csv``; ``metrics`` None: the task's usual pair (:data:`DEFAULT_METRICS`)."""
@@ -64,7 +65,7 @@ def plot_runs(run_dirs: list[Path], out: Path, metrics: tuple[str, ...] | None =
                           f"{'these runs' if len(runs) > 1 else 'this run'} has: {', '.join(valid)}")
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
-    x_name = "epoch" if all("epoch" in rows[0] for _, rows in runs) else "step"  # LM runs log steps
+    x_name = "step" if all("step" in rows[0] for _, rows in runs) else "epoch"
     for ax, metric in zip(axes[0], metrics):
         for cfg, rows in runs:
             xs, ys = _series(rows, x_name, metric)
@@ -79,8 +80,8 @@ def plot_runs(run_dirs: list[Path], out: Path, metrics: tuple[str, ...] | None =
 def plot_seed_bands(groups: dict[str, list[Path]], out: Path,
                     metrics: tuple[str, ...] = ("valid_acc", "train_loss")) -> Path:
     """Learning curves of several seeds per model: the mean over seeds as a line, the range (min to max) over
-    seeds as a band. ``groups`` maps a label (the model) to its run directories; x = epoch (step for runs that
-    log no epochs), cut to the epochs every seed of the group has reached."""
+    seeds as a band. ``groups`` maps a label (the model) to its run directories; x = update (epoch for runs that
+    log no updates), cut to the points every seed of the group has reached."""
     plt = _pyplot()
     loaded: dict[str, list[list[dict[str, str]]]] = {}
     tasks = set()
@@ -91,7 +92,7 @@ def plot_seed_bands(groups: dict[str, list[Path]], out: Path,
                 raise FileNotFoundError(f"run_dir: {d} has no config.json or no metrics yet")
             tasks.add(read_json(d / "config.json")["task"])
             loaded.setdefault(label, []).append(rows)
-    x_name = "epoch" if all("epoch" in runs[0][0] for runs in loaded.values()) else "step"
+    x_name = "step" if all("step" in rows[0] for runs in loaded.values() for rows in runs) else "epoch"
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for label, runs in loaded.items():

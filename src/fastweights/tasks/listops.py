@@ -75,6 +75,11 @@ MAX_ARGS = 5
 #: Nodes at this depth are always leaves.
 MAX_DEPTH = 20
 
+# A max_length that keeps fewer than _MIN_KEPT of the trees of the depth (measured over at least _MIN_TRIES of
+# them) is refused: the rejection loop would run for hours instead of seconds.
+_MIN_TRIES = 2000
+_MIN_KEPT = 0.01
+
 # Unused by the generator but part of the official file names (its length filters are commented out).
 _FILE_TAG = f"a{MAX_ARGS}d{MAX_DEPTH}max401min299"
 _VALUES = range(NUM_CLASSES)
@@ -144,28 +149,46 @@ def generate_tree(rng: random.Random) -> tuple[list[str], int, int]:
 
 def generate_dataset(
     depth: int, sizes: Sequence[int] = (10000, 1000, 1000), seed: int = 42,
-    progress: Callable[[int], object] | None = None,
+    progress: Callable[[int], object] | None = None, max_length: int | None = None,
 ) -> dict[str, list[Example]]:
     """Generate train/valid/test sequentially from one ``random.Random(seed)`` by rejection on the exact depth.
 
     ``depth`` is the paper's depth (10 or 15); trees of official depth ``depth + 1`` are kept. With the defaults this
     regenerates the official ``dep11`` data (all ``size`` examples are kept, unlike code execution).
+    ``max_length``: also reject trees of more tokens (the official generator has such a filter but leaves it
+    off; None = off, the paper's data). The kept trees are still drawn by the official draws and have exactly the
+    requested depth: the filter keeps the narrower trees of that depth, which are cheaper to train on.
     ``progress`` is called with the number of trees kept so far (all splits).
 
     Returns:
         ``{"train": [...], "valid": [...], "test": [...]}``, each a list of ``(tokens, label)``.
     """
     target = _check_depth(depth) + 1
+    if max_length is not None:
+        shortest = 3 * depth + 1  # the narrowest tree of the depth: a chain of operators with two arguments each
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < shortest:
+            raise ValueError(f"max_length: expected an int >= {shortest} (the shortest tree of depth {depth} has "
+                             f"{shortest} tokens) or None, got {max_length!r}")
     rng = random.Random(seed)
     data: dict[str, list[Example]] = {}
+    deep_enough = kept = 0  # trees of the depth, and those of them short enough
     for split, size in zip(SPLITS, check_sizes(sizes)):
         examples: list[Example] = []
         while len(examples) < size:
             tokens, value, tree_d = generate_tree(rng)
-            if tree_d == target:
-                examples.append((tokens, value))
-                if progress is not None:
-                    progress(sum(map(len, data.values())) + len(examples))
+            if tree_d != target:
+                continue
+            deep_enough += 1
+            if max_length is not None and len(tokens) > max_length:
+                if deep_enough >= _MIN_TRIES and kept < _MIN_KEPT * deep_enough:
+                    raise ValueError(f"max_length: only {kept} of {deep_enough} trees of depth {depth} have at most "
+                                     f"{max_length} tokens; generating the data would take too long (raise "
+                                     f"max_length)")
+                continue
+            kept += 1
+            examples.append((tokens, value))
+            if progress is not None:
+                progress(sum(map(len, data.values())) + len(examples))
         data[split] = examples
     return data
 

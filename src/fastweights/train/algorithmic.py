@@ -152,7 +152,8 @@ def _generated_dir(cfg: TrainConfig) -> Path:
     sizes = f"{cfg.train_size}-{cfg.valid_size}-{cfg.test_size}-seed{cfg.data_seed}"
     if cfg.task == "code-exec":
         return cache_dir() / "data" / f"code-exec-vars{cfg.num_vars}-len{cfg.code_length}-{sizes}"
-    return cache_dir() / "data" / f"listops-depth{cfg.depth}-{sizes}"
+    capped = "" if cfg.max_length is None else f"-max{cfg.max_length}"
+    return cache_dir() / "data" / f"listops-depth{cfg.depth}{capped}-{sizes}"
 
 
 def write_task_data(cfg: TrainConfig, out_dir: Path, *, progress: bool = False) -> list[Path]:
@@ -168,7 +169,8 @@ def write_task_data(cfg: TrainConfig, out_dir: Path, *, progress: bool = False) 
                                                progress=update)
         paths = code_execution.write_dataset(data, out_dir, cfg.num_vars)
     else:
-        data = listops.generate_dataset(cfg.depth, sizes, seed=cfg.data_seed, progress=update)
+        data = listops.generate_dataset(cfg.depth, sizes, seed=cfg.data_seed, progress=update,
+                                        max_length=cfg.max_length)
         paths = listops.write_dataset(data, out_dir, cfg.depth)
     if bar is not None:
         bar.close()
@@ -384,26 +386,30 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
     n = train_split.src.shape[0]
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
-    # Where the run stands: `batch` batches of `epoch` are done (batch == steps_per_epoch: its validation is due),
-    # with the epoch's sums so far; `rng` is the RNG state at that step boundary.
-    epoch, batch, step, best, elapsed = 0, 0, 0, {"acc": -1.0, "epoch": -1}, 0.0
-    loss_sum, tok, epoch_time = 0.0, 0, 0.0
+    # Where the run stands: `batch` batches of `epoch` are done, `step` updates in all; `validated` is the step of
+    # the last validation (one is due at the end of an epoch and every `eval_interval` updates); `window` holds the
+    # training loss sum, batches, tokens and seconds since that validation; `rng` is the RNG state at this step
+    # boundary.
+    epoch, batch, step, validated, best, elapsed = 0, 0, 0, 0, {"acc": -1.0, "epoch": -1}, 0.0
+    window = (0.0, 0, 0, 0.0)
+
+    def validation_due() -> bool:
+        interval_hit = cfg.eval_interval > 0 and step % cfg.eval_interval == 0
+        return step > validated and (batch == steps_per_epoch or interval_hit)
+
     if continues:
         ckpt = load_checkpoint(run_dir / "last.pt", keys=("model", "optimizer", "step", "best", "elapsed", "epoch",
-                                                          "rng"))
+                                                          "batch", "validated", "window", "rng"))
         load_state(model, ckpt["model"], f"checkpoint: {run_dir / 'last.pt'}")
         with restoring(run_dir / "last.pt"):
             opt.load_state_dict(ckpt["optimizer"])
             step, best, elapsed = ckpt["step"], ckpt["best"], ckpt["elapsed"]
-            if "batch" in ckpt:
-                epoch, batch = ckpt["epoch"], ckpt["batch"]
-                loss_sum, tok, epoch_time = ckpt["epoch_sums"]
-            else:  # written by an older version, always after an epoch's validation
-                epoch = ckpt["epoch"] + 1
+            epoch, batch, validated = ckpt["epoch"], ckpt["batch"], ckpt["validated"]
+            window = tuple(ckpt["window"])
             torch.set_rng_state(ckpt["rng"]["torch"])
             random.setstate(ckpt["rng"]["python"])
-        # rows written after the checkpoint belong to lost work (with a validation due, so does that epoch's row)
-        log.truncate(step - 1 if batch == steps_per_epoch else step)
+        # rows written after the checkpoint belong to lost work (with a validation due, so does that step's row)
+        log.truncate(step - 1 if validation_due() else step)
     else:
         log.truncate(0)
         write_json(run_dir / "meta.json", {**run_metadata(cfg.seed, command), "parameters": count_parameters(model),
@@ -414,21 +420,57 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
 
     def payload() -> dict[str, Any]:
         return {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "batch": batch,
-                "step": step, "epoch_sums": (loss_sum, tok, epoch_time), "best": best, "elapsed": elapsed,
+                "step": step, "validated": validated, "window": window, "best": best, "elapsed": elapsed,
                 "config": config_to_dict(cfg), "rng": rng}
 
     def where() -> str:
         return (f"at epoch {epoch + 1}/{cfg.epochs}, step {format_count(step)}/{format_count(total_steps)}"
                 if epoch < cfg.epochs else "in the test evaluation after the last epoch")
 
+    def validate() -> None:
+        """Validate, log the row, keep the best checkpoint and save ``last.pt``; an epoch's last validation moves
+        the run on to the next epoch."""
+        nonlocal epoch, batch, validated, best, elapsed, window
+        valid = evaluate(model, cfg.task, data.splits["valid"], cfg.eval_batch_size, device, data.noop_index,
+                         progress=None if quiet else "validation")
+        if not math.isfinite(valid["loss"]):
+            raise diverged(f"validation loss {valid['loss']}", f"step {step}", run_dir)
+        loss_sum, batches, tok, seconds = window
+        with signals.held():
+            row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(batches, 1),
+                   "valid_loss": valid["loss"], "valid_acc": valid["acc"]}
+            if "print_acc" in valid:
+                row["valid_print_acc"] = valid["print_acc"]
+            row.update({"tokens_per_s": tok / seconds if seconds > 0 else 0.0, "elapsed_s": elapsed + seconds})
+            is_best = is_better(valid, best)
+            # The row first: if the run dies before last.pt is replaced, resume truncates the CSV to the old
+            # checkpoint and redoes the validation; the other order could lose a row for good.
+            log.log(row)
+            elapsed += seconds
+            validated, window = step, (0.0, 0, 0, 0.0)
+            if batch == steps_per_epoch:
+                epoch, batch = epoch + 1, 0
+            if is_best:
+                best = {**valid, "epoch": row["epoch"], "step": step}
+                save_good_checkpoint(model, run_dir, "best.pt", payload(), f"step {step}")
+            save_good_checkpoint(model, run_dir, "last.pt", payload(), f"step {step}")
+        if not quiet:
+            extra = f", print acc {valid['print_acc']:.4f}" if "print_acc" in valid else ""
+            eta = f", ETA {format_duration(bar.eta(step))}" if bar is not None and step < total_steps else ""
+            print(f"step {format_count(step)} (epoch {row['epoch']}): train loss {row['train_loss']:.4f}, valid loss "
+                  f"{valid['loss']:.4f}, valid acc {valid['acc']:.4f}{extra}{' (best)' if is_best else ''}{eta}",
+                  flush=True)
+
     if not quiet:
         at = f"; resumed at epoch {epoch + 1}, step {format_count(step)}" if continues else ""
+        every = (f"every {plural(cfg.eval_interval, 'step')} and " if cfg.eval_interval > 0 else "")
         print(f"{cfg.task} {cfg.model}: {format_count(count_parameters(model))} parameters, "
               f"{format_count(n)} training examples, {format_count(steps_per_epoch)} steps/epoch x "
-              f"{plural(cfg.epochs, 'epoch')} = {format_count(total_steps)} steps{at}; run dir {run_dir}", flush=True)
+              f"{plural(cfg.epochs, 'epoch')} = {format_count(total_steps)} steps, validation {every}after every "
+              f"epoch{at}; run dir {run_dir}", flush=True)
     last_epoch = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, stop_after_epochs)
     bar = Progress(total_steps, every_s=cfg.log_every_s, initial=step) if not quiet else None
-    estimate = DurationEstimate(total_steps, step, unit="step", extra="; validation after every epoch adds to it")
+    estimate = DurationEstimate(total_steps, step, unit="step", extra="; the validations add to it")
     saved_at = time.monotonic()
     model.train()
     try:
@@ -436,8 +478,17 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
             order = epoch_order(cfg.seed, epoch, n)
             if bar is not None:
                 bar.prefix = f"epoch {epoch + 1}/{cfg.epochs}"
-            t0 = time.perf_counter() - epoch_time
-            while batch < steps_per_epoch:
+            t0 = time.perf_counter() - window[3]
+            while True:
+                if validation_due():
+                    if bar is not None:
+                        bar.close()
+                    end_of_epoch = batch == steps_per_epoch
+                    validate()
+                    saved_at = time.monotonic()
+                    t0 = time.perf_counter()
+                    if end_of_epoch:
+                        break
                 idx = order[batch * cfg.batch_size:(batch + 1) * cfg.batch_size]
                 src, tgt, lengths = (x[idx].to(device) for x in (train_split.src, train_split.tgt,
                                                                  train_split.lengths))
@@ -462,53 +513,25 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
                     opt.step()
                     step += 1
                     batch += 1
-                    loss_sum += loss_value
-                    tok += int(lengths.sum())
-                    epoch_time = time.perf_counter() - t0
+                    window = (window[0] + loss_value, window[1] + 1, window[2] + int(lengths.sum()),
+                              time.perf_counter() - t0)
                     rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
                 if bar is not None:
-                    bar.advance(step, estimate, loss=loss_sum / batch, tokens_per_s=tok / epoch_time)
+                    bar.advance(step, estimate, loss=window[0] / window[1], tokens_per_s=window[2] / window[3])
                 if cfg.checkpoint_every_s > 0 and time.monotonic() - saved_at >= cfg.checkpoint_every_s \
-                        and batch < steps_per_epoch:
+                        and not validation_due():
                     with signals.held():
                         save_good_checkpoint(model, run_dir, "last.pt", payload(), f"step {step}")
                     saved_at = time.monotonic()
-            if bar is not None:
-                bar.close()
-            valid = evaluate(model, cfg.task, data.splits["valid"], cfg.eval_batch_size, device, data.noop_index,
-                             progress=None if quiet else "validation")
-            if not math.isfinite(valid["loss"]):
-                raise diverged(f"validation loss {valid['loss']}", f"step {step}", run_dir)
-            with signals.held():
-                row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / steps_per_epoch,
-                       "valid_loss": valid["loss"], "valid_acc": valid["acc"]}
-                if "print_acc" in valid:
-                    row["valid_print_acc"] = valid["print_acc"]
-                row.update({"tokens_per_s": tok / epoch_time, "elapsed_s": elapsed + epoch_time})
-                is_best = is_better(valid, best)
-                # The row first: if the run dies before last.pt is replaced, resume truncates the CSV to the old
-                # checkpoint and redoes the validation; the other order could lose a row for good.
-                log.log(row)
-                elapsed += epoch_time
-                epoch, batch, loss_sum, tok, epoch_time = epoch + 1, 0, 0.0, 0, 0.0
-                if is_best:
-                    best = {**valid, "epoch": epoch}
-                    save_good_checkpoint(model, run_dir, "best.pt", payload(), f"step {step}")
-                save_good_checkpoint(model, run_dir, "last.pt", payload(), f"step {step}")
-                saved_at = time.monotonic()
-            if not quiet:
-                extra = f", print acc {valid['print_acc']:.4f}" if "print_acc" in valid else ""
-                eta = f", ETA {format_duration(bar.eta(step))}" if bar is not None and step < total_steps else ""
-                print(f"epoch {epoch}: train loss {row['train_loss']:.4f}, valid loss {valid['loss']:.4f}, "
-                      f"valid acc {valid['acc']:.4f}{extra}{' (best)' if is_best else ''}{eta}", flush=True)
         results: dict[str, Any] = {"best_valid": best, "epochs_done": epoch, "train_time_s": elapsed,
                                    "parameters": count_parameters(model)}
         if epoch >= cfg.epochs and (run_dir / "best.pt").exists():
             results["test"] = evaluate_run(run_dir, "test", data=data, device=cfg.device, progress=not quiet)
             write_json(run_dir / "results.json", results)
             if not quiet:
-                print(f"done: test acc {results['test']['acc']:.4f} ({cfg.task}, best-validation checkpoint of epoch "
-                      f"{best['epoch']}), {format_duration(elapsed)} of training; run dir {run_dir}", flush=True)
+                print(f"done: test acc {results['test']['acc']:.4f} ({cfg.task}, best-validation checkpoint of step "
+                      f"{format_count(best['step'])}, epoch {best['epoch']}), {format_duration(elapsed)} of training; "
+                      f"run dir {run_dir}", flush=True)
     except KeyboardInterrupt as e:
         if bar is not None:
             bar.close()

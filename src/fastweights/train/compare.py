@@ -121,8 +121,8 @@ def run_grid(runs: list[GridRun], out_dir: Path, jobs: int = 1) -> None:
             print(f"{r.name}: finished run found in {r.run_dir}, reusing it", flush=True)
     # Generate each data set once, before any run starts: parallel runs would otherwise race to write it.
     algorithmic = [r for r in todo if isinstance(r.cfg, TrainConfig)]
-    for key in {(r.cfg.task, r.cfg.num_vars, r.cfg.depth, r.cfg.code_length, r.cfg.train_size, r.cfg.valid_size,
-                 r.cfg.test_size, r.cfg.data_seed, r.cfg.data): r for r in algorithmic}.values():
+    for key in {(r.cfg.task, r.cfg.num_vars, r.cfg.depth, r.cfg.max_length, r.cfg.code_length, r.cfg.train_size,
+                 r.cfg.valid_size, r.cfg.test_size, r.cfg.data_seed, r.cfg.data): r for r in algorithmic}.values():
         load_task_data(key.cfg)
     lm = [r for r in todo if isinstance(r.cfg, LMTrainConfig)]
     if lm:  # tokenise (and cache) each corpus once

@@ -71,6 +71,7 @@ class TrainConfig:
     model: str = option("delta_rnn", "registry name of the layer (`fastweights info` lists them)")
     num_vars: int = option(3, "code execution: variables per program (the paper: 3 and 5)")
     depth: int = option(10, "ListOps: maximum nesting depth (the paper: 10 and 15; the files say depth + 1)")
+    max_length: int | None = option(None, "ListOps: longest tree kept, in tokens (none = no limit, the paper's data)")
     data: str | None = option(None, "directory with the official data files; none = generate into the cache")
     train_size: int = option(10000, "training examples to generate")
     valid_size: int = option(1000, "validation examples to generate")
@@ -84,6 +85,8 @@ class TrainConfig:
     schedule: str = option("constant", "learning rate after the warm-up: constant (the paper) or cosine (decay to "
                                        "0 at the last update)")
     warmup_steps: int = option(0, "updates of linear learning-rate warm-up")
+    eval_interval: int = option(0, "updates between validations (metrics rows, best-checkpoint choices) within an "
+                                   "epoch; every epoch ends with one too; 0 = at epoch ends only (the paper)")
     # run: the fields of RunOptions, and
     amp: bool = option(False, "mixed precision (bf16 autocast)")
     checkpoint_every_s: float = option(600.0, "seconds between checkpoints within an epoch (last.pt); 0 = at "
@@ -104,12 +107,16 @@ class TrainConfig:
             check_int_range("num_vars", self.num_vars, 1, 5, "the paper uses 3 and 5")
         if self.task == "listops":
             check_int_range("depth", self.depth, 1, 19, "the paper uses 10 and 15")
+            if self.max_length is not None:
+                check_int_range("max_length", self.max_length, 3 * self.depth + 1, 10**6,
+                                f"the shortest tree of depth {self.depth} has {3 * self.depth + 1} tokens")
         for name in ("train_size", "valid_size", "test_size", "code_length", "batch_size", "eval_batch_size",
                      "epochs"):
             check_positive_int(name, getattr(self, name))
         check_adam_options(self)
         check_choice("schedule", self.schedule, ("constant", "cosine"), "'constant' or 'cosine'")
         check_non_negative_int("warmup_steps", self.warmup_steps)
+        check_non_negative_int("eval_interval", self.eval_interval)
         check_run_options(self)
 
 
