@@ -13,7 +13,7 @@ from test_lm_train import write_corpus
 from fastweights.runs.config import resolve_config
 from fastweights.runs.directory import read_json
 from fastweights.train.algorithmic import train
-from fastweights.train.compare import compare, format_table, plan_grid
+from fastweights.train.compare import best_within, compare, format_table, late_rise, plan_grid
 from fastweights.train.lm import evaluate_lm_run
 
 TINY = ["train_size=30", "valid_size=10", "test_size=10", "code_length=4", "d_model=16", "num_layers=1",
@@ -97,11 +97,51 @@ def test_compare_refuses_bad_seeds_and_jobs(tmp_path):
         compare("code-exec", ["lstm"], "cpu", TINY, tmp_path, jobs=0)
 
 
-def test_format_table_shows_mean_std_and_seeds():
+def test_format_table_shows_mean_std_seeds_and_convergence():
     rows = [{"model": "m", "parameters": 10, "seeds": [1, 2], "test_acc": [0.5, 0.7], "test_acc_mean": 0.6,
-             "test_acc_std": 0.1414, "valid_acc_mean": 0.65, "test_print_acc_mean": 0.75, "train_time_s_mean": 90.0}]
+             "test_acc_std": 0.1414, "valid_acc_mean": 0.65, "test_print_acc_mean": 0.75, "train_time_s_mean": 90.0,
+             "late_rise": [0.0, 0.025], "converged": 1}]
     table = format_table("code-exec", "cpu", rows)
-    assert "| m | 10 | 60.0 ± 14.1 (2) | 50.0, 70.0 | 65.0 | 75.0 | 1.5 min |" in table
+    assert "| m | 10 | 60.0 ± 14.1 (2) | 50.0, 70.0 | 65.0 | 75.0 | 1/2 (2.5) | 1.5 min |" in table
+
+
+def _acc_rows(*pairs):
+    return [{"step": str(step), "valid_acc": str(acc), "elapsed_s": str(step / 10)} for step, acc in pairs]
+
+
+def test_late_rise_is_the_rise_of_the_best_validation_over_the_last_fifth_of_the_updates():
+    # 100 updates: the last fifth starts after update 80; the best up to there is 0.6
+    assert late_rise(_acc_rows((20, 0.3), (40, 0.6), (60, 0.5), (80, 0.55), (90, 0.62), (100, 0.61))) \
+        == pytest.approx(0.02)
+    assert late_rise(_acc_rows((20, 0.3), (40, 0.6), (80, 0.55), (100, 0.59))) == 0.0  # a drop is no rise
+    assert late_rise(_acc_rows((100, 0.4))) == pytest.approx(0.4)  # nothing validated before: not converged
+    with pytest.raises(ValueError, match="no validation rows"):
+        late_rise([])
+
+
+def test_best_within_a_budget_reads_the_rows_up_to_that_training_time():
+    rows = _acc_rows((20, 0.3), (40, 0.6), (60, 0.5))  # at 2, 4 and 6 seconds
+    assert best_within(rows, 1.0) is None
+    assert best_within(rows, 5.0) == 0.6 and best_within(rows, 100.0) == 0.6
+
+
+def test_compare_writes_convergence_and_the_equal_wall_time_view(tmp_path):
+    out = tmp_path / "cmp"
+    rows = compare("code-exec", ["lstm", "delta_net"], "cpu", [*TINY, "epochs=2", "eval_interval=1"], out)
+    for row in rows:
+        metrics = _rows(out / f"{row['model']}-seed11")
+        assert len(metrics) == 8  # 4 updates per epoch, a validation after each
+        assert row["late_rise"] == [late_rise(metrics)] and row["converged"] == int(late_rise(metrics) <= 0.01)
+    summary = read_json(out / "summary.json")
+    budgets = summary["wall_time"]["budgets_s"]
+    assert sorted(budgets) == ["delta_net", "lstm"]
+    for timed in summary["wall_time"]["rows"]:
+        metrics = _rows(out / f"{timed['model']}-seed11")
+        assert timed["valid_acc_within"] == [best_within(metrics, s) for s in sorted(budgets.values())]
+    text = (out / "summary.md").read_text()
+    assert "best validation accuracy (%) reached within equal training time" in text and "'s run) |" in text
+    if (out / "curves.png").exists():  # with matplotlib
+        assert (out / "wall-time.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_seed_band_plot_is_written_for_the_grid(tmp_path):

@@ -19,8 +19,8 @@ def _pyplot():
     return plt
 
 
-def _series(rows: list[dict[str, str]], x_name: str, metric: str) -> tuple[list[int], list[float]]:
-    pairs = [(int(r[x_name]), float(r[metric])) for r in rows if r.get(metric, "") != ""]
+def _series(rows: list[dict[str, str]], x_name: str, metric: str) -> tuple[list[float], list[float]]:
+    pairs = [(float(r[x_name]), float(r[metric])) for r in rows if r.get(metric, "") != ""]
     return [x for x, _ in pairs], [y for _, y in pairs]
 
 
@@ -78,10 +78,11 @@ def plot_runs(run_dirs: list[Path], out: Path, metrics: tuple[str, ...] | None =
 
 
 def plot_seed_bands(groups: dict[str, list[Path]], out: Path,
-                    metrics: tuple[str, ...] = ("valid_acc", "train_loss")) -> Path:
+                    metrics: tuple[str, ...] = ("valid_acc", "train_loss"), x: str | None = None) -> Path:
     """Learning curves of several seeds per model: the mean over seeds as a line, the range (min to max) over
     seeds as a band. ``groups`` maps a label (the model) to its run directories; x = update (epoch for runs that
-    log no updates), cut to the points every seed of the group has reached."""
+    log no updates), cut to the points every seed of the group has reached. ``x="elapsed_s"``: x = training time in
+    minutes instead, the mean over seeds at each row (the seeds' rows fall at the same updates)."""
     plt = _pyplot()
     loaded: dict[str, list[list[dict[str, str]]]] = {}
     tasks = set()
@@ -92,7 +93,7 @@ def plot_seed_bands(groups: dict[str, list[Path]], out: Path,
                 raise FileNotFoundError(f"run_dir: {d} has no config.json or no metrics yet")
             tasks.add(read_json(d / "config.json")["task"])
             loaded.setdefault(label, []).append(rows)
-    x_name = "step" if all("step" in rows[0] for runs in loaded.values() for rows in runs) else "epoch"
+    x_name = x or ("step" if all("step" in rows[0] for runs in loaded.values() for rows in runs) else "epoch")
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for label, runs in loaded.items():
@@ -101,6 +102,8 @@ def plot_seed_bands(groups: dict[str, list[Path]], out: Path,
             if n == 0:
                 continue
             xs = series[0][0][:n]
+            if x_name == "elapsed_s":
+                xs = [sum(c) / len(c) / 60 for c in zip(*(seed_xs[:n] for seed_xs, _ in series))]
             columns = list(zip(*(ys[:n] for _, ys in series)))
             mean = [sum(c) / len(c) for c in columns]
             line = ax.plot(xs, mean, marker="." if n < 30 else None, label=f"{label} ({len(runs)})")[0]
@@ -109,7 +112,7 @@ def plot_seed_bands(groups: dict[str, list[Path]], out: Path,
                                 color=line.get_color(), linewidth=0)
         if "loss" in metric:  # losses span decades: one diverging model would flatten every other curve
             ax.set_yscale("log")
-        ax.set_xlabel(x_name)
+        ax.set_xlabel("training time (min)" if x_name == "elapsed_s" else x_name)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8, title="model (seeds)", title_fontsize=8)

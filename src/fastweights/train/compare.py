@@ -24,7 +24,7 @@ from typing import Any
 
 from ..rl.config import RLConfig, resolve_rl_config
 from ..runs.config import config_from_dict, config_to_dict, resolve_config
-from ..runs.directory import RunLock, read_json, read_json_file, write_json
+from ..runs.directory import MetricsLog, RunLock, read_json, read_json_file, write_json
 from ..runs.plots import plot_seed_bands
 from .algorithmic import load_task_data, train
 from .config import LMTrainConfig, TrainConfig
@@ -174,6 +174,28 @@ def run_grid(runs: list[GridRun], out_dir: Path, jobs: int = 1) -> None:
         raise RuntimeError(f"grid: {len(failed)} run(s) failed: {', '.join(failed)} (logs in {logs})")
 
 
+#: The convergence rule of the algorithmic grids: a finished run has converged when its best validation accuracy
+#: rose by at most CONVERGED_RISE over the last CONVERGED_TAIL of its updates.
+CONVERGED_TAIL = 0.2
+CONVERGED_RISE = 0.01
+
+
+def late_rise(rows: list[dict[str, str]]) -> float:
+    """How much the best validation accuracy of a run's ``metrics.csv`` rows rose over the last
+    :data:`CONVERGED_TAIL` of its updates: the best over all rows minus the best over the rows up to that point
+    (0 before the first row). A run has converged when this is at most :data:`CONVERGED_RISE`."""
+    if not rows:
+        raise ValueError("metrics: no validation rows")
+    last = int(rows[-1]["step"])
+    cut = (1 - CONVERGED_TAIL) * last
+    accs = [(int(r["step"]), float(r["valid_acc"])) for r in rows]
+    return max(a for _, a in accs) - max((a for step, a in accs if step <= cut), default=0.0)
+
+
+def _metric_rows(run_dir: Path) -> list[dict[str, str]]:
+    return MetricsLog(run_dir, tensorboard=False).rows()
+
+
 def summarize(runs: list[GridRun]) -> list[dict[str, Any]]:
     """One row per model: mean and standard deviation over seeds (sample std; 0 for one seed) of the test
     accuracy of the best-validation checkpoints (lm: their test perplexity; rl: the final evaluation's mean
@@ -213,12 +235,14 @@ def summarize(runs: list[GridRun]) -> list[dict[str, Any]]:
         test = [res["test"]["acc"] for _, res in items]
         prints = [res["test"]["print_acc"] for _, res in items if "print_acc" in res["test"]]
         times = [res["train_time_s"] for _, res in items]
+        rises = [late_rise(_metric_rows(r.run_dir)) for r, _ in items]
         rows.append({
             "model": model, "parameters": items[0][1]["parameters"], "seeds": [r.cfg.seed for r, _ in items],
             "test_acc": test, "test_acc_mean": statistics.fmean(test),
             "test_acc_std": statistics.stdev(test) if len(test) > 1 else 0.0,
             "valid_acc_mean": statistics.fmean(res["best_valid"]["acc"] for _, res in items),
             "test_print_acc_mean": statistics.fmean(prints) if prints else None,
+            "late_rise": rises, "converged": sum(rise <= CONVERGED_RISE + 1e-12 for rise in rises),
             "train_time_s_mean": statistics.fmean(times), "run_dirs": [str(r.run_dir) for r, _ in items],
         })
     return rows
@@ -259,16 +283,55 @@ def format_table(task: str, preset: str | None, rows: list[dict[str, Any]], env:
         return "\n".join(lines)
     code = task == "code-exec"
     metric = "sequence accuracy" if code else "accuracy"
-    lines = [f"{task}, preset {preset}: test {metric} (%) of the best-validation checkpoint, mean ± std over seeds",
+    lines = [f"{task}, preset {preset}: test {metric} (%) of the best-validation checkpoint, mean ± std over seeds; "
+             f"converged = runs whose best validation accuracy rose by <= {_pct(CONVERGED_RISE)} points over the last "
+             f"{CONVERGED_TAIL:.0%} of the updates (the largest rise in parentheses)",
              "", "| model | parameters | test acc | per seed | valid acc |" + (" test print acc |" if code else "")
-             + " train time per run |", "|---|---:|---:|---|---:|" + ("---:|" if code else "") + "---:|"]
+             + " converged | train time per run |",
+             "|---|---:|---:|---|---:|" + ("---:|" if code else "") + "---:|---:|"]
     for r in rows:
         n = len(r["test_acc"])
         cell = f"{_pct(r['test_acc_mean'])} ± {_pct(r['test_acc_std'])} ({n})" if n > 1 else _pct(r["test_acc_mean"])
         per_seed = ", ".join(_pct(a) for a in r["test_acc"])
         pa = f" {_pct(r['test_print_acc_mean'])} |" if code else ""
+        converged = f"{r['converged']}/{n} ({_pct(max(r['late_rise']))})"
         lines.append(f"| {r['model']} | {r['parameters']:,} | {cell} | {per_seed} | {_pct(r['valid_acc_mean'])} |"
-                     f"{pa} {r['train_time_s_mean'] / 60:.1f} min |")
+                     f"{pa} {converged} | {r['train_time_s_mean'] / 60:.1f} min |")
+    return "\n".join(lines)
+
+
+def best_within(rows: list[dict[str, str]], seconds: float) -> float | None:
+    """The best validation accuracy a run had reached after ``seconds`` of training (``elapsed_s`` of its
+    ``metrics.csv`` rows: training time without the validations); None before its first validation."""
+    reached = [float(r["valid_acc"]) for r in rows if float(r["elapsed_s"]) <= seconds]
+    return max(reached) if reached else None
+
+
+def wall_time_rows(rows: list[dict[str, Any]]) -> tuple[list[tuple[str, float]], list[dict[str, Any]]]:
+    """The equal-wall-time view of an algorithmic grid: the budgets (each model's mean training time per run,
+    shortest first, named by the model) and, per model, the mean over seeds of the best validation accuracy
+    reached within each budget (a run that finished sooner keeps its final best)."""
+    budgets = sorted(((r["model"], r["train_time_s_mean"]) for r in rows), key=lambda b: b[1])
+    out = []
+    for r in rows:
+        metrics = [_metric_rows(Path(d)) for d in r["run_dirs"]]
+        cells = []
+        for _, seconds in budgets:
+            reached = [best_within(m, seconds) for m in metrics]
+            cells.append(statistics.fmean(reached) if None not in reached else None)
+        out.append({"model": r["model"], "valid_acc_within": cells, "seeds": len(metrics)})
+    return budgets, out
+
+
+def format_wall_time_table(task: str, budgets: list[tuple[str, float]], rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of :func:`wall_time_rows`: validation accuracy (%) per model and budget."""
+    head = " | ".join(f"{seconds / 60:.1f} min ({model}'s run)" for model, seconds in budgets)
+    lines = [f"{task}: best validation accuracy (%) reached within equal training time (mean over seeds; a budget "
+             "is the mean training time of one model's whole run; '-' = no validation yet)", "",
+             f"| model | {head} |", "|---|" + "---:|" * len(budgets)]
+    for r in rows:
+        cells = " | ".join("-" if v is None else _pct(v) for v in r["valid_acc_within"])
+        lines.append(f"| {r['model']} | {cells} |")
     return "\n".join(lines)
 
 
@@ -307,8 +370,16 @@ def _compare_locked(task: str, preset: str | None, overrides: list[str], out_dir
     wall = time.perf_counter() - t0
     print("\n" + table + ("" if report_only else
                           f"\n\ngrid wall time: {wall / 60:.1f} min ({jobs} job{'s' if jobs > 1 else ''} at a time)"))
+    wall_time = None
+    if task in ("code-exec", "listops") and rows:
+        budgets, timed = wall_time_rows(rows)
+        wall_time = {"budgets_s": dict(budgets), "rows": timed}
+        wall_table = format_wall_time_table(task, budgets, timed)
+        print("\n" + wall_table)
+        table += "\n\n" + wall_table
     (out_dir / "summary.md").write_text(table + "\n")
     write_json(out_dir / "summary.json", {"task": task, "preset": preset, "overrides": overrides, "rows": rows,
+                                          "wall_time": wall_time,
                                           "grid_wall_time_s": None if report_only else wall,
                                           "not_finished": [r.name for r in runs if r.state != "finished"]
                                           if report_only else []})
@@ -317,6 +388,9 @@ def _compare_locked(task: str, preset: str | None, overrides: list[str], out_dir
         metrics = {"rl": ("episode_return",), "lm": ("valid_ppl", "train_loss")}.get(task, ("valid_acc", "train_loss"))
         plot = plot_seed_bands(groups, out_dir / "curves.png", metrics)
         print(f"learning curves: {plot}")
+        if task in ("code-exec", "listops"):
+            plot = plot_seed_bands(groups, out_dir / "wall-time.png", ("valid_acc",), x="elapsed_s")
+            print(f"validation accuracy over training time: {plot}")
     except ValueError as e:  # matplotlib missing: the table is still the result
         print(f"(no plot: {e})")
     return rows
