@@ -1,8 +1,10 @@
-"""Render the algorithmic table of docs/results.md from the grid written by results_algorithmic.sh.
+"""Render the algorithmic table of docs/results.md from the summaries of the grid (results_algorithmic.sh, or
+``fastweights compare --report-only`` on the records of docs/runs/algorithmic).
 
     python scripts/results_table.py runs/results
 
-Each cell: test accuracy in % of the best-validation checkpoint, mean ± sample std over seeds (n seeds), then
+Each cell: test accuracy in % of the best-validation checkpoint, mean ± sample std over seeds (n seeds), the
+number of converged runs (best validation accuracy up by at most 1 point over the last 20 % of the updates), then
 the mean training wall time per run. The learning curves are each setting's curves.png.
 """
 
@@ -24,7 +26,8 @@ def cell(row: dict | None) -> str:
     acc = f"{100 * row['test_acc_mean']:.1f}"
     if n > 1:
         acc += f" ± {100 * row['test_acc_std']:.1f} ({n})"
-    return f"{acc}; {row['train_time_s_mean'] / 60:.1f} min"
+    converged = f"; {row['converged']}/{n} converged" if "converged" in row else ""
+    return f"{acc}{converged}; {row['train_time_s_mean'] / 60:.1f} min"
 
 
 def main(root: str) -> None:

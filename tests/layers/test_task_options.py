@@ -24,7 +24,7 @@ PAPER_PRESETS = {
         "delta_rnn": {"feature_map": "softmax"},
         "delta_lstm": {"sum_norm_eps": 1e-5},
     },
-    "algorithmic": {"transformer": {"bias": True}},
+    "algorithmic": {"transformer": {"bias": True, "mha_init": True}},
 }
 
 
@@ -60,3 +60,24 @@ def test_bad_arguments():
         task_options("delta_net", "nlp")
     with pytest.raises(ValueError, match=r"name: unknown layer 'deltanet'"):
         task_options("deltanet", "lm")
+
+
+def test_the_algorithmic_transformer_is_initialised_as_nn_multihead_attention():
+    """PyTorch's encoder layer (the paper's algorithmic baseline): a xavier-uniform input projection (one draw over
+    the stacked q, k, v blocks) and zero biases; the output weight keeps nn.Linear's init."""
+    import math
+
+    import torch
+
+    torch.manual_seed(0)
+    layer = build_layer("transformer", 64, 4, **task_options("transformer", "algorithmic"))
+    w = layer.qkv_proj.weight  # [3 * 64, 64]
+    bound = math.sqrt(6 / (64 + 3 * 64))
+    assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
+    assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+    assert not layer.qkv_proj.bias.any() and not layer.out_proj.bias.any()
+    assert layer.out_proj.weight.abs().max() <= 1 / math.sqrt(64)  # nn.Linear's kaiming-uniform bound
+    default = build_layer("transformer", 64, 4, bias=True)
+    assert default.qkv_proj.bias.abs().sum() > 0  # without the option: nn.Linear's init
+    with pytest.raises(ValueError, match="mha_init"):
+        build_layer("transformer", 64, 4, mha_init="yes")

@@ -29,30 +29,40 @@ class SoftmaxAttention(SequenceLayer):
     Args:
         d_model: model width C. num_heads: H. head_dim: d (default ``d_model // num_heads``).
         bias: biases in the projections.
+        mha_init: initialise as PyTorch's ``nn.MultiheadAttention`` does (the algorithmic baseline's layer):
+            a xavier-uniform input projection and zero biases; False: ``nn.Linear``'s default init.
         attn_dropout: dropout on the attention weights in training mode (the PyTorch encoder layer uses the
             model dropout here).
 
     State: :class:`KVCache` ``(k [B, H, L, d], v [B, H, L, d], visible [B, L])``; it grows by T per call.
     """
 
-    # the algorithmic baseline is PyTorch's encoder layer (projections with bias); the LM baseline has none
-    TASK_OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {"algorithmic": {"bias": True}, "lm": {"bias": False}}
+    # the algorithmic baseline is PyTorch's encoder layer (projections with bias, nn.MultiheadAttention's init);
+    # the LM baseline has no biases
+    TASK_OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {"algorithmic": {"bias": True, "mha_init": True},
+                                                         "lm": {"bias": False}}
 
     def __init__(self, d_model: int, num_heads: int, head_dim: int | None = None, *, bias: bool = False,
-                 attn_dropout: float = 0.0) -> None:
+                 mha_init: bool = False, attn_dropout: float = 0.0) -> None:
         super().__init__()
         self.d_model, self.num_heads, self.head_dim = resolve_head_dim(d_model, num_heads, head_dim)
         self.bias = check_bool("bias", bias)
+        self.mha_init = check_bool("mha_init", mha_init)
         self.attn_dropout = check_nonnegative_float("attn_dropout", attn_dropout)
         if self.attn_dropout >= 1.0:
             raise ValueError(f"attn_dropout: expected a probability in [0, 1), got {attn_dropout!r}")
         inner = self.num_heads * self.head_dim
         self.qkv_proj = nn.Linear(self.d_model, 3 * inner, bias=bias)
         self.out_proj = nn.Linear(inner, self.d_model, bias=bias)
+        if mha_init:  # nn.MultiheadAttention._reset_parameters: one xavier draw over the stacked q, k, v blocks
+            nn.init.xavier_uniform_(self.qkv_proj.weight)
+            for proj in (self.qkv_proj, self.out_proj):
+                if proj.bias is not None:
+                    nn.init.zeros_(proj.bias)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, bias={self.bias}, "
-                f"attn_dropout={self.attn_dropout}")
+                f"mha_init={self.mha_init}, attn_dropout={self.attn_dropout}")
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None,
                       dtype: torch.dtype | None = None) -> KVCache:
