@@ -18,24 +18,7 @@ OUT="${1:-runs/results}"
 SETTINGS="${SETTINGS:-code-exec-3 code-exec-5 listops-10 listops-15}"
 FW="$VENV/bin/fastweights"
 mkdir -p "$OUT"
-restore() {  # restore SETTING: the recorded runs of SETTING into the grid, where the grid lacks them
-  [ -n "${KEEP:-}" ] && [ -d "$KEEP/$1" ] || return 0
-  for record in "$KEEP/$1"/*/results.json; do
-    [ -f "$record" ] || continue
-    local run; run="$(basename "$(dirname "$record")")"
-    [ -e "$OUT/$1/$run" ] || { mkdir -p "$OUT/$1" && cp -r "$(dirname "$record")" "$OUT/$1/$run"; }
-  done
-}
-keep() {  # keep SETTING: copy the records of SETTING's finished runs and its summary to $KEEP/SETTING
-  [ -n "${KEEP:-}" ] || return 0
-  for run in "$OUT/$1"/*/results.json; do
-    [ -f "$run" ] || continue
-    local dir; dir="$(dirname "$run")"; local to="$KEEP/$1/$(basename "$dir")"
-    mkdir -p "$to" && cp "$dir/config.json" "$dir/results.json" "$dir/metrics.csv" "$to/"
-  done
-  for f in summary.md curves.png wall-time.png; do [ -f "$OUT/$1/$f" ] && cp "$OUT/$1/$f" "$KEEP/$1/"; done
-  return 0
-}
+source "$ROOT/scripts/_records.sh"
 for setting in $SETTINGS; do
   case "$setting" in
     code-exec-3) args=(code-exec --num-vars 3 --seeds 11,12,13) ;;
@@ -44,8 +27,8 @@ for setting in $SETTINGS; do
     listops-15) args=(listops --depth 15 --seeds 11,12,13) ;;
     *) echo "SETTINGS: unknown setting $setting (code-exec-3, code-exec-5, listops-10, listops-15)" >&2; exit 2 ;;
   esac
-  restore "$setting"
+  [ -z "${KEEP:-}" ] || restore_records "$KEEP/$setting" "$OUT/$setting"
   "$FW" compare "${args[@]}" --models "$MODELS" --preset cpu --jobs 2 --out-dir "$OUT/$setting" \
     2>&1 | tee -a "$OUT/$setting.log"
-  keep "$setting"
+  [ -z "${KEEP:-}" ] || keep_records "$OUT/$setting" "$KEEP/$setting"
 done

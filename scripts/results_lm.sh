@@ -18,15 +18,8 @@ FW="$VENV/bin/fastweights"
 TRUNCATED="delta_lstm,delta_mlp,delta_delta_net,delta_rnn,rdn,delta_net,linear_transformer,transformer,lstm"
 CARRIED="delta_lstm,delta_rnn,rdn,delta_net,lstm"  # the transformer's state is a KV cache that grows with the text
 mkdir -p "$OUT"
-keep() {  # keep GRID: copy the records of GRID's finished runs to $KEEP/GRID
-  [ -n "${KEEP:-}" ] || return 0
-  for run in "$OUT/$1"/*/results.json; do
-    [ -f "$run" ] || continue
-    local dir; dir="$(dirname "$run")"; local to="$KEEP/$1/$(basename "$dir")"
-    mkdir -p "$to" && cp "$dir/config.json" "$dir/results.json" "$dir/metrics.csv" "$to/"
-  done
-  for f in summary.md curves.png; do [ -f "$OUT/$1/$f" ] && cp "$OUT/$1/$f" "$KEEP/$1/"; done; return 0
-}
+source "$ROOT/scripts/_records.sh"
+keep() { [ -z "${KEEP:-}" ] || keep_records "$OUT/$1" "$KEEP/$1"; }  # keep GRID: the records of GRID to $KEEP/GRID
 "$FW" compare lm --models "$TRUNCATED" --seeds "$SEEDS" --jobs 2 --preset cpu --out-dir "$OUT/truncated" \
   log_every_s=60 2>&1 | tee -a "$OUT/truncated.log"
 keep truncated
