@@ -488,3 +488,24 @@ def test_fresh_run_in_an_existing_run_directory(tiny_cfg, tmp_path):
     except (ValueError, FileExistsError):
         return  # refusing is fine
     assert [r["epoch"] for r in metric_rows(tmp_path / "run")] == ["1", "2"]
+
+
+def test_select_best_rules():
+    best = {"acc": 0.5, "loss": 1.0}
+    assert not algorithmic.is_better({"acc": 0.5, "loss": 0.5}, best)  # the paper: the first of equal accuracies
+    assert algorithmic.is_better({"acc": 0.5, "loss": 0.5}, best, "acc_loss")
+    assert not algorithmic.is_better({"acc": 0.5, "loss": 1.5}, best, "acc_loss")
+    for rule in ("acc", "acc_loss"):
+        assert algorithmic.is_better({"acc": 0.6, "loss": 9.0}, best, rule)
+        assert not algorithmic.is_better({"acc": 0.4, "loss": 0.1}, best, rule)
+        assert algorithmic.is_better({"acc": 0.0, "loss": 9.0}, {"acc": -1.0, "epoch": -1}, rule)  # the first one
+
+
+def test_presets_choose_their_best_checkpoint_rule():
+    from fastweights.runs.config import resolve_config
+
+    for task in ("code-exec", "listops"):
+        assert resolve_config(task, "paper", []).select_best == "acc"
+        assert resolve_config(task, "cpu", []).select_best == "acc_loss"
+    with pytest.raises(ValueError, match="select_best: expected one of"):
+        resolve_config("code-exec", "cpu", ["select_best=loss"])

@@ -304,9 +304,12 @@ def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     return warmup_cosine(step, cfg.lr, cfg.warmup_steps, total)
 
 
-def is_better(valid: dict[str, float], best: dict[str, float]) -> bool:
-    """Model selection on validation: higher accuracy, ties (e.g. all-zero sequence accuracy early in training)
-    broken by lower loss."""
+def is_better(valid: dict[str, float], best: dict[str, float], rule: str = "acc") -> bool:
+    """Model selection on validation. ``acc`` (the paper's rule): a strictly higher accuracy, so the first of equal
+    ones is kept; ``acc_loss``: ties (e.g. the all-zero sequence accuracies early in training) broken by a lower
+    loss."""
+    if rule == "acc":
+        return valid["acc"] > best["acc"]
     return (valid["acc"], -valid["loss"]) > (best["acc"], -best.get("loss", math.inf))
 
 
@@ -442,7 +445,7 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
             if "print_acc" in valid:
                 row["valid_print_acc"] = valid["print_acc"]
             row.update({"tokens_per_s": tok / seconds if seconds > 0 else 0.0, "elapsed_s": elapsed + seconds})
-            is_best = is_better(valid, best)
+            is_best = is_better(valid, best, cfg.select_best)
             # The row first: if the run dies before last.pt is replaced, resume truncates the CSV to the old
             # checkpoint and redoes the validation; the other order could lose a row for good.
             log.log(row)

@@ -28,6 +28,8 @@ from ..models.lm import LMConfig, LMOptions
 from ..runs.config import RunOptions, check_run_options
 
 ALGORITHMIC_TASKS = ("code-exec", "listops")
+#: The rules that choose the best checkpoint of an algorithmic run (``TrainConfig.select_best``).
+SELECT_BEST = ("acc", "acc_loss")
 TASKS = (*ALGORITHMIC_TASKS, "lm")
 #: The evaluation modes of :func:`fastweights.train.lm.evaluate_lm`; ``LMTrainConfig.test_mode`` adds ``auto``.
 EVAL_MODES = ("sliding", "carry", "segments")
@@ -85,6 +87,8 @@ class TrainConfig:
     schedule: str = option("constant", "learning rate after the warm-up: constant (the paper) or cosine (decay to "
                                        "0 at the last update)")
     warmup_steps: int = option(0, "updates of linear learning-rate warm-up")
+    select_best: str = option("acc", "the best checkpoint: acc (the first validation of the highest accuracy, the "
+                                     "paper's rule) or acc_loss (accuracy ties broken by lower validation loss)")
     eval_interval: int = option(0, "updates between validations (metrics rows, best-checkpoint choices) within an "
                                    "epoch; every epoch ends with one too; 0 = at epoch ends only (the paper)")
     # run: the fields of RunOptions, and
@@ -117,6 +121,7 @@ class TrainConfig:
         check_choice("schedule", self.schedule, ("constant", "cosine"), "'constant' or 'cosine'")
         check_non_negative_int("warmup_steps", self.warmup_steps)
         check_non_negative_int("eval_interval", self.eval_interval)
+        check_choice("select_best", self.select_best, SELECT_BEST)
         check_run_options(self)
 
 
