@@ -509,3 +509,23 @@ def test_presets_choose_their_best_checkpoint_rule():
         assert resolve_config(task, "cpu", []).select_best == "acc_loss"
     with pytest.raises(ValueError, match="select_best: expected one of"):
         resolve_config("code-exec", "cpu", ["select_best=loss"])
+
+
+def test_cosine_decays_from_the_end_of_the_warm_up_and_the_warm_up_scales_with_a_short_run(tiny_cfg):
+    cfg = tiny_cfg(lr=1.0, schedule="cosine", warmup_steps=4, epochs=10)  # 5 updates per epoch: 50 in all
+    lrs = [algorithmic.lr_at(s, cfg, 5) for s in range(50)]
+    assert lrs[:5] == [0.25, 0.5, 0.75, 1.0, 1.0]  # the warm-up, then the cosine from its peak
+    assert lrs[4 + 23] == pytest.approx(0.5)  # half-way through the 46 decay updates
+    assert lrs[49] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 46)))
+    short = tiny_cfg(lr=1.0, schedule="cosine", warmup_steps=200, epochs=2)  # 10 updates: warm up over 1
+    assert algorithmic.warmup_updates(short, 10) == 1
+    third = pytest.approx(0.5 * (1 + math.cos(math.pi / 9)))
+    assert [algorithmic.lr_at(s, short, 5) for s in range(3)] == [1.0, 1.0, third]
+    constant = tiny_cfg(lr=1.0, warmup_steps=4, epochs=10)
+    assert [algorithmic.lr_at(s, constant, 5) for s in (0, 3, 4, 49)] == [0.25, 1.0, 1.0, 1.0]
+
+
+def test_a_shortened_warm_up_is_told_in_one_line(tiny_cfg, tmp_path, capsys):
+    train(tiny_cfg(schedule="cosine", warmup_steps=200, epochs=2), tmp_path / "run")
+    out = capsys.readouterr().out
+    assert "warmup_steps: 200 updates would be more than a tenth of this run's 10; warming up over 1\n" in out

@@ -297,11 +297,23 @@ def evaluate(model, task: str, split: Split, batch_size: int, device: torch.devi
 # ----------------------------------------------------------------------------------------------------------------
 
 
+#: The longest warm-up of an algorithmic run, as a fraction of its updates: a run shortened to fewer than ten
+#: warm-ups warms up over this fraction of its updates instead (and says so when it starts).
+MAX_WARMUP_FRACTION = 0.1
+
+
+def warmup_updates(cfg: TrainConfig, total_steps: int) -> int:
+    """The warm-up of a run of ``total_steps`` updates: ``cfg.warmup_steps``, at most a tenth of the run."""
+    return min(cfg.warmup_steps, math.ceil(MAX_WARMUP_FRACTION * total_steps))
+
+
 def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
-    """Learning rate of update ``step`` (0-based): a linear warm-up over ``cfg.warmup_steps``, then constant
-    (``schedule=constant``, the paper's setting) or a cosine decay to 0 at the last update (``schedule=cosine``)."""
-    total = cfg.epochs * steps_per_epoch if cfg.schedule == "cosine" else None
-    return warmup_cosine(step, cfg.lr, cfg.warmup_steps, total)
+    """Learning rate of update ``step`` (0-based): a linear warm-up over :func:`warmup_updates`, then constant
+    (``schedule=constant``, the paper's setting) or a cosine decay from the end of the warm-up to 0 at the last
+    update (``schedule=cosine``)."""
+    total = cfg.epochs * steps_per_epoch
+    return warmup_cosine(step, cfg.lr, warmup_updates(cfg, total), total if cfg.schedule == "cosine" else None,
+                         decay_after_warmup=True)
 
 
 def is_better(valid: dict[str, float], best: dict[str, float], rule: str = "acc") -> bool:
@@ -464,6 +476,10 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
                   f"{valid['loss']:.4f}, valid acc {valid['acc']:.4f}{extra}{' (best)' if is_best else ''}{eta}",
                   flush=True)
 
+    if not quiet and warmup_updates(cfg, total_steps) < cfg.warmup_steps:
+        print(f"warmup_steps: {format_count(cfg.warmup_steps)} updates would be more than a tenth of this run's "
+              f"{format_count(total_steps)}; warming up over {format_count(warmup_updates(cfg, total_steps))}",
+              flush=True)
     if not quiet:
         at = f"; resumed at epoch {epoch + 1}, step {format_count(step)}" if continues else ""
         every = (f"every {plural(cfg.eval_interval, 'step')} and " if cfg.eval_interval > 0 else "")
