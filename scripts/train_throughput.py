@@ -74,8 +74,8 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
 
-    from fastweights.train.algorithmic import load_task_data
     from fastweights.runs.config import preset_path, resolve_config
+    from fastweights.train.algorithmic import load_task_data
 
     overrides = [f"model={a.model}", *a.overrides]
     preset = str(preset_path(a.task, a.preset))  # a file path: the baseline revision reads the same preset
