@@ -303,7 +303,7 @@ def test_plot_writes_a_png(capsys, tmp_path, two_runs):
 def test_plot_refuses_unknown_metrics_and_mixed_tasks(capsys, tmp_path, two_runs):
     rc, _, err = cli(capsys, "plot", *two_runs, "--out", tmp_path / "a.png", "--metrics", "valid_acc,foo")
     assert_one_line_error(rc, err, "metrics: unknown metric(s) ['foo']", "train_loss, valid_loss, valid_acc, "
-                          "valid_print_acc, tokens_per_s, elapsed_s")
+                          "valid_print_acc, tokens_per_s, elapsed_s, cpu_s")
     other = tmp_path / "listops-run"
     shutil.copytree(two_runs[1], other)
     cfg = read_json(other / "config.json")
@@ -342,7 +342,7 @@ def test_resume_continues_an_interrupted_run(capsys, tmp_path):
     rows = []
     for d in (run_dir, tmp_path / "full"):
         with open(d / "metrics.csv", newline="") as f:
-            rows.append([{k: v for k, v in r.items() if k not in ("elapsed_s", "tokens_per_s")}
+            rows.append([{k: v for k, v in r.items() if k not in ("elapsed_s", "cpu_s", "tokens_per_s")}
                          for r in csv.DictReader(f)])
     assert rows[0] == rows[1] and len(rows[0]) == 3
 

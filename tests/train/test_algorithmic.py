@@ -29,7 +29,7 @@ from fastweights.train.algorithmic import (
     write_task_data,
 )
 
-TIMING_COLUMNS = ("elapsed_s", "tokens_per_s")
+TIMING_COLUMNS = ("elapsed_s", "cpu_s", "tokens_per_s")
 
 
 def metric_rows(run_dir) -> list[dict[str, str]]:

@@ -106,7 +106,8 @@ def test_format_table_shows_mean_std_seeds_and_convergence():
 
 
 def _acc_rows(*pairs):
-    return [{"step": str(step), "valid_acc": str(acc), "elapsed_s": str(step / 10)} for step, acc in pairs]
+    return [{"step": str(step), "valid_acc": str(acc), "elapsed_s": str(step), "cpu_s": str(step / 10)}
+            for step, acc in pairs]
 
 
 def test_late_rise_is_the_rise_of_the_best_validation_over_the_last_fifth_of_the_updates():
@@ -120,9 +121,11 @@ def test_late_rise_is_the_rise_of_the_best_validation_over_the_last_fifth_of_the
 
 
 def test_best_within_a_budget_reads_the_rows_up_to_that_training_time():
-    rows = _acc_rows((20, 0.3), (40, 0.6), (60, 0.5))  # at 2, 4 and 6 seconds
+    rows = _acc_rows((20, 0.3), (40, 0.6), (60, 0.5))  # at 2, 4 and 6 CPU seconds (20, 40, 60 s of wall time)
     assert best_within(rows, 1.0) is None
     assert best_within(rows, 5.0) == 0.6 and best_within(rows, 100.0) == 0.6
+    wall_only = [{k: v for k, v in r.items() if k != "cpu_s"} for r in rows]  # runs without the CPU time column
+    assert best_within(wall_only, 30.0) == 0.3
 
 
 def test_compare_writes_convergence_and_the_equal_wall_time_view(tmp_path):
@@ -135,6 +138,7 @@ def test_compare_writes_convergence_and_the_equal_wall_time_view(tmp_path):
     summary = read_json(out / "summary.json")
     budgets = summary["wall_time"]["budgets_s"]
     assert sorted(budgets) == ["delta_net", "lstm"]
+    assert budgets["lstm"] == pytest.approx(float(_rows(out / "lstm-seed11")[-1]["cpu_s"]))
     for timed in summary["wall_time"]["rows"]:
         metrics = _rows(out / f"{timed['model']}-seed11")
         assert timed["valid_acc_within"] == [best_within(metrics, s) for s in sorted(budgets.values())]

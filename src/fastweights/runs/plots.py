@@ -27,6 +27,8 @@ def _series(rows: list[dict[str, str]], x_name: str, metric: str) -> tuple[list[
 #: What ``plot_runs`` draws by default for runs of a task (algorithmic tasks: the others).
 DEFAULT_METRICS = {"lm": ("valid_ppl", "train_loss"), "rl": ("episode_return", "loss")}
 ALGORITHMIC_METRICS = ("valid_acc", "train_loss")
+#: Columns of training time in seconds that ``plot_seed_bands`` can use as its x axis (shown in minutes).
+TIME_COLUMNS = {"elapsed_s": "training time (min)", "cpu_s": "training CPU time (min)"}
 
 
 def _save(plt, fig, title: str, out: Path) -> Path:
@@ -81,8 +83,9 @@ def plot_seed_bands(groups: dict[str, list[Path]], out: Path,
                     metrics: tuple[str, ...] = ("valid_acc", "train_loss"), x: str | None = None) -> Path:
     """Learning curves of several seeds per model: the mean over seeds as a line, the range (min to max) over
     seeds as a band. ``groups`` maps a label (the model) to its run directories; x = update (epoch for runs that
-    log no updates), cut to the points every seed of the group has reached. ``x="elapsed_s"``: x = training time in
-    minutes instead, the mean over seeds at each row (the seeds' rows fall at the same updates)."""
+    log no updates), cut to the points every seed of the group has reached. ``x="elapsed_s"`` or ``"cpu_s"``: x =
+    that training time in minutes instead, the mean over seeds at each row (the seeds' rows fall at the same
+    updates)."""
     plt = _pyplot()
     loaded: dict[str, list[list[dict[str, str]]]] = {}
     tasks = set()
@@ -102,7 +105,7 @@ def plot_seed_bands(groups: dict[str, list[Path]], out: Path,
             if n == 0:
                 continue
             xs = series[0][0][:n]
-            if x_name == "elapsed_s":
+            if x_name in TIME_COLUMNS:
                 xs = [sum(c) / len(c) / 60 for c in zip(*(seed_xs[:n] for seed_xs, _ in series))]
             columns = list(zip(*(ys[:n] for _, ys in series)))
             mean = [sum(c) / len(c) for c in columns]
@@ -112,7 +115,7 @@ def plot_seed_bands(groups: dict[str, list[Path]], out: Path,
                                 color=line.get_color(), linewidth=0)
         if "loss" in metric:  # losses span decades: one diverging model would flatten every other curve
             ax.set_yscale("log")
-        ax.set_xlabel("training time (min)" if x_name == "elapsed_s" else x_name)
+        ax.set_xlabel(TIME_COLUMNS.get(x_name, x_name))
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8, title="model (seeds)", title_fontsize=8)

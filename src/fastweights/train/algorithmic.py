@@ -403,22 +403,24 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
     total_steps = cfg.epochs * steps_per_epoch
     # Where the run stands: `batch` batches of `epoch` are done, `step` updates in all; `validated` is the step of
     # the last validation (one is due at the end of an epoch and every `eval_interval` updates); `window` holds the
-    # training loss sum, batches, tokens and seconds since that validation; `rng` is the RNG state at this step
+    # training loss sum, batches, tokens, seconds and CPU seconds of this process since that validation (`elapsed`,
+    # `cpu_elapsed`: the training time before it, validations left out); `rng` is the RNG state at this step
     # boundary.
-    epoch, batch, step, validated, best, elapsed = 0, 0, 0, 0, {"acc": -1.0, "epoch": -1}, 0.0
-    window = (0.0, 0, 0, 0.0)
+    epoch, batch, step, validated, best, elapsed, cpu_elapsed = 0, 0, 0, 0, {"acc": -1.0, "epoch": -1}, 0.0, 0.0
+    window = (0.0, 0, 0, 0.0, 0.0)
 
     def validation_due() -> bool:
         interval_hit = cfg.eval_interval > 0 and step % cfg.eval_interval == 0
         return step > validated and (batch == steps_per_epoch or interval_hit)
 
     if continues:
-        ckpt = load_checkpoint(run_dir / "last.pt", keys=("model", "optimizer", "step", "best", "elapsed", "epoch",
-                                                          "batch", "validated", "window", "rng"))
+        ckpt = load_checkpoint(run_dir / "last.pt", keys=("model", "optimizer", "step", "best", "elapsed",
+                                                          "cpu_elapsed", "epoch", "batch", "validated", "window",
+                                                          "rng"))
         load_state(model, ckpt["model"], f"checkpoint: {run_dir / 'last.pt'}")
         with restoring(run_dir / "last.pt"):
             opt.load_state_dict(ckpt["optimizer"])
-            step, best, elapsed = ckpt["step"], ckpt["best"], ckpt["elapsed"]
+            step, best, elapsed, cpu_elapsed = ckpt["step"], ckpt["best"], ckpt["elapsed"], ckpt["cpu_elapsed"]
             epoch, batch, validated = ckpt["epoch"], ckpt["batch"], ckpt["validated"]
             window = tuple(ckpt["window"])
             torch.set_rng_state(ckpt["rng"]["torch"])
@@ -436,6 +438,7 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
     def payload() -> dict[str, Any]:
         return {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "batch": batch,
                 "step": step, "validated": validated, "window": window, "best": best, "elapsed": elapsed,
+                "cpu_elapsed": cpu_elapsed,
                 "config": config_to_dict(cfg), "rng": rng}
 
     def where() -> str:
@@ -445,24 +448,26 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
     def validate() -> None:
         """Validate, log the row, keep the best checkpoint and save ``last.pt``; an epoch's last validation moves
         the run on to the next epoch."""
-        nonlocal epoch, batch, validated, best, elapsed, window
+        nonlocal epoch, batch, validated, best, elapsed, cpu_elapsed, window
         valid = evaluate(model, cfg.task, data.splits["valid"], cfg.eval_batch_size, device, data.noop_index,
                          progress=None if quiet else "validation")
         if not math.isfinite(valid["loss"]):
             raise diverged(f"validation loss {valid['loss']}", f"step {step}", run_dir)
-        loss_sum, batches, tok, seconds = window
+        loss_sum, batches, tok, seconds, cpu_seconds = window
         with signals.held():
             row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(batches, 1),
                    "valid_loss": valid["loss"], "valid_acc": valid["acc"]}
             if "print_acc" in valid:
                 row["valid_print_acc"] = valid["print_acc"]
-            row.update({"tokens_per_s": tok / seconds if seconds > 0 else 0.0, "elapsed_s": elapsed + seconds})
+            row.update({"tokens_per_s": tok / seconds if seconds > 0 else 0.0, "elapsed_s": elapsed + seconds,
+                        "cpu_s": cpu_elapsed + cpu_seconds})
             is_best = is_better(valid, best, cfg.select_best)
             # The row first: if the run dies before last.pt is replaced, resume truncates the CSV to the old
             # checkpoint and redoes the validation; the other order could lose a row for good.
             log.log(row)
             elapsed += seconds
-            validated, window = step, (0.0, 0, 0, 0.0)
+            cpu_elapsed += cpu_seconds
+            validated, window = step, (0.0, 0, 0, 0.0, 0.0)
             if batch == steps_per_epoch:
                 epoch, batch = epoch + 1, 0
             if is_best:
@@ -497,7 +502,7 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
             order = epoch_order(cfg.seed, epoch, n)
             if bar is not None:
                 bar.prefix = f"epoch {epoch + 1}/{cfg.epochs}"
-            t0 = time.perf_counter() - window[3]
+            t0, cpu0 = time.perf_counter() - window[3], time.process_time() - window[4]
             while True:
                 if validation_due():
                     if bar is not None:
@@ -505,7 +510,7 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
                     end_of_epoch = batch == steps_per_epoch
                     validate()
                     saved_at = time.monotonic()
-                    t0 = time.perf_counter()
+                    t0, cpu0 = time.perf_counter(), time.process_time()
                     if end_of_epoch:
                         break
                 idx = order[batch * cfg.batch_size:(batch + 1) * cfg.batch_size]
@@ -533,7 +538,7 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
                     step += 1
                     batch += 1
                     window = (window[0] + loss_value, window[1] + 1, window[2] + int(lengths.sum()),
-                              time.perf_counter() - t0)
+                              time.perf_counter() - t0, time.process_time() - cpu0)
                     rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
                 if bar is not None:
                     bar.advance(step, estimate, loss=window[0] / window[1], tokens_per_s=window[2] / window[3])
@@ -543,7 +548,7 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
                         save_good_checkpoint(model, run_dir, "last.pt", payload(), f"step {step}")
                     saved_at = time.monotonic()
         results: dict[str, Any] = {"best_valid": best, "epochs_done": epoch, "train_time_s": elapsed,
-                                   "parameters": count_parameters(model)}
+                                   "train_cpu_s": cpu_elapsed, "parameters": count_parameters(model)}
         if epoch >= cfg.epochs and (run_dir / "best.pt").exists():
             results["test"] = evaluate_run(run_dir, "test", data=data, device=cfg.device, progress=not quiet)
             write_json(run_dir / "results.json", results)

@@ -300,34 +300,43 @@ def format_table(task: str, preset: str | None, rows: list[dict[str, Any]], env:
     return "\n".join(lines)
 
 
+def training_time_column(rows: list[dict[str, str]]) -> str:
+    """The column of ``metrics.csv`` that measures a run's training time for the equal-time view: ``cpu_s`` (the
+    process's CPU seconds, which other jobs on the machine do not inflate), else the wall-clock ``elapsed_s``."""
+    return "cpu_s" if rows and "cpu_s" in rows[0] else "elapsed_s"
+
+
 def best_within(rows: list[dict[str, str]], seconds: float) -> float | None:
-    """The best validation accuracy a run had reached after ``seconds`` of training (``elapsed_s`` of its
-    ``metrics.csv`` rows: training time without the validations); None before its first validation."""
-    reached = [float(r["valid_acc"]) for r in rows if float(r["elapsed_s"]) <= seconds]
+    """The best validation accuracy a run had reached after ``seconds`` of training (:func:`training_time_column`
+    of its ``metrics.csv`` rows: training time without the validations); None before its first validation."""
+    column = training_time_column(rows)
+    reached = [float(r["valid_acc"]) for r in rows if float(r[column]) <= seconds]
     return max(reached) if reached else None
 
 
 def wall_time_rows(rows: list[dict[str, Any]]) -> tuple[list[tuple[str, float]], list[dict[str, Any]]]:
-    """The equal-wall-time view of an algorithmic grid: the budgets (each model's mean training time per run,
-    shortest first, named by the model) and, per model, the mean over seeds of the best validation accuracy
-    reached within each budget (a run that finished sooner keeps its final best)."""
-    budgets = sorted(((r["model"], r["train_time_s_mean"]) for r in rows), key=lambda b: b[1])
+    """The equal-time view of an algorithmic grid: the budgets (each model's mean training time per run in the
+    :func:`training_time_column`, shortest first, named by the model) and, per model, the mean over seeds of the
+    best validation accuracy reached within each budget (a run that finished sooner keeps its final best)."""
+    metrics = {r["model"]: [_metric_rows(Path(d)) for d in r["run_dirs"]] for r in rows}
+    budgets = sorted(((model, statistics.fmean(float(m[-1][training_time_column(m)]) for m in runs))
+                      for model, runs in metrics.items()), key=lambda b: b[1])
     out = []
-    for r in rows:
-        metrics = [_metric_rows(Path(d)) for d in r["run_dirs"]]
+    for model, runs in metrics.items():
         cells = []
         for _, seconds in budgets:
-            reached = [best_within(m, seconds) for m in metrics]
+            reached = [best_within(m, seconds) for m in runs]
             cells.append(statistics.fmean(reached) if None not in reached else None)
-        out.append({"model": r["model"], "valid_acc_within": cells, "seeds": len(metrics)})
+        out.append({"model": model, "valid_acc_within": cells, "seeds": len(runs)})
     return budgets, out
 
 
 def format_wall_time_table(task: str, budgets: list[tuple[str, float]], rows: list[dict[str, Any]]) -> str:
     """A Markdown table of :func:`wall_time_rows`: validation accuracy (%) per model and budget."""
     head = " | ".join(f"{seconds / 60:.1f} min ({model}'s run)" for model, seconds in budgets)
-    lines = [f"{task}: best validation accuracy (%) reached within equal training time (mean over seeds; a budget "
-             "is the mean training time of one model's whole run; '-' = no validation yet)", "",
+    lines = [f"{task}: best validation accuracy (%) reached within equal training time (one thread's CPU time, "
+             "validations left out; mean over seeds; a budget is the mean training time of one model's whole run; "
+             "'-' = no validation yet)", "",
              f"| model | {head} |", "|---|" + "---:|" * len(budgets)]
     for r in rows:
         cells = " | ".join("-" if v is None else _pct(v) for v in r["valid_acc_within"])
@@ -389,7 +398,8 @@ def _compare_locked(task: str, preset: str | None, overrides: list[str], out_dir
         plot = plot_seed_bands(groups, out_dir / "curves.png", metrics)
         print(f"learning curves: {plot}")
         if task in ("code-exec", "listops"):
-            plot = plot_seed_bands(groups, out_dir / "wall-time.png", ("valid_acc",), x="elapsed_s")
+            plot = plot_seed_bands(groups, out_dir / "wall-time.png", ("valid_acc",),
+                                   x=training_time_column(_metric_rows(next(iter(groups.values()))[0])))
             print(f"validation accuracy over training time: {plot}")
     except ValueError as e:  # matplotlib missing: the table is still the result
         print(f"(no plot: {e})")
