@@ -274,3 +274,32 @@ def test_max_length_below_the_shortest_tree_or_not_an_int_is_refused(bad):
 def test_max_length_that_keeps_almost_no_tree_is_refused_instead_of_hanging():
     with pytest.raises(ValueError, match=r"max_length: only \d+ of 2000 trees of depth 10 have at most 40 tokens"):
         lo.generate_dataset(10, sizes=(50, 0, 0), seed=1, max_length=40)
+
+
+def _grow_with_the_random_methods(rng, depth, out):
+    # the official generator's draws, written with random.Random's own methods
+    r = rng.random() if depth < lo.MAX_DEPTH else 1.0
+    if r > lo.VALUE_P and depth > 1:
+        value = rng.choice(range(10))
+        out.append(str(value))
+        return value, depth
+    slot = len(out)
+    out.append("")
+    args, deepest = [], 1
+    for _ in range(rng.randint(2, lo.MAX_ARGS)):
+        value, sub_depth = _grow_with_the_random_methods(rng, depth + 1, out)
+        args.append(value)
+        deepest = max(deepest, sub_depth)
+    op = rng.choice(lo.OPERATORS)
+    out[slot] = op
+    out.append(lo.END)
+    return {"[MIN": min, "[MAX": max, "[FIRST": lambda a: a[0]}[op](args), deepest
+
+
+def test_the_generator_draws_as_random_methods_do():
+    fast, methods = random.Random(123), random.Random(123)
+    for _ in range(3000):
+        expected: list[str] = []
+        value, depth = _grow_with_the_random_methods(methods, 1, expected)
+        assert lo.generate_tree(fast) == (expected, value, depth)
+    assert fast.getstate() == methods.getstate()

@@ -110,26 +110,42 @@ def _check_depth(depth: int) -> int:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _below(getrandbits: Callable[[int], int], n: int, bits: int) -> int:
+    """``random.Random._randbelow(n)`` (``bits = n.bit_length()``), the draw behind ``choice`` and ``randint``:
+    ``bits`` random bits, drawn again until they are below ``n``."""
+    r = getrandbits(bits)
+    while r >= n:
+        r = getrandbits(bits)
+    return r
+
+
+_NUM_ARGS = MAX_ARGS - 1  # randint(2, MAX_ARGS) = 2 + randbelow(MAX_ARGS - 1)
+_VALUE_BITS, _ARGS_BITS, _OP_BITS = NUM_CLASSES.bit_length(), _NUM_ARGS.bit_length(), len(OPERATORS).bit_length()
+
+
 def _grow(rng: random.Random, depth: int, out: list[str]) -> tuple[int, int]:
     """Append the tokens of a random subtree rooted at ``depth`` to ``out``; return (value, deepest leaf depth).
 
     Tokens go straight into one shared list because most trees are rejected by the depth filter and allocation
-    would dominate; the operator token is drawn after the arguments, so its slot is filled in afterwards.
+    would dominate; the operator token is drawn after the arguments, so its slot is filled in afterwards. The
+    official ``rng.choice(values)``, ``rng.randint(2, MAX_ARGS)`` and ``rng.choice(operators)`` are drawn as those
+    methods draw them (:func:`_below` on ``getrandbits``), without their call overhead.
     """
     r = rng.random() if depth < MAX_DEPTH else 1.0
     if r > VALUE_P and depth > 1:
-        value = rng.choice(_VALUES)
+        value = _below(rng.getrandbits, NUM_CLASSES, _VALUE_BITS)
         out.append(_DIGITS[value])
         return value, depth
     slot = len(out)
     out.append("")
     args = []
     deepest = 1
-    for _ in range(rng.randint(2, MAX_ARGS)):
+    for _ in range(2 + _below(rng.getrandbits, _NUM_ARGS, _ARGS_BITS)):
         value, sub_depth = _grow(rng, depth + 1, out)
         args.append(value)
-        deepest = max(deepest, sub_depth)
-    op = rng.choice(OPERATORS)
+        if sub_depth > deepest:
+            deepest = sub_depth
+    op = OPERATORS[_below(rng.getrandbits, len(OPERATORS), _OP_BITS)]
     out[slot] = op
     out.append(END)
     return _APPLY[op](args), deepest
