@@ -459,7 +459,8 @@ def test_every_task_defaults_to_the_cpu_preset_and_announces_size_and_duration(c
                      out), out
     assert re.search(r"estimated duration: \S+ in all, \S+ to go \(10 steps at [\d.e-]+ s per step, timed over \d+ "
                      r"steps on this machine", out), out
-    assert re.search(rf"done: test acc \d\.\d{{4}} \(code-exec, best-validation checkpoint of step [\d,]+, epoch \d\), \S+ of "
+    assert re.search(rf"done: test acc \d\.\d{{4}} \(code-exec, best-validation checkpoint of step [\d,]+, "
+                     rf"epoch \d\), \S+ of "
                      rf"training; run dir {re.escape(str(run_dir))}\n$", out), out
     rc, out, err = cli(capsys, "train", "listops", "--model", "lstm", "--preset", "paper", "train_size=40",
                        "valid_size=4", "test_size=4", *MODEL_ARGS, "--run-dir", tmp_path / "paper")
