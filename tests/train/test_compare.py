@@ -88,6 +88,10 @@ def test_compare_refuses_a_directory_with_another_configuration(tmp_path):
     compare("code-exec", ["lstm"], "cpu", TINY, out)
     with pytest.raises(ValueError, match="different configuration"):
         compare("code-exec", ["lstm"], "cpu", [*TINY, "lr=0.01"], out)
+    # how often a run reports and checkpoints, and its threads, are not part of its identity: the run is reused
+    (run,) = plan_grid("code-exec", ["lstm"], None, "cpu", [*TINY, "log_every_s=60", "checkpoint_every_s=5",
+                                                            "threads=2", "out_dir=elsewhere"], out)
+    assert run.state == "finished"
 
 
 def test_compare_refuses_bad_seeds_and_jobs(tmp_path):

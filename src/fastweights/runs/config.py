@@ -36,6 +36,16 @@ if TYPE_CHECKING:
 ALL_TASKS = ("code-exec", "listops", "lm", "rl")
 #: The preset of every ``fastweights train`` without ``--preset``: runs sized for minutes on a CPU.
 DEFAULT_PRESET = "cpu"
+#: Configuration keys that cannot change a run's results: how often it reports and checkpoints, where new run
+#: directories go, its thread count. A grid (``fastweights compare``) reuses or resumes a run whose configuration
+#: differs from the requested one only in these.
+CADENCE_KEYS = frozenset({"log_every", "log_every_s", "checkpoint_every", "checkpoint_every_s", "threads", "out_dir"})
+
+
+def run_identity(values: dict[str, Any]) -> dict[str, Any]:
+    """A configuration (as :func:`config_to_dict` writes it) without its :data:`CADENCE_KEYS`: two runs with the same
+    identity train the same model on the same data in the same way."""
+    return {k: v for k, v in values.items() if k not in CADENCE_KEYS}
 
 
 @dataclass

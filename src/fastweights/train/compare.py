@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..rl.config import RLConfig, resolve_rl_config
-from ..runs.config import config_from_dict, config_to_dict, resolve_config
+from ..runs.config import config_from_dict, config_to_dict, resolve_config, run_identity
 from ..runs.directory import MetricsLog, RunLock, read_json, read_json_file, write_json
 from ..runs.plots import plot_seed_bands
 from .algorithmic import load_task_data, train
@@ -59,8 +59,10 @@ def plan_grid(task: str, models: list[str], seeds: list[int] | None, preset: str
             config_file = run_dir / "config.json"
             if not config_file.is_file():
                 state = "new"
-            # read back through config_from_dict: a run written by an earlier version (old key names) still counts
-            elif config_to_dict(config_from_dict(read_json_file(config_file, "out_dir"))) != config_to_dict(cfg):
+            # read back through config_from_dict: a run written by an earlier version (old key names) still counts;
+            # logging and checkpoint cadence and threads are not part of a run's identity
+            elif run_identity(config_to_dict(config_from_dict(read_json_file(config_file, "out_dir")))) \
+                    != run_identity(config_to_dict(cfg)):
                 raise ValueError(f"out_dir: {run_dir} holds a run with a different configuration; choose another "
                                  f"--out-dir or remove it")
             elif (run_dir / "results.json").is_file():
