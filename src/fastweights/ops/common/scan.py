@@ -122,11 +122,3 @@ def checkpointed_scan(
     out = _CheckpointedScan.apply(step, C, len(xs), len(params), keep, *xs, *params, *state)
     return out[0], tuple(out[1:])
 
-
-def unrolled_scan(
-    step: StepFn, xs: Sequence[Tensor], params: Sequence[Tensor], state: Sequence[Tensor],
-    reset: Tensor | None = None,
-) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """The same loop with plain autograd (keeps every step's graph): for single steps and tests."""
-    keep = None if reset is None else (~reset).to(xs[0].dtype)
-    return _run(step, xs, params, tuple(state), keep, 0, xs[0].shape[1])
