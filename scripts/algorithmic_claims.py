@@ -21,15 +21,16 @@ from pathlib import Path
 
 from fastweights.train.compare import CONVERGED_RISE, late_rise
 
-SETTINGS = ("code-exec-3", "code-exec-5", "listops-10", "listops-15")
+SETTINGS = ("code-exec-3", "code-exec-5", "listops-10", "listops-15", "listops-10-lstm-long", "listops-15-lstm-long")
 MODELS = ("lstm", "transformer", "linear_transformer", "delta_net", "delta_rnn", "rdn")
-#: (setting, better model, worse model) for every comparison a claim of the paper makes
-PAIRS = [(s, a, b) for s in ("code-exec-3", "code-exec-5") for a in ("delta_rnn", "rdn")
+#: ((setting, model) better, (setting, model) worse) for every comparison a claim of the paper makes
+PAIRS = [((s, a), (s, b)) for s in ("code-exec-3", "code-exec-5") for a in ("delta_rnn", "rdn")
          for b in ("delta_net", "transformer", "linear_transformer")] \
-    + [(s, a, b) for s in ("listops-10", "listops-15") for a in ("delta_net", "delta_rnn", "rdn")
+    + [((s, a), (s, b)) for s in ("listops-10", "listops-15") for a in ("delta_net", "delta_rnn", "rdn")
        for b in ("transformer", "linear_transformer")] \
-    + [(s, "lstm", b) for s in ("code-exec-3", "code-exec-5", "listops-10")
-       for b in ("transformer", "linear_transformer", "delta_net", "delta_rnn", "rdn")]
+    + [((s, "lstm"), (s, b)) for s in ("code-exec-3", "code-exec-5")
+       for b in ("transformer", "linear_transformer", "delta_net", "delta_rnn", "rdn")] \
+    + [(("listops-10-lstm-long", "lstm"), ("listops-15-lstm-long", "lstm"))]  # the LSTM's collapse at depth 15
 
 
 def load(root: Path) -> dict[str, dict[str, dict[int, tuple[float, bool]]]]:
@@ -61,8 +62,8 @@ def main(root: Path) -> None:
                   f"seeds {', '.join(f'{s}: {a:.1f}' for s, (a, _) in sorted(runs.items()))}); converged "
                   f"{converged}/{len(runs)}")
     print("\n## per-seed gaps (better - worse, points)")
-    for setting, a, b in PAIRS:
-        ra, rb = data.get(setting, {}).get(a, {}), data.get(setting, {}).get(b, {})
+    for (setting_a, a), (setting_b, b) in PAIRS:
+        ra, rb = data.get(setting_a, {}).get(a, {}), data.get(setting_b, {}).get(b, {})
         seeds = sorted(set(ra) & set(rb))
         if not seeds:
             continue
@@ -70,8 +71,10 @@ def main(root: Path) -> None:
         mean = statistics.fmean(gaps)
         two_se = 2 * statistics.stdev(gaps) / math.sqrt(len(gaps)) if len(gaps) > 1 else math.inf
         holds = all(g > 0 for g in gaps) and mean > two_se
-        print(f"- {setting}: {a} - {b}: {', '.join(f'{g:+.1f}' for g in gaps)} (mean {mean:+.1f}, 2 SE "
-              f"{two_se:.1f}; n={len(gaps)}): {'holds' if holds else 'does not hold'}")
+        converged = all(ra[s][1] and rb[s][1] for s in seeds)
+        print(f"- {setting_a} {a} - {setting_b} {b}: {', '.join(f'{g:+.1f}' for g in gaps)} (mean {mean:+.1f}, "
+              f"2 SE {two_se:.1f}; n={len(gaps)}): {'holds' if holds else 'does not hold'}"
+              f"{'' if converged else ' (not every run converged)'}")
 
 
 if __name__ == "__main__":

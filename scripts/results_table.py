@@ -16,6 +16,8 @@ from pathlib import Path
 
 SETTINGS = [("code-exec-3", "code execution, 3 variables"), ("code-exec-5", "code execution, 5 variables"),
             ("listops-10", "ListOps, depth 10"), ("listops-15", "ListOps, depth 15")]
+#: The LSTM's longer ListOps runs (4x the updates): a row of their own, in the ListOps columns
+LONG = {"listops-10": "listops-10-lstm-long", "listops-15": "listops-15-lstm-long"}
 MODELS = ["lstm", "transformer", "linear_transformer", "delta_net", "delta_rnn", "rdn"]
 
 
@@ -33,7 +35,7 @@ def cell(row: dict | None) -> str:
 def main(root: str) -> None:
     base = Path(root)
     found = {}
-    for key, _ in SETTINGS:
+    for key in [k for k, _ in SETTINGS] + list(LONG.values()):
         path = base / key / "summary.json"
         if path.is_file():
             found[key] = {r["model"]: r for r in json.loads(path.read_text())["rows"]}
@@ -41,6 +43,9 @@ def main(root: str) -> None:
     print("|---|" + "---|" * len(SETTINGS))
     for model in MODELS:
         print(f"| {model} | " + " | ".join(cell(found.get(key, {}).get(model)) for key, _ in SETTINGS) + " |")
+    long = [found.get(LONG[key], {}).get("lstm") if key in LONG else None for key, _ in SETTINGS]
+    if any(long):
+        print("| lstm, 4x the updates | " + " | ".join(cell(r) if r else "" for r in long) + " |")
     print()
     for key, name in SETTINGS:
         for model in MODELS:

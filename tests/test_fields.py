@@ -1,17 +1,14 @@
 """One configuration vocabulary: the validators every configuration class uses, model fields declared once and
-embedded in the training configurations, keys of earlier versions refused in ``key=value`` and presets, translated
-in config.json files."""
+embedded in the training configurations, and the checks of the values read back from config.json files."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 
 import pytest
 
 from fastweights.fields import (
-    RENAMED_KEYS,
     ConfigError,
     check_bool,
     check_choice,
@@ -19,13 +16,12 @@ from fastweights.fields import (
     check_positive_int,
     check_probability,
     embedded_fields,
-    translate_renamed_keys,
 )
 from fastweights.layers.base import check_positive_int as layers_check_positive_int
 from fastweights.models import LMConfig, LMOptions, ModelConfig, ModelOptions
 from fastweights.rl.agent import AgentConfig, AgentOptions
 from fastweights.rl.config import RLConfig
-from fastweights.runs.config import RunOptions, config_from_dict, resolve_config
+from fastweights.runs.config import RunOptions, resolve_config
 from fastweights.train.config import LMTrainConfig, TrainConfig, model_config
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -88,8 +84,8 @@ def test_training_configs_embed_the_model_fields(train_cls, options_cls):
         assert name in train_fields, name
         model_field = next(f for f in dataclasses.fields(options_cls) if f.name == name)
         assert train_fields[name].metadata["help"] == model_field.metadata["help"]
-    for old in RENAMED_KEYS:
-        assert old not in train_fields
+    for other_name in ("n_layers", "n_heads", "ff_factor"):  # one name per concept
+        assert other_name not in train_fields
     cfg = train_cls(task={TrainConfig: "code-exec", LMTrainConfig: "lm", RLConfig: "rl"}[train_cls])
     assert set(shared) <= set(embedded_fields(cfg, options_cls))
     assert {"seed", "device", "threads", "log_every_s", "out_dir"} <= set(embedded_fields(cfg, RunOptions))
@@ -107,37 +103,3 @@ def test_algorithmic_d_ff_keeps_the_paper_width():
     cfg = TrainConfig(d_model=64)
     assert cfg.d_ff is None and model_config(cfg).ff_dim == 256  # none = 4 * d_model
     assert model_config(TrainConfig(d_model=64, d_ff=100)).ff_dim == 100
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Keys of earlier versions
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("task", "old", "new"), [
-    ("lm", "n_layers=2", "num_layers"), ("lm", "n_heads=2", "num_heads"), ("code-exec", "ff_factor=2", "d_ff"),
-    ("rl", "n_layers=2", "num_layers")])
-def test_old_keys_are_refused_naming_the_new_one(task, old, new):
-    key = old.split("=")[0]
-    with pytest.raises(ConfigError, match=rf"^override: {key}: renamed to {new}\b.*use {new}=") as exc:
-        resolve_config(task, None, [old])
-    assert "\n" not in str(exc.value)
-
-
-def test_old_keys_in_a_preset_are_refused(tmp_path):
-    path = tmp_path / "old.json"
-    path.write_text(json.dumps({"n_layers": 2}))
-    with pytest.raises(ConfigError, match=rf"preset {path}: n_layers: renamed to num_layers"):
-        resolve_config("lm", str(path), [])
-
-
-def test_old_config_json_values_are_translated():
-    old = {"task": "code-exec", "model": "delta_net", "d_model": 32, "num_layers": 1, "num_heads": 2,
-           "ff_factor": 3, "d_ff": None}
-    cfg = config_from_dict(old)
-    assert cfg.d_ff == 96 and model_config(cfg).ff_dim == 96
-    lm = config_from_dict({"task": "lm", "model": "delta_net", "n_layers": 3, "n_heads": 4})
-    assert (lm.num_layers, lm.num_heads) == (3, 4)
-    assert translate_renamed_keys({"n_layers": 2, "num_layers": 5}) == {"num_layers": 5}  # the new name wins
-    with pytest.raises(ConfigError, match="config: n_layers: expected an integer, got 'two'"):
-        config_from_dict({"task": "lm", "n_layers": "two"})

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
@@ -61,20 +60,6 @@ def export_lm(tmp_path, model: str, vocab: LMVocab | None = None, train_steps: i
     loaded = LoadedLM("lm", cfg, lm.eval(), "memory", None, vocab)
     save_export(loaded, tmp_path / "model")
     return loaded
-
-
-def test_an_export_with_the_old_key_names_loads(tmp_path):
-    """An export whose config.json says n_layers/n_heads (earlier versions) loads with the same weights."""
-    ours = export_lm(tmp_path, "delta_net")
-    path = tmp_path / "model" / "config.json"
-    config = json.loads(path.read_text())
-    train = dict(config["train_config"])
-    train["n_layers"], train["n_heads"] = train.pop("num_layers"), train.pop("num_heads")
-    path.write_text(json.dumps({**config, "train_config": train}))
-    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
-    assert (hf.lm.config.num_layers, hf.lm.config.num_heads) == (2, 2)
-    for name, t in ours.model.state_dict().items():
-        assert torch.equal(t, hf.lm.state_dict()[name]), name
 
 
 @pytest.mark.parametrize("model", ["delta_net", "delta_rnn", "transformer", "rdn", "lstm"])

@@ -1,6 +1,6 @@
 """The pieces every configuration dataclass is made of: :func:`option` (a field with its one-line help),
 :func:`embed` (a training configuration takes a model configuration's fields instead of copying them), the
-renamed keys of earlier versions (:data:`RENAMED_KEYS`) and one validator per kind of value.
+one validator per kind of value.
 
 Every validator raises :class:`ConfigError` (a ``ValueError``) as one line ``"<name>: expected <what>, got <value>"``
 and returns the checked value.
@@ -96,41 +96,6 @@ def embedded_fields(cfg: Any, source: type) -> dict[str, Any]:
 
 def _copy(value: Any) -> Any:
     return type(value)(value) if isinstance(value, (dict, list)) else value
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Keys of earlier versions
-# ----------------------------------------------------------------------------------------------------------------
-
-#: Configuration keys that earlier versions wrote, and their names now. ``ff_factor`` (a multiple of ``d_model``)
-#: became ``d_ff`` (a width: ``ff_factor * d_model``).
-RENAMED_KEYS = {"n_layers": "num_layers", "n_heads": "num_heads", "ff_factor": "d_ff"}
-
-
-def refuse_renamed_key(key: str, where: str = "") -> None:
-    """A key of an earlier version given as a new setting (``key=value``, a preset) is refused in one line that
-    names the key to use."""
-    if key in RENAMED_KEYS:
-        new = RENAMED_KEYS[key]
-        hint = f" (the width: {key} x d_model)" if key == "ff_factor" else ""
-        raise ConfigError(f"{where}{key}: renamed to {new}{hint}; use {new}=...")
-
-
-def translate_renamed_keys(values: dict[str, Any]) -> dict[str, Any]:
-    """The values of a ``config.json`` written by an earlier version, with the keys of :data:`RENAMED_KEYS` under
-    their new names (``ff_factor`` turned into the ``d_ff`` width it meant). A new key present too wins."""
-    out = {k: v for k, v in values.items() if k not in RENAMED_KEYS}
-    for old, new in RENAMED_KEYS.items():
-        if old not in values or out.get(new) is not None:
-            continue
-        value = values[old]
-        if old == "ff_factor":
-            d_model = values.get("d_model")
-            if not (_is_int(value) and _is_int(d_model)):
-                continue  # nothing to translate into; the model's own default width applies
-            value = value * d_model
-        out[new] = value
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------

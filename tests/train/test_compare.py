@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 
 import pytest
@@ -224,41 +223,3 @@ def test_compare_lm_scores_test_perplexity_under_the_test_mode(tmp_path):
     assert read_json(tmp_path / "carry" / "delta_net-seed1" / "config.json")["carry_state"] is True
     assert rows[0]["valid_mode"] == "segments" and "| best valid ppl (segments), mean |" in summary
     assert "| best valid ppl (state carried), mean |" in (tmp_path / "carry" / "summary.md").read_text()
-
-
-def test_a_grid_written_with_the_old_key_names_is_reused(tmp_path):
-    """Runs whose config.json an earlier version wrote (n_layers, n_heads) are the same runs: reused, not refused."""
-    data = write_corpus(tmp_path / "corpus")
-    overrides = [f"{k}={'null' if v is None else str(v).lower() if isinstance(v, bool) else v}"
-                 for k, v in LM_TINY.items()]
-    flags = {"data": str(data)}
-    rows = compare("lm", ["delta_net"], "cpu", overrides, tmp_path / "grid", flags, seeds=[1])
-    config = tmp_path / "grid" / "delta_net-seed1" / "config.json"
-    values = read_json(config)
-    values["n_layers"], values["n_heads"] = values.pop("num_layers"), values.pop("num_heads")
-    del values["valid_mode"]  # earlier versions validated on segments, which auto means for this run too
-    config.write_text(json.dumps(values))
-    runs = plan_grid("lm", ["delta_net"], [1], "cpu", overrides, tmp_path / "grid", flags)
-    assert [r.state for r in runs] == ["finished"]
-    values["n_layers"] = values["n_layers"] + 1
-    config.write_text(json.dumps(values))
-    with pytest.raises(ValueError, match="holds a run with a different configuration"):
-        plan_grid("lm", ["delta_net"], [1], "cpu", overrides, tmp_path / "grid", flags)
-    assert rows[0]["test_ppl"] == [read_json(tmp_path / "grid" / "delta_net-seed1" / "results.json")["test"]["ppl"]]
-
-
-def test_a_carried_state_run_from_before_valid_mode_is_not_reused(tmp_path):
-    """A carried-state run written before valid_mode validated on segments, not with the state carried as such runs
-    now do: it is another configuration, refused rather than mixed into the grid."""
-    data = write_corpus(tmp_path / "corpus")
-    overrides = [f"{k}={'null' if v is None else str(v).lower() if isinstance(v, bool) else v}"
-                 for k, v in LM_TINY.items()]
-    flags = {"data": str(data), "carry_state": True}
-    compare("lm", ["delta_net"], "cpu", overrides, tmp_path / "grid", flags, seeds=[1])
-    config = tmp_path / "grid" / "delta_net-seed1" / "config.json"
-    values = read_json(config)
-    assert values["valid_mode"] == "auto"
-    del values["valid_mode"]
-    config.write_text(json.dumps(values))
-    with pytest.raises(ValueError, match="holds a run with a different configuration"):
-        plan_grid("lm", ["delta_net"], [1], "cpu", overrides, tmp_path / "grid", flags)

@@ -185,33 +185,6 @@ def test_runs_of_format_1_still_load(runs, tmp_path, task):
         assert algorithmic.evaluate_run(run, "valid") == algorithmic.evaluate_run(runs[task], "valid")
 
 
-def old_names(config: dict) -> dict:
-    """A configuration as versions before the one vocabulary wrote it: ``n_layers``/``n_heads`` for language models,
-    ``ff_factor`` (a multiple of d_model) instead of ``d_ff`` for the algorithmic tasks."""
-    if config["task"] == "lm":
-        out = {k: v for k, v in config.items() if k not in ("num_layers", "num_heads")}
-        return {**out, "n_layers": config["num_layers"], "n_heads": config["num_heads"]}
-    factor, rest = divmod(config["d_ff"], config["d_model"])
-    assert rest == 0
-    return {**{k: v for k, v in config.items() if k != "d_ff"}, "ff_factor": factor}
-
-
-@pytest.mark.parametrize("task", ["lm", "code-exec"])
-def test_runs_and_exports_with_the_old_key_names_still_load(runs, tmp_path, task):
-    run = copy_run(runs, task, tmp_path)
-    config = read_json(run / "config.json")
-    write_json(run / "config.json", old_names(config))
-    old, new = fastweights.load(run), fastweights.load(runs[task])
-    assert old.config == new.config
-    same_outputs(task, old.model, new.model, new)
-    out = fastweights.export(runs[task], tmp_path / "export")
-    export_config = read_json(out / "config.json")
-    write_json(out / "config.json", {**export_config, "train_config": old_names(export_config["train_config"])})
-    back = fastweights.from_pretrained(out)
-    assert back.config == new.config
-    same_outputs(task, back.model, new.model, new)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Bad input
 # ----------------------------------------------------------------------------------------------------------------
@@ -228,10 +201,10 @@ def test_a_run_of_a_newer_format_or_with_a_mistyped_config_is_refused(runs, tmp_
         assert_one_line_error(rc, err, f"run_format {RUN_FORMAT + 1}", "upgrade fastweights")
     assert not (tmp_path / "out").exists()
     write_json(run / "meta.json", meta)
-    write_json(run / "config.json", {**read_json(run / "config.json"), "n_layers": "two"})
+    write_json(run / "config.json", {**read_json(run / "config.json"), "num_layers": "two"})
     for argv in (("generate", run), ("train", "lm", "--resume", run)):
         rc, _, err = cli(capsys, *argv)
-        assert_one_line_error(rc, err, "config: n_layers: expected an integer, got 'two'")
+        assert_one_line_error(rc, err, "config: num_layers: expected an integer, got 'two'")
 
 
 def test_exports_with_bad_files_fail_in_one_line(runs, tmp_path, capsys):
@@ -249,10 +222,10 @@ def test_exports_with_bad_files_fail_in_one_line(runs, tmp_path, capsys):
     inner = broken("inner", lambda d: write_json(d / "config.json", {
         **config, "train_config": {**config["train_config"], "d_modle": 16}}))
     mistyped = broken("mistyped", lambda d: write_json(d / "config.json", {
-        **config, "train_config": {**config["train_config"], "n_layers": "two"}}))
+        **config, "train_config": {**config["train_config"], "num_layers": "two"}}))
     newer = broken("newer", lambda d: write_json(d / "config.json", {**config, "format_version": 99}))
     cases = {truncated: "is truncated: the tensors need", unknown: "unknown key 'colour'",
-             inner: "train_config: unknown key 'd_modle'", mistyped: "train_config: n_layers: expected an integer",
+             inner: "train_config: unknown key 'd_modle'", mistyped: "train_config: num_layers: expected an integer",
              newer: "format_version 99 was written by a newer fastweights"}
     for path, fragment in cases.items():
         with pytest.raises(ValueError) as exc:

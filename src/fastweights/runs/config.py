@@ -1,6 +1,6 @@
 """Configuration of a run in any task: the fields every task's configuration has (:class:`RunOptions`), presets as
 JSON files ``<task>-<preset>.json`` shipped in the package (``fastweights/configs``), ``key=value`` overrides, the one
-resolver (:func:`resolve_config`), and reading a ``config.json`` back (keys of earlier versions translated).
+resolver (:func:`resolve_config`), and reading a ``config.json`` back.
 
 Resolution order: dataclass defaults < preset file < ``key=value`` overrides < explicit CLI flags. The configuration
 classes themselves live with their tasks: :class:`fastweights.train.config.TrainConfig` (code-exec, listops),
@@ -19,15 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..fields import (
-    RENAMED_KEYS,
-    ConfigError,
-    check_positive,
-    check_positive_int,
-    option,
-    refuse_renamed_key,
-    translate_renamed_keys,
-)
+from ..fields import ConfigError, check_positive, check_positive_int, option
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -197,7 +189,6 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
             raise ConfigError(f"override: expected key=value, got {item!r}")
         key, text = item.split("=", 1)
         key = key.strip().replace("-", "_")
-        refuse_renamed_key(key, "override: ")
         if key not in names:
             raise ConfigError(f"override: unknown key {key!r}; valid keys: {', '.join(names)}")
         setattr(cfg, key, parse_value(key, text.strip(), type(cfg)))
@@ -243,7 +234,6 @@ def load_preset(cfg: Any, task: str, preset: str) -> Any:
     for key, value in values.items():
         if key.startswith("_"):  # "_comment" keys document the preset
             continue
-        refuse_renamed_key(key, f"preset {path}: ")
         if key not in names:
             raise ConfigError(f"preset {path}: unknown key {key!r}; valid keys: {', '.join(names)}")
         setattr(cfg, key, check_value(key, value, where=f"preset {path}: ", cls=type(cfg)))
@@ -314,17 +304,9 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 def checked_fields(cls: type, values: dict[str, Any], where: str = "config: ", strict: bool = False
                    ) -> dict[str, Any]:
     """The values of a ``config.json`` for ``cls``, each checked against its field's type (:func:`check_value`;
-    errors start with ``where``), with the keys of earlier versions under their new names
-    (:func:`~fastweights.fields.translate_renamed_keys`) and, where ``cls`` has a ``from_earlier_version``, the
-    keys added since with the values earlier runs behaved by. Keys ``cls`` has no field for are dropped (a config.json
-    may be newer or older), or refused when ``strict``."""
+    errors start with ``where``). Keys ``cls`` has no field for are dropped (a config.json may be newer), or refused
+    when ``strict``."""
     names = field_names(cls)
-    for old, new in RENAMED_KEYS.items():
-        if old in values and new in names:
-            check_value(new, values[old], where=where, cls=cls, label=old)
-    values = translate_renamed_keys(values)
-    if hasattr(cls, "from_earlier_version"):  # keys added since, with the value that earlier runs behaved by
-        values = cls.from_earlier_version(values)
     if strict:
         for key in values:
             if key not in names:
@@ -339,7 +321,7 @@ def dataclass_from_dict(cls: type, values: dict[str, Any], where: str = "config:
 
 def config_from_dict(values: dict[str, Any]) -> Any:
     """The configuration a ``config.json`` holds (its ``task`` picks the class); unknown keys are ignored, values of
-    the wrong type refused, keys of earlier versions translated."""
+    the wrong type refused."""
     return dataclass_from_dict(config_class(values.get("task", "code-exec")), values)
 
 

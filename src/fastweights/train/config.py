@@ -224,14 +224,6 @@ class LMTrainConfig:
             return "carry" if self.carry_state else "segments"
         return self.valid_mode
 
-    @staticmethod
-    def from_earlier_version(values: dict[str, Any]) -> dict[str, Any]:
-        """The values of a ``config.json`` written before ``valid_mode`` existed, with the validation it ran: such
-        runs validated on segments from a zero state, which ``auto`` still means unless the state is carried."""
-        if "valid_mode" not in values and values.get("carry_state") is True:
-            return {**values, "valid_mode": "segments"}
-        return values
-
     def model_fields(self) -> dict[str, Any]:
         """The :class:`~fastweights.models.lm.LMConfig` fields of this run (``"auto"`` choices resolved as the paper
         does: no positions and post-LN for carried-state runs, post-LN for ``transformer``)."""
