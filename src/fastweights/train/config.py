@@ -84,13 +84,13 @@ class TrainConfig:
     batch_size: int = option(64, "training examples per update")
     eval_batch_size: int = option(128, "examples per forward in evaluation")
     epochs: int = option(200, "passes over the training set")
-    schedule: str = option("constant", "learning rate after the warm-up: constant (the paper) or cosine (decay from "
-                                       "the end of the warm-up to 0 at the last update)")
+    schedule: str = option("constant", "learning rate after the warm-up: constant (the paper) or cosine (down to 0 "
+                                       "at the last update)")
     warmup_steps: int = option(0, "updates of linear learning-rate warm-up (at most a tenth of the run's updates)")
-    select_best: str = option("acc", "the best checkpoint: acc (the first validation of the highest accuracy, the "
-                                     "paper's rule) or acc_loss (accuracy ties broken by lower validation loss)")
-    eval_interval: int = option(0, "updates between validations (metrics rows, best-checkpoint choices) within an "
-                                   "epoch; every epoch ends with one too; 0 = at epoch ends only (the paper)")
+    select_best: str = option("acc", "best checkpoint: acc (first of the highest accuracy, the paper) or acc_loss "
+                                     "(ties by loss)")
+    eval_interval: int = option(0, "updates between validations, besides one at every epoch end; 0 = epoch ends only "
+                                   "(the paper)")
     # run: the fields of RunOptions, and
     amp: bool = option(False, "mixed precision (bf16 autocast)")
     checkpoint_every_s: float = option(600.0, "seconds between checkpoints within an epoch (last.pt); 0 = at "
