@@ -585,17 +585,11 @@ def test_the_validation_follows_valid_mode(corpus_dir, tmp_path, valid_mode, car
     assert float(metric_rows(run)[-1]["valid_loss"]) == pytest.approx(expected, rel=1e-5)
 
 
-def test_valid_mode_is_checked_and_runs_from_before_it_keep_their_validation(corpus_dir, tmp_path):
-    from fastweights.runs.config import config_from_dict
-
+def test_valid_mode_is_checked(corpus_dir, tmp_path):
     with pytest.raises(ValueError, match=r"valid_mode: expected one of \['segments', 'carry', 'auto'\], got 'sliding'"):
         LMTrainConfig(valid_mode="sliding").validate()
     with pytest.raises(ConfigError, match="valid_mode: 'carry' needs a fast-weight or recurrent model"):
         LMTrainConfig(model="transformer", valid_mode="carry").validate()
-    # a config.json without valid_mode validated on segments: a carried-state one keeps that, the others read auto
-    assert config_from_dict({"task": "lm", "carry_state": True}).valid_mode == "segments"
-    assert config_from_dict({"task": "lm", "carry_state": False}).valid_mode == "auto"
-    assert config_from_dict({"task": "lm", "carry_state": True, "valid_mode": "auto"}).valid_mode == "auto"
     # too few valid tokens for the streams: refused before the run directory is written
     cfg = tiny_cfg(corpus_dir, tmp_path, carry_state=True, eval_batch_size=10_000)
     with pytest.raises(ValueError, match=r"eval_batch_size: the validation with the state carried reads 10000 "
