@@ -247,6 +247,19 @@ def fail_at_step(monkeypatch, k: int, how) -> None:
     monkeypatch.setattr(algorithmic, "loss_fn", loss_then_fail)
 
 
+def interrupt_validation(monkeypatch, k: int) -> None:
+    """Make the ``k``-th validation (1-based) raise KeyboardInterrupt (Ctrl-C inside a validation)."""
+    real, calls = algorithmic.evaluate, [0]
+
+    def evaluate_then_interrupt(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == k:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(algorithmic, "evaluate", evaluate_then_interrupt)
+
+
 def _assert_same_run(run_dir, full_dir, resumed, full) -> None:
     assert metric_rows(run_dir) == metric_rows(full_dir)
     assert resumed["test"] == full["test"] and resumed["best_valid"] == full["best_valid"]
@@ -310,15 +323,7 @@ def test_time_interval_checkpoints_resume_mid_epoch(tiny_cfg, tmp_path, monkeypa
 def test_interrupt_inside_validation_redoes_it(tiny_cfg, tmp_path, monkeypatch):
     cfg = tiny_cfg(epochs=2, dropout=0.1)
     full = train(cfg, tmp_path / "full", quiet=True)
-    real, calls = algorithmic.evaluate, [0]
-
-    def evaluate_then_interrupt(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == 2:  # the validation of epoch 2
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(algorithmic, "evaluate", evaluate_then_interrupt)
+    interrupt_validation(monkeypatch, 2)  # the validation of epoch 2
     with pytest.raises(Interrupted, match=r"\(Ctrl-C\) at epoch 2/2, step 10/10: saved"):
         train(cfg, tmp_path / "run", quiet=True)
     monkeypatch.undo()
@@ -364,15 +369,7 @@ def test_resume_with_mid_epoch_validations_gives_the_uninterrupted_run(tiny_cfg,
         fail_at_step(monkeypatch, 8, lambda: signal.raise_signal(signal.SIGTERM))
         expected_rows = 4  # steps 2, 4, 5 and 6
     else:
-        real, calls = algorithmic.evaluate, [0]
-
-        def evaluate_then_interrupt(*args, **kwargs):
-            calls[0] += 1
-            if calls[0] == 4:  # the validation of step 6
-                raise KeyboardInterrupt
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(algorithmic, "evaluate", evaluate_then_interrupt)
+        interrupt_validation(monkeypatch, 4)  # the validation of step 6
         expected_rows = 3
     with pytest.raises(Interrupted):
         train(cfg, run_dir, quiet=True)
