@@ -506,6 +506,8 @@ def test_presets_choose_their_best_checkpoint_rule():
         assert resolve_config(task, "cpu", []).select_best == "acc_loss"
     with pytest.raises(ValueError, match="select_best: expected one of"):
         resolve_config("code-exec", "cpu", ["select_best=loss"])
+    with pytest.raises(ValueError, match="eval_interval: expected"):
+        resolve_config("listops", "cpu", ["eval_interval=-1"])
 
 
 def test_cosine_decays_from_the_end_of_the_warm_up_and_the_warm_up_scales_with_a_short_run(tiny_cfg):
