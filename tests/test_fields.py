@@ -21,7 +21,8 @@ from fastweights.layers.base import check_positive_int as layers_check_positive_
 from fastweights.models import LMConfig, LMOptions, ModelConfig, ModelOptions
 from fastweights.rl.agent import AgentConfig, AgentOptions
 from fastweights.rl.config import RLConfig
-from fastweights.runs.config import RunOptions, resolve_config
+from fastweights.runs.config import RunOptions
+from fastweights.tasks import resolve_config
 from fastweights.train.config import LMTrainConfig, TrainConfig, model_config
 
 # ----------------------------------------------------------------------------------------------------------------

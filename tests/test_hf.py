@@ -15,9 +15,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import fastweights
 import fastweights.hf
+from fastweights.data.lm import Vocabulary
 from fastweights.loading import LoadedLM, save_export
 from fastweights.models.lm import build_lm
-from fastweights.tasks.lm import Vocabulary
 from fastweights.train.config import LMTrainConfig
 from fastweights.train.lm import LMVocab, lm_model_config
 

@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import __version__
-from .runs.progress import format_count, plural
+from .runs.progress import plural
 
 
 def _info(_: argparse.Namespace) -> int:
@@ -64,32 +64,40 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _task_flags(args: argparse.Namespace) -> dict:
-    return {"num_vars": getattr(args, "num_vars", None), "depth": getattr(args, "depth", None),
-            "data": getattr(args, "data", None), "device": getattr(args, "device", None)}
+def _task_flags(args: argparse.Namespace, task) -> dict:
+    """The configuration keys that ``task``'s flags set (None where a flag was not given)."""
+    flags = {f.key: (True if getattr(args, f.dest, False) else None) if f.switch else getattr(args, f.dest, None)
+             for f in task.flags}
+    flags["device"] = getattr(args, "device", None)
+    return flags
+
+
+def _given(value: object) -> bool:
+    """Whether an option was given: a value other than None (``0`` included), or a switch that is on."""
+    return value is not None and value is not False
 
 
 def _data(args: argparse.Namespace) -> int:
-    from .runs.config import resolve_config
-    from .train.algorithmic import write_task_data
+    from .tasks import get_task
 
-    cfg = resolve_config(args.task, None, args.overrides, **_task_flags(args))
+    task = get_task(args.task)
+    cfg = task.resolve_config(None, args.overrides, _task_flags(args, task))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for path in write_task_data(cfg, out, progress=True):
+    for path in task.write_data(cfg, out):
         print(path)
     return 0
 
 
 @contextlib.contextmanager
-def _run_dir(args: argparse.Namespace, cfg, preset: str) -> Iterator[Path]:
+def _run_dir(args: argparse.Namespace, task, cfg, preset: str) -> Iterator[Path]:
     """``--run-dir``, else a new default run directory (removed again when the run fails before writing to it)."""
     if args.run_dir:
         yield Path(args.run_dir)
         return
     from .runs.directory import default_run_dir
 
-    run_dir = default_run_dir(cfg, preset)
+    run_dir = default_run_dir(cfg, preset, task.run_label(cfg))
     try:
         yield run_dir
     except BaseException:
@@ -98,113 +106,42 @@ def _run_dir(args: argparse.Namespace, cfg, preset: str) -> Iterator[Path]:
         raise
 
 
-def _announce_preset(args: argparse.Namespace, preset: str) -> None:
-    if args.preset is None:
-        print(f"preset: {preset} (the default; --preset paper for the paper's setting)", flush=True)
-
-
-def _resumed_run(args: argparse.Namespace, refused: tuple[str, ...]) -> tuple[Path, object]:
-    """``--resume RUN_DIR``: the run directory and its config, after refusing options that would change it."""
-    from .runs.config import resumed_config
-
-    given = [f"--{k.replace('_', '-')}" for k in refused if getattr(args, k) not in (None, False)]
-    return Path(args.resume), resumed_config(args.resume, args.task, given + list(args.overrides))
-
-
-def _train_lm(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace) -> int:
     from .fields import ConfigError
-    from .runs.config import DEFAULT_PRESET, config_to_dict, resolve_config
-    from .train.lm import train_lm
+    from .runs.config import DEFAULT_PRESET, config_to_dict
+    from .tasks import get_task, resumed_config
 
-    if args.resume:
-        run_dir, cfg = _resumed_run(args, ("model", "preset", "data", "run_dir", "carry_state"))
+    task = get_task(args.task)
+    if args.resume:  # a resumed run keeps its config.json; only the device may change
+        given = [f"--{k.replace('_', '-')}" for k in ("model", "preset", "run_dir", *(f.dest for f in task.flags))
+                 if _given(getattr(args, k, None))]
+        cfg = resumed_config(args.resume, task.name, given + list(args.overrides))
         if args.device is not None:
             cfg.device = args.device
         cfg.validate()
-        train_lm(cfg, run_dir, resume=True, command=args.command_line)
+        task.train(cfg, Path(args.resume), resume=True, command=args.command_line)
         return 0
     preset = args.preset or DEFAULT_PRESET
-    cfg = resolve_config("lm", preset, args.overrides, model=args.model, data=args.data, device=args.device,
-                         carry_state=True if args.carry_state else None)
+    cfg = task.resolve_config(preset, args.overrides, {**_task_flags(args, task), "model": args.model})
     if args.dry_run:
         import json
 
-        import torch
-
-        from .models import build_lm, count_parameters
-        from .train.lm import lm_model_config, load_lm_data
-
-        corpus = load_lm_data(cfg)
-        with torch.device("meta"):  # sizes only: no memory, no init
-            model = build_lm(lm_model_config(cfg, corpus.vocab_size))
+        lines = task.describe(cfg)
         print(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True))
-        print(f"data: {corpus.summary()}")
-        print(f"parameters: {format_count(count_parameters(model))}")
+        print("\n".join(lines))
         return 0
     if not args.run_dir and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a default name is per process
         raise ConfigError("--run-dir: required under torchrun: its processes must share one run directory")
-    _announce_preset(args, preset)
-    with _run_dir(args, cfg, preset) as run_dir:
-        train_lm(cfg, run_dir, command=args.command_line)
-    return 0
-
-
-def _train_rl(args: argparse.Namespace) -> int:
-    import json
-
-    from .rl.train import main_train
-    from .runs.config import DEFAULT_PRESET
-
-    if args.resume:  # main_train refuses env/model/preset/run_dir/overrides together with resume
-        main_train(args.env, args.model, args.preset, args.overrides, run_dir=args.run_dir, resume=args.resume,
-                   device=args.device, command=args.command_line)
-        return 0
-    preset = args.preset or DEFAULT_PRESET  # its environment unless --env names another
-    if args.dry_run:
-        out = main_train(args.env, args.model, preset, args.overrides, device=args.device, dry_run=True)
-        print(json.dumps(out["config"], indent=2, sort_keys=True))
-        print(f"environment: observation {out['obs_shape']}, {out['num_actions']} actions")
-        print(f"parameters: {format_count(out['parameters'])}")
-        return 0
-    _announce_preset(args, preset)
-    main_train(args.env, args.model, preset, args.overrides, run_dir=args.run_dir, device=args.device,
-               command=args.command_line)
-    return 0
-
-
-def _train(args: argparse.Namespace) -> int:
-    from .runs.config import DEFAULT_PRESET, config_to_dict, resolve_config
-    from .train.algorithmic import build, train
-
-    if args.task == "lm":
-        return _train_lm(args)
-    if args.task == "rl":
-        return _train_rl(args)
-    if args.resume:
-        run_dir, cfg = _resumed_run(args, ("model", "preset", "num_vars", "depth", "data", "run_dir"))
-        train(cfg, run_dir, resume=True)
-        return 0
-    preset = args.preset or DEFAULT_PRESET
-    cfg = resolve_config(args.task, preset, args.overrides, model=args.model, **_task_flags(args))
-    if args.dry_run:
-        import json
-
-        from .models import count_parameters
-
-        data, _, model = build(cfg, progress=True)
-        print(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True))
-        print(f"data: {data.source} ({', '.join(f'{k} {v.src.shape[0]}' for k, v in data.splits.items())}; "
-              f"vocabulary {data.vocab_size}, classes {data.num_classes})")
-        print(f"parameters: {format_count(count_parameters(model))}")
-        return 0
-    _announce_preset(args, preset)
-    with _run_dir(args, cfg, preset) as run_dir:
-        train(cfg, run_dir, command=args.command_line)
+    if args.preset is None:
+        print(f"preset: {preset} (the default; --preset paper for the paper's setting)", flush=True)
+    with _run_dir(args, task, cfg, preset) as run_dir:
+        task.train(cfg, run_dir, command=args.command_line)
     return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .train.compare import compare
+    from .compare import compare
+    from .tasks import get_task
 
     seeds = None
     if args.seeds is not None:
@@ -212,99 +149,51 @@ def _compare(args: argparse.Namespace) -> int:
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         except ValueError:
             raise ValueError(f"--seeds: expected comma-separated integers, e.g. 11,12,13, got {args.seeds!r}") from None
-    if args.task == "rl":
-        flags = {"env": args.env, "device": args.device}
-    elif args.task == "lm":
-        flags = {"data": args.data, "device": args.device, "carry_state": True if args.carry_state else None}
-    else:
-        flags = _task_flags(args)
     compare(args.task, [m.strip() for m in args.models.split(",") if m.strip()], args.preset, args.overrides,
-            Path(args.out_dir), flags=flags, seeds=seeds, jobs=args.jobs, report_only=args.report_only)
+            Path(args.out_dir), flags=_task_flags(args, get_task(args.task)), seeds=seeds, jobs=args.jobs,
+            report_only=args.report_only)
     return 0
 
 
-def _run_task(run_dir: Path) -> str:
-    from .runs.directory import read_run_config
-
-    return read_run_config(run_dir).get("task", "code-exec")
-
-
-def _refuse_lm_only_flags(args: argparse.Namespace, run_dir: Path) -> None:
-    lm_only = [f"--{k.replace('_', '-')}" for k in ("mode", "context", "batch_size") if getattr(args, k) is not None]
-    if lm_only:
-        raise ValueError(f"{' '.join(lm_only)}: only for language-model runs; {run_dir} is a "
-                         f"{_run_task(run_dir)} run")
-
-
-def _rl_checkpoint(run_dir: Path, given: str | None) -> str:
-    """The checkpoint an RL evaluation reads: ``last`` (default) or ``step-<N>`` (RL runs keep no ``best``)."""
-    names = sorted(p.stem for p in run_dir.glob("*.pt"))
-    if given is None:
-        given = "last"
-    if given not in names:
-        raise ValueError(f"--checkpoint: {run_dir} is an rl run, which keeps {names or 'no checkpoint'} (no best: "
-                         f"RL runs are not validated); got {given!r}")
-    return given
+#: Options of ``fastweights eval`` that some tasks take (:attr:`fastweights.tasks.Task.eval_options`).
+EVAL_OPTIONS = ("split", "data", "mode", "context", "batch_size", "episodes", "runs", "sample")
 
 
 def _eval(args: argparse.Namespace) -> int:
     from .runs.directory import json_text
+    from .tasks import get_task, run_task, task_names
 
     run_dir = Path(args.run_dir)
-    task = _run_task(run_dir)
-    if task == "rl":
-        from .rl.train import evaluate_run as evaluate_rl_run
-
-        _refuse_lm_only_flags(args, run_dir)
-        if args.split is not None:
-            raise ValueError(f"--split: {run_dir} is an rl run, evaluated on fresh episodes of its environment "
-                             f"(there are no data splits); remove --split")
-        if args.data is not None:
-            raise ValueError(f"--data: rl runs have no data set; {run_dir} is an rl run")
-        metrics = evaluate_rl_run(run_dir, episodes=args.episodes or 30, runs=args.runs or 5, greedy=not args.sample,
-                                  checkpoint=_rl_checkpoint(run_dir, args.checkpoint), device=args.device,
-                                  progress=True)
-        print(json_text(metrics, sort_keys=False))
-        return 0
-    if args.episodes is not None or args.runs is not None or args.sample:
-        raise ValueError(f"--episodes/--runs/--sample: only for rl runs; {run_dir} is a {task} run")
-    if args.checkpoint not in (None, "best", "last"):
-        raise ValueError(f"--checkpoint: expected best or last for a {task} run, got {args.checkpoint!r}")
-    args.split = args.split or "test"
-    args.checkpoint = args.checkpoint or "best"
-    if task == "lm":
-        from .train.lm import evaluate_lm_run
-
-        metrics = evaluate_lm_run(run_dir, args.split, args.mode, checkpoint=args.checkpoint, context=args.context,
-                                  batch_size=args.batch_size, device=args.device, data=args.data, progress=True)
-        print(json_text(metrics, sort_keys=False))
-        return 0
-    from .train.algorithmic import evaluate_run
-
-    _refuse_lm_only_flags(args, run_dir)
-    metrics = evaluate_run(run_dir, args.split, checkpoint=args.checkpoint, device=args.device, data_dir=args.data,
-                           progress=True)
-    print(json_text({"split": args.split, "checkpoint": args.checkpoint, **metrics}, sort_keys=False))
+    task = run_task(run_dir)
+    given = [name for name in EVAL_OPTIONS if _given(getattr(args, name))]
+    foreign = [name for name in given if name not in task.eval_options]
+    if foreign:
+        flags = " ".join(f"--{name.replace('_', '-')}" for name in foreign)
+        owners = [t for t in task_names() if foreign[0] in get_task(t).eval_options]
+        raise ValueError(f"{flags}: only for {' and '.join(owners) or 'other'} runs; {run_dir} is a {task.name} run")
+    checkpoint = task.check_checkpoint(run_dir, args.checkpoint)
+    metrics = task.evaluate(run_dir, checkpoint, args.device, {name: getattr(args, name) for name in given})
+    print(json_text(metrics, sort_keys=False))
     return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
     from .loading import from_pretrained, is_export
-    from .train.lm import generate_from_run
+    from .tasks import run_task
 
     run_dir = Path(args.run_dir)
     if is_export(run_dir):  # an export directory (fastweights export) holds no checkpoints
         loaded = from_pretrained(run_dir, device=args.device)
-        if loaded.task != "lm":
+        if not hasattr(loaded, "generate"):
             raise ValueError(f"path: {run_dir} is an exported {loaded.task} model; generate needs a language model")
         out = loaded.generate(args.prompt, args.max_tokens, args.temperature, args.top_k, args.seed)
         print(out.after(args.prompt))
         return 0
-    task = _run_task(run_dir)
-    if task != "lm":
-        raise ValueError(f"run_dir: {run_dir} is a {task} run; generate needs a language-model run")
-    out = generate_from_run(run_dir, args.prompt, args.max_tokens, args.temperature, args.top_k, args.seed,
-                            checkpoint=args.checkpoint, device=args.device)
+    task = run_task(run_dir)
+    if not task.generates:
+        raise ValueError(f"run_dir: {run_dir} is a {task.name} run; generate needs a language-model run")
+    out = task.generate(run_dir, args.prompt, args.max_tokens, args.temperature, args.top_k, args.seed,
+                        args.checkpoint, args.device)
     print(out.after(args.prompt))
     return 0
 
@@ -320,9 +209,14 @@ def _export(args: argparse.Namespace) -> int:
 
 def _plot(args: argparse.Namespace) -> int:
     from .runs.plots import plot_runs
+    from .tasks import run_task
 
-    metrics = None if args.metrics is None else tuple(m.strip() for m in args.metrics.split(",") if m.strip())
-    print(plot_runs([Path(d) for d in args.run_dirs], Path(args.out), metrics))
+    run_dirs = [Path(d) for d in args.run_dirs]
+    if args.metrics is None:
+        metrics = run_task(run_dirs[0]).curve_metrics
+    else:
+        metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    print(plot_runs(run_dirs, Path(args.out), metrics))
     return 0
 
 
@@ -330,9 +224,10 @@ def _keys_epilog(task: str | None, command: str) -> str:
     """The ``key=value`` keys of ``task``'s configuration for ``--help``, from the dataclass fields themselves."""
     if task is None:
         return f"key=value keys: `fastweights {command} TASK --help` lists those of TASK."
-    from .runs.config import DEFAULT_PRESET, config_class, describe_fields, load_preset
+    from .runs.config import DEFAULT_PRESET, describe_fields, load_preset
+    from .tasks import get_task
 
-    cls = config_class(task)
+    cls = get_task(task).config_class()
     paper = load_preset(cls(task=task), task, "paper")
     if command == "data":  # no preset: the official data sets by default
         return (f"key=value keys of {task} (the data keys matter here). Columns: key, type, default (the paper's "
@@ -343,50 +238,35 @@ def _keys_epilog(task: str | None, command: str) -> str:
             + describe_fields(default, paper, "paper"))
 
 
-ENV_HELP = ("rl: repeat_first | repeat_previous | count_recall | minatar:<game> | <Game>NoFrameskip-v4 | "
-            "gym:<id> (default: the preset's)")
-
-
-TASKS = ("code-exec", "listops", "lm", "rl")
-TASK_HELP = {"code-exec": "code execution: the final value of a variable of a program",
-             "listops": "ListOps: the value of nested list operations",
-             "lm": "word- or character-level language modelling (also under torchrun)",
-             "rl": "reinforcement learning: memory tasks, MinAtar, Atari"}
-
-
-def _add_task_flags(p: argparse.ArgumentParser, task: str, command: str) -> None:
+def _add_task_flags(p: argparse.ArgumentParser, task, command: str) -> None:
     """The flags of ``task`` only: a flag of another task is refused in one line (:func:`_other_tasks_flags`)."""
-    if task in ("code-exec", "listops"):
-        p.add_argument("--num-vars", type=int, default=None, help="code execution: 3 or 5 variables (default 3)")
-        p.add_argument("--depth", type=int, default=None, help="ListOps: 10 or 15 (default 10)")
-    if command == "data":
-        return
-    if task == "rl":
-        p.add_argument("--env", default=None, help=ENV_HELP)
-    else:
-        p.add_argument("--data", default=None, help="a WikiText-103 or plain-text directory (default: the "
-                                                    "embedded corpus)" if task == "lm" else
-                       "directory with the official data files (default: generate)")
-    if task == "lm":
-        p.add_argument("--carry-state", action="store_true",
-                       help="carry the state across consecutive windows of contiguous streams (truncated BPTT)"
-                       if command == "train" else
-                       "train every model with the state carried across windows (the paper's + full context)")
-    p.add_argument("--device", default=None, help="cpu (default) or cuda")
+    for flag in task.flags:
+        if command in flag.commands:
+            help_text = flag.compare_help if command == "compare" and flag.compare_help else flag.help
+            if flag.switch:
+                p.add_argument(flag.name, action="store_true", help=help_text)
+            else:
+                p.add_argument(flag.name, type=flag.type, default=None, help=help_text)
+    if command != "data":
+        p.add_argument("--device", default=None, help="cpu (default) or cuda")
 
 
-def _task_parsers(parent: argparse.ArgumentParser, command: str, help_task: str | None,
-                  tasks: tuple[str, ...] = TASKS) -> dict[str, argparse.ArgumentParser]:
+def _task_parsers(parent: argparse.ArgumentParser, command: str, help_task: str | None
+                  ) -> dict[str, argparse.ArgumentParser]:
     """One sub-parser per task under ``command`` (``train``, ``compare``, ``data``): each takes its task's flags and
     lists its task's ``key=value`` keys in ``--help``."""
+    from .tasks import get_task, task_names
+
     sub = parent.add_subparsers(dest="task", metavar="TASK", required=True)
     parsers = {}
-    for task in tasks:
-        epilog = _keys_epilog(task, command) if task == help_task else None
-        p = sub.add_parser(task, help=TASK_HELP[task], epilog=epilog,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in task_names():
+        task = get_task(name)
+        if command == "data" and not task.writes_data:
+            continue
+        epilog = _keys_epilog(name, command) if name == help_task else None
+        p = sub.add_parser(name, help=task.summary, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_task_flags(p, task, command)
-        parsers[task] = p
+        parsers[name] = p
     return parsers
 
 
@@ -410,9 +290,7 @@ def _other_tasks_flags(parser: argparse.ArgumentParser, argv: list[str], args: a
     if not wrong:
         return None
     flags = [f.split("=", 1)[0] for f in wrong]
-    if task in ("code-exec", "listops"):
-        return f"{flags[0]}: only for {', '.join(owners[flags[0]])}, not for {task}"
-    return f"{' '.join(flags)}: not for {task}"
+    return f"{flags[0]}: only for {', '.join(owners[flags[0]])}, not for {task}"
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -436,7 +314,7 @@ def build_parser(help_task: str | None = None) -> argparse.ArgumentParser:
 
     g = sub.add_parser("data", help="write an algorithmic data set in the official file format",
                        epilog=None if help_task else _keys_epilog(None, "data"), **keys)
-    for task_parser in _task_parsers(g, "data", help_task, ("code-exec", "listops")).values():
+    for task_parser in _task_parsers(g, "data", help_task).values():
         task_parser.add_argument("--out", required=True, help="output directory")
         _add_overrides(task_parser)
     g.set_defaults(func=_data)
@@ -543,7 +421,9 @@ def main(argv: list[str] | None = None) -> int:
         return selftest_main(argv[1:])
     help_task = None
     if argv[:1] in (["train"], ["data"], ["compare"]) and {"-h", "--help"} & set(argv):
-        help_task = next((a for a in argv[1:] if a in TASKS), None)
+        from .tasks import task_names
+
+        help_task = next((a for a in argv[1:] if a in task_names()), None)
     parser = build_parser(help_task)
     # key=value overrides may come after options (argparse's positionals would stop at the first option)
     args, extra = parser.parse_known_args(argv)

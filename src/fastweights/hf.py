@@ -19,17 +19,13 @@ character is a token. Unlike :meth:`~fastweights.train.lm.LMVocab.encode`, an em
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 try:
-    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
-    from tokenizers.models import WordLevel
     from transformers import (
         AutoConfig,
         AutoModelForCausalLM,
@@ -45,9 +41,9 @@ except ImportError as e:  # the core package must work without the extra
 
 from .loading import EXPORT_FORMAT, EXPORT_VERSION, check_export_config
 from .models.lm import build_lm
-from .tasks.lm import EOS, PUNCTUATION_PATTERN, UNK
 from .train.config import LMTrainConfig
-from .train.lm import LMVocab, lm_model_config, step_decodable
+from .train.lm import lm_model_config, step_decodable
+from .train.lm.hf_tokenizer import build_tokenizer, save_tokenizer
 
 __all__ = ["FastWeightsCausalLMOutput", "FastWeightsConfig", "FastWeightsForCausalLM", "build_tokenizer",
            "save_tokenizer"]
@@ -167,31 +163,6 @@ def _train_config(config: FastWeightsConfig) -> LMTrainConfig:
 # ----------------------------------------------------------------------------------------------------------------
 # Tokenizer
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def build_tokenizer(vocab: LMVocab) -> PreTrainedTokenizerFast:
-    """The run's vocabulary as a ``PreTrainedTokenizerFast`` over a ``tokenizers`` word-level model (see the module
-    docstring for the rules)."""
-    model = WordLevel({token: i for i, token in enumerate(vocab.vocab.tokens)}, unk_token=UNK)
-    tok = Tokenizer(model)
-    if vocab.level == "char":
-        tok.normalizer = normalizers.Replace("\n", EOS)
-        tok.pre_tokenizer = pre_tokenizers.Split(Regex(f"{EOS}|."), behavior="isolated")
-        tok.decoder = decoders.Sequence([decoders.Replace(EOS, "\n"), decoders.Fuse()])
-    else:
-        tok.normalizer = normalizers.Replace("\n", f" {EOS} ")
-        split = [pre_tokenizers.WhitespaceSplit()]
-        if vocab.tokenizer == "punctuation":
-            split.append(pre_tokenizers.Split(Regex(PUNCTUATION_PATTERN), behavior="isolated"))
-        tok.pre_tokenizer = pre_tokenizers.Sequence(split)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=UNK, bos_token=EOS,
-                                   model_input_names=["input_ids", "attention_mask"])
-
-
-def save_tokenizer(vocab: LMVocab, out_dir: str | os.PathLike) -> list[Path]:
-    """Write the files ``AutoTokenizer.from_pretrained(out_dir)`` reads (``tokenizer.json``,
-    ``tokenizer_config.json``, ...); returns the paths written."""
-    return [Path(p) for p in build_tokenizer(vocab).save_pretrained(str(out_dir))]
 
 
 AutoConfig.register(FastWeightsConfig.model_type, FastWeightsConfig, exist_ok=True)

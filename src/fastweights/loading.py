@@ -19,25 +19,20 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor, nn
-
-from .models import build_lm, build_model
-from .rl.agent import Agent
-from .rl.config import RLConfig
-from .rl.train import ENV_FILE, EnvSpec, agent_config, env_spec, load_agent
-from .runs.config import ALL_TASKS, check_device, checked_fields, config_class, config_to_dict
+from .runs.config import config_to_dict
 from .runs.directory import read_json_file, read_run_config, write_json
-from .train.algorithmic import VOCAB_FILE as TASK_VOCAB_FILE
-from .train.algorithmic import TaskVocab, load_algorithmic_model, model_config
-from .train.config import ALGORITHMIC_TASKS, LMTrainConfig, TrainConfig
-from .train.lm import VOCAB_FILE as LM_VOCAB_FILE
-from .train.lm import Generation, LMVocab, lm_model_config, load_lm_model
-from .weights import load_module, save_module
+from .tasks import get_task
+from .tasks.algorithmic import LoadedAlgorithmic
+from .tasks.base import Loaded, resolved_device
+from .tasks.lm import LoadedLM
+from .tasks.rl import LoadedAgent
+from .weights import save_module
+
+__all__ = ["Loaded", "LoadedAgent", "LoadedAlgorithmic", "LoadedLM", "export", "from_pretrained", "is_export", "load",
+           "read_export_config", "save_export"]
 
 EXPORT_FORMAT = "fastweights-model"
 #: The layout of export directories written by this version; larger numbers come from a newer fastweights.
@@ -52,82 +47,6 @@ HF_KEYS = frozenset({"model_type", "architectures", "transformers_version", "dty
                      "bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings", "use_cache",
                      "output_hidden_states", "return_dict", "chunk_size_feed_forward", "is_encoder_decoder",
                      "id2label", "label2id", "problem_type"})
-
-
-@dataclass
-class Loaded:
-    """A trained model and what using it needs. ``task``: ``code-exec``, ``listops``, ``lm`` or ``rl``; ``config``:
-    the run's configuration; ``model``: the network in eval mode; ``source``: the run or export directory;
-    ``checkpoint``: the checkpoint read (None for an export)."""
-
-    task: str
-    config: TrainConfig | LMTrainConfig | RLConfig = field(repr=False)
-    model: nn.Module = field(repr=False)
-    source: str
-    checkpoint: str | None
-
-
-@dataclass
-class LoadedLM(Loaded):
-    """A language model (:class:`~fastweights.models.lm.LanguageModel`) with its vocabulary and tokenisation."""
-
-    vocab: LMVocab = field(repr=False)
-
-    def generate(self, prompt: str = "", max_tokens: int = 100, temperature: float = 1.0, top_k: int | None = None,
-                 seed: int | None = None) -> Generation:
-        """Continue the text ``prompt`` by ``max_tokens`` tokens (``temperature`` 0: greedy; ``top_k``: sample among
-        the k most likely; ``seed``: reproducible sampling). ``.text`` of the result is the continuation,
-        ``.after(prompt)`` the prompt with it. Token-level decoding: ``self.model.generate(ids, n)``."""
-        return self.vocab.generate(self.model, prompt, max_tokens, temperature, top_k, seed)
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` (lines joined by ``<eos>``), as the corpus was read."""
-        return self.vocab.encode(text)
-
-    def decode(self, ids: list[int] | Tensor) -> str:
-        """The text of token ids."""
-        return self.vocab.decode(ids)
-
-
-@dataclass
-class LoadedAlgorithmic(Loaded):
-    """A code-execution or ListOps model (:class:`~fastweights.models.SequenceModel`) with its vocabularies."""
-
-    vocab: TaskVocab = field(repr=False)
-
-    @torch.no_grad()
-    def predict(self, tokens: str | list[str]) -> list[str] | str:
-        """The model's answer for one input (tokens, or a string of space-separated tokens): code execution, the
-        output token at every position (``_`` = nothing printed); ListOps, the value of the expression."""
-        if isinstance(tokens, str):
-            tokens = tokens.split()
-        index = {t: i for i, t in enumerate(self.vocab.input)}
-        unknown = [t for t in tokens if t not in index]
-        if unknown:
-            raise ValueError(f"tokens: expected {self.task} tokens {self.vocab.input}, got unknown {unknown[:5]}")
-        if not tokens:
-            raise ValueError("tokens: expected at least one token, got none")
-        device = next(self.model.parameters()).device
-        src = torch.tensor([[index[t] for t in tokens]], device=device)
-        if self.task == "code-exec":
-            return [self.vocab.output[i] for i in self.model(src)[0][0].argmax(-1).tolist()]
-        lengths = torch.tensor([len(tokens)], device=device)
-        return self.vocab.output[int(self.model(src, lengths=lengths)[0][0].argmax())]
-
-
-@dataclass
-class LoadedAgent(Loaded):
-    """An RL agent (:class:`~fastweights.rl.Agent`: ``initial_state``, ``act``) with its environment spec."""
-
-    env: EnvSpec
-
-
-def _device(configured: str, device: str | None) -> str:
-    """``device``, or else the run's device when this machine has it, else the CPU."""
-    if device is not None:
-        check_device(device)
-        return device
-    return "cpu" if str(configured).startswith("cuda") and not torch.cuda.is_available() else configured
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -146,17 +65,8 @@ def load(run_dir: str | os.PathLike, checkpoint: str = "best", device: str | Non
     """
     run_dir = Path(run_dir)
     values = read_run_config(run_dir)
-    task = values.get("task", "code-exec")
-    device = _device(values.get("device", "cpu"), device)
-    if task == "lm":
-        cfg, vocab, model = load_lm_model(run_dir, checkpoint, device=device)
-        return LoadedLM(task, cfg, model, str(run_dir), checkpoint, vocab)
-    if task == "rl":
-        checkpoint = "last" if checkpoint == "best" else checkpoint
-        cfg, agent = load_agent(run_dir, checkpoint, device)
-        return LoadedAgent(task, cfg, agent, str(run_dir), checkpoint, env_spec(run_dir, cfg))
-    cfg, vocab, model = load_algorithmic_model(run_dir, checkpoint, device=device)
-    return LoadedAlgorithmic(task, cfg, model, str(run_dir), checkpoint, vocab)
+    task = get_task(values.get("task"), f"run_dir: {run_dir}: task")
+    return task.load(run_dir, checkpoint, resolved_device(values.get("device", "cpu"), device))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -185,18 +95,7 @@ def save_export(loaded: Loaded, out_dir: str | os.PathLike) -> Path:
     try:
         write_json(tmp / CONFIG_FILE, export_config(loaded))
         save_module(loaded.model, tmp / WEIGHTS_FILE, {"fastweights.task": loaded.task})
-        if isinstance(loaded, LoadedLM):
-            loaded.vocab.save(tmp / LM_VOCAB_FILE)
-            try:
-                from .hf import save_tokenizer
-            except ImportError:  # the hf extra is optional: AutoTokenizer files only with it
-                pass
-            else:
-                save_tokenizer(loaded.vocab, tmp)
-        elif isinstance(loaded, LoadedAlgorithmic):
-            loaded.vocab.save(tmp / TASK_VOCAB_FILE)
-        elif isinstance(loaded, LoadedAgent):
-            write_json(tmp / ENV_FILE, loaded.env.to_dict())
+        loaded.save_files(tmp)
         if out_dir.exists():
             out_dir.rmdir()
         tmp.rename(out_dir)
@@ -215,11 +114,7 @@ def export_config(loaded: Loaded) -> dict[str, Any]:
                            "fastweights_version": __version__, "task": loaded.task,
                            "train_config": config_to_dict(loaded.config),
                            "model_type": "fastweights"}  # transformers then says which tasks it can load
-    if isinstance(loaded, LoadedLM):
-        out.update({"architectures": ["FastWeightsForCausalLM"],
-                    "vocab_size": len(loaded.vocab.vocab), "bos_token_id": loaded.vocab.vocab.eos_id,
-                    "tie_word_embeddings": loaded.model.config.tie_weight})
-    return out
+    return {**out, **loaded.export_keys()}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -227,7 +122,7 @@ def export_config(loaded: Loaded) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def read_export_config(path: str | os.PathLike) -> tuple[str, TrainConfig | LMTrainConfig | RLConfig]:
+def read_export_config(path: str | os.PathLike) -> tuple[str, Any]:
     """``(task, configuration)`` of an export directory, every key and value checked: an unknown or mistyped key, a
     newer format or an invalid configuration raises one ``ValueError`` line."""
     path = Path(path)
@@ -237,7 +132,7 @@ def read_export_config(path: str | os.PathLike) -> tuple[str, TrainConfig | LMTr
     return check_export_config(read_json_file(file, "config"), f"config: {file}")
 
 
-def check_export_config(values: Any, where: str = "config") -> tuple[str, TrainConfig | LMTrainConfig | RLConfig]:
+def check_export_config(values: Any, where: str = "config") -> tuple[str, Any]:
     """:func:`read_export_config` of the values of a ``config.json``; errors start with ``where``."""
     if not isinstance(values, dict):
         raise ValueError(f"{where} is not a JSON object")
@@ -260,15 +155,15 @@ def check_export_config(values: Any, where: str = "config") -> tuple[str, TrainC
                          f"({values.get('fastweights_version')}); this fastweights {__version__} reads versions up to "
                          f"{EXPORT_VERSION}: upgrade fastweights")
     task = values["task"]
-    if task not in ALL_TASKS:
-        raise ValueError(f"{where}: task: expected one of {list(ALL_TASKS)}, got {task!r}")
+    if not isinstance(task, str):
+        raise ValueError(f"{where}: task: expected a task name, got {task!r}")
+    spec = get_task(task, f"{where}: task")
     train = values["train_config"]
     if not isinstance(train, dict):
         raise ValueError(f"{where}: train_config: expected a JSON object, got {type(train).__name__}")
-    checked = checked_fields(config_class(task), train, where=f"{where}: train_config: ", strict=True)
-    if checked.get("task", task) != task:
-        raise ValueError(f"{where}: train_config: task {checked['task']!r} differs from the export's task {task!r}")
-    return task, config_class(task)(**{**checked, "task": task})
+    if train.get("task", task) != task:
+        raise ValueError(f"{where}: train_config: task {train['task']!r} differs from the export's task {task!r}")
+    return task, spec.config_from_dict(train, f"{where}: train_config: ")
 
 
 def from_pretrained(path: str | os.PathLike, device: str | None = None) -> Loaded:
@@ -282,32 +177,9 @@ def from_pretrained(path: str | os.PathLike, device: str | None = None) -> Loade
     """
     path = Path(path)
     task, cfg = read_export_config(path)
-    cfg.device = _device(cfg.device, device)
+    cfg.device = resolved_device(cfg.device, device)
     cfg.validate()
-    if task == "lm":
-        vocab = LMVocab.load(_needed(path, LM_VOCAB_FILE))
-        model: nn.Module = build_lm(lm_model_config(cfg, len(vocab.vocab)))
-    elif task in ALGORITHMIC_TASKS:
-        vocab = TaskVocab.load(_needed(path, TASK_VOCAB_FILE))
-        if vocab.task != task:
-            raise ValueError(f"vocabulary: {path / TASK_VOCAB_FILE} belongs to a {vocab.task} model, not {task}")
-        model = build_model(model_config(cfg, vocab))
-    else:
-        spec = EnvSpec.from_dict(read_json_file(_needed(path, ENV_FILE), "env"), str(path / ENV_FILE))
-        model = Agent(agent_config(cfg, spec))
-    load_module(model, _needed(path, WEIGHTS_FILE))
-    model = model.to(cfg.device).eval()
-    if task == "lm":
-        return LoadedLM(task, cfg, model, str(path), None, vocab)
-    if task == "rl":
-        return LoadedAgent(task, cfg, model, str(path), None, spec)
-    return LoadedAlgorithmic(task, cfg, model, str(path), None, vocab)
-
-
-def _needed(path: Path, name: str) -> Path:
-    if not (path / name).is_file():
-        raise FileNotFoundError(f"path: {path} is not a complete exported model (no {name})")
-    return path / name
+    return get_task(task).from_export(path, cfg)
 
 
 def is_export(path: str | os.PathLike) -> bool:

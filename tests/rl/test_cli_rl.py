@@ -23,10 +23,11 @@ def test_dry_run_prints_parameters(capsys):
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["train", "rl", "--env", "repeat_first", "--model", "lstm", "--depth", "10"], "--depth: not for rl"),
+    (["train", "rl", "--env", "repeat_first", "--model", "lstm", "--depth", "10"],
+     "--depth: only for listops, not for rl"),
     (["train", "code-exec", "--env", "repeat_first", "--model", "lstm"], "--env: only for rl"),
-    (["train", "lm", "--env", "repeat_first", "--model", "lstm"], "--env: not for lm"),
-    (["compare", "rl", "--env", "repeat_first", "--depth", "10"], "--depth: not for rl"),
+    (["train", "lm", "--env", "repeat_first", "--model", "lstm"], "--env: only for rl, not for lm"),
+    (["compare", "rl", "--env", "repeat_first", "--depth", "10"], "--depth: only for listops, not for rl"),
     (["compare", "listops", "--env", "repeat_first"], "--env: only for rl, not for listops"),
     (["compare", "rl", "task=lm"], "task=lm: not for rl"),
 ])
@@ -63,7 +64,7 @@ def test_tiny_run_then_eval(capsys, tmp_path):
     assert metrics["checkpoint"] == "last" and metrics["runs"] == 2 and metrics["episodes"] == 3
     rc, out, _ = cli(capsys, "eval", run, "--episodes", "3", "--runs", "1", "--checkpoint", "step-320")
     assert rc == 0 and json.loads(out)["step"] == 320
-    for argv, message in ((["--mode", "carry"], "--mode: only for language-model runs"),
+    for argv, message in ((["--mode", "carry"], "--mode: only for lm runs"),
                           (["--split", "valid"], "--split: "),
                           (["--checkpoint", "best"], "--checkpoint: "),
                           (["--checkpoint", "step-7"], "--checkpoint: ")):

@@ -10,12 +10,14 @@ import torch
 
 pytest.importorskip("minatar", reason="MinAtar tests need the minatar package (pip install 'fastweights[minatar]')")
 
-from fastweights.rl import main_train, train
+from fastweights.rl import train
 from fastweights.rl.agent import AgentConfig, ConvTorso, build_agent
 from fastweights.rl.config import rl_config_from_dict
 from fastweights.rl.envs import make_env
 from fastweights.rl.minatar import GAMES, MinAtarEnv, game_name
+from fastweights.rl.train import checkpoint_types
 from fastweights.runs.directory import load_checkpoint, read_json, save_checkpoint
+from fastweights.tasks import resolve_config
 
 
 def random_actions(env: MinAtarEnv, steps: int, seed: int = 0) -> np.ndarray:
@@ -88,7 +90,8 @@ def test_snapshot_through_a_safe_checkpoint_restores_exactly(tmp_path, game):
     save_checkpoint(tmp_path / "c.pt", {"env": env.get_state()})
     other = MinAtarEnv(game, 4)
     other.reset(seed=99)
-    other.set_state(load_checkpoint(tmp_path / "c.pt")["env"])  # weights_only=True: plain data only
+    # weights_only=True: plain data and the NumPy arrays and generators RL checkpoints declare
+    other.set_state(load_checkpoint(tmp_path / "c.pt", types=checkpoint_types())["env"])
     for actions in random_actions(env, 300, seed=2):
         a, b = env.step(actions), other.step(actions)
         np.testing.assert_array_equal(a.obs, b.obs)
@@ -160,14 +163,15 @@ TINY = ["num_envs=4", "unroll_length=5", "total_steps=120", "log_every=2", "chec
 def test_minatar_run_resumes_exactly(tmp_path, model):
     """The minatar preset's run, cut after 3 updates and resumed, ends equal to an uninterrupted one (the games are
     restored from the checkpoint, not restarted)."""
-    straight = main_train("minatar:space_invaders", model, "minatar", TINY, run_dir=tmp_path / "a")
+    straight = train(resolve_config("rl", "minatar", TINY, env="minatar:space_invaders", model=model), tmp_path / "a",
+                     quiet=True)
     cfg = rl_config_from_dict(read_json(tmp_path / "a" / "config.json"))
     assert cfg.torso == "conv" and cfg.env == "minatar:space_invaders"
     train(cfg, tmp_path / "b", quiet=True, stop_after_updates=3)
     resumed = train(cfg, tmp_path / "b", resume=True, quiet=True)
     assert resumed["updates"] == straight["updates"] == 6
-    a = load_checkpoint(tmp_path / "a" / "last.pt")["agent"]
-    b = load_checkpoint(tmp_path / "b" / "last.pt")["agent"]
+    a = load_checkpoint(tmp_path / "a" / "last.pt", types=checkpoint_types())["agent"]
+    b = load_checkpoint(tmp_path / "b" / "last.pt", types=checkpoint_types())["agent"]
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert straight["eval"] == resumed["eval"]

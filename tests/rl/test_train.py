@@ -20,22 +20,26 @@ from fastweights.rl import (
     evaluate_run,
     impala_loss,
     learner_loss,
-    main_train,
-    resolve_rl_config,
     train,
 )
 from fastweights.rl.config import rl_config_from_dict, rl_config_to_dict
 from fastweights.rl.train import build, load_agent
 from fastweights.runs.directory import read_json
 from fastweights.runs.interrupt import Interrupted
+from fastweights.tasks import resolve_config
 
 TINY = ["env=repeat_previous", "env_options={\"length\": 6, \"delay\": 1}", "num_envs=4", "unroll_length=5",
         "total_steps=120", "log_every=2", "checkpoint_every=2", "torso_dim=8", "d_model=8", "num_heads=2", "d_ff=16",
         "lstm_hidden=8", "eval_episodes=4", "eval_runs=2", "eval_envs=2", "threads=1"]
 
 
+def rl_config(env: str | None = None, model: str | None = None, preset: str | None = None,
+              overrides: list[str] | None = None) -> RLConfig:
+    return resolve_config("rl", preset, list(overrides or []), env=env, model=model)
+
+
 def tiny_config(model: str = "delta_net", *extra: str) -> RLConfig:
-    return resolve_rl_config(model=model, overrides=[*TINY, *extra])
+    return rl_config(model=model, overrides=[*TINY, *extra])
 
 
 def metric_rows(run_dir):
@@ -135,7 +139,7 @@ def test_evaluate_run_protocol(tmp_path):
 
 
 def test_presets_and_round_trip():
-    paper = resolve_rl_config(preset="paper")
+    paper = rl_config(preset="paper")
     assert (paper.num_envs, paper.unroll_length, paper.total_steps) == (32, 50, 200_000_000)
     assert (paper.lr, paper.rms_alpha, paper.rms_eps, paper.rms_momentum) == (6e-4, 0.99, 0.01, 0.0)
     assert (paper.discount, paper.baseline_cost, paper.entropy_cost, paper.grad_norm_clip) == (0.99, 0.5, 0.01, 40.0)
@@ -145,29 +149,31 @@ def test_presets_and_round_trip():
     assert (paper.eval_runs, paper.eval_episodes, paper.eval_greedy) == (5, 30, True)
     # the noneg filter: the games the official code applies it to, unless set
     assert not paper.noneg()
-    assert resolve_rl_config(env="UpNDownNoFrameskip-v4", preset="paper").noneg()
-    assert resolve_rl_config(env="atari:BattleZone", preset="paper").noneg()
-    assert resolve_rl_config(env="atari:Breakout", overrides=["eval_noneg=true"]).noneg()
-    assert not resolve_rl_config(env="atari:BattleZone", overrides=["eval_noneg=false"]).noneg()
-    cpu = resolve_rl_config(model="rdn", preset="cpu", overrides=["seed=3"])
+    assert rl_config(env="UpNDownNoFrameskip-v4", preset="paper").noneg()
+    assert rl_config(env="atari:BattleZone", preset="paper").noneg()
+    assert rl_config(env="atari:Breakout", overrides=["eval_noneg=true"]).noneg()
+    assert not rl_config(env="atari:BattleZone", overrides=["eval_noneg=false"]).noneg()
+    cpu = rl_config(model="rdn", preset="cpu", overrides=["seed=3"])
     assert cpu.env == "repeat_first" and cpu.model == "rdn" and cpu.seed == 3
     assert rl_config_from_dict(rl_config_to_dict(cpu)) == cpu
     assert cpu.env_options == {"num_symbols": 4, "length": 10}
-    assert resolve_rl_config(env="count_recall", preset="cpu").env_options == {}  # another env: not its options
-    kept = resolve_rl_config(env="repeat_previous", preset="cpu", overrides=["env_options={\"delay\": 2}"])
+    assert rl_config(env="count_recall", preset="cpu").env_options == {}  # another env: not its options
+    kept = rl_config(env="repeat_previous", preset="cpu", overrides=["env_options={\"delay\": 2}"])
     assert kept.env_options == {"delay": 2}
 
 
-def test_main_train_dry_run_and_resume_rules(tmp_path):
-    out = main_train("repeat_first", "delta_rnn", "cpu", ["seed=2"], dry_run=True)
-    assert out["obs_shape"] == [5] and out["num_actions"] == 4 and out["parameters"] > 0
-    assert out["config"]["model"] == "delta_rnn"
-    res = main_train(None, "feedforward", None, TINY, run_dir=tmp_path / "r")
-    assert res["updates"] == 6
-    with pytest.raises(ConfigError, match=r"keeps its config\.json"):
-        main_train(None, "lstm", None, [], resume=tmp_path / "r")
-    with pytest.raises(FileNotFoundError, match=r"not a run directory \(no config\.json\)"):
-        main_train(resume=tmp_path / "missing")
+def test_cli_dry_run_and_resume_rules(tmp_path, capsys):
+    from fastweights.cli import main
+
+    assert main(["train", "rl", "--env", "repeat_first", "--model", "delta_rnn", "--dry-run", "seed=2"]) == 0
+    out = capsys.readouterr().out
+    assert '"model": "delta_rnn"' in out and "observation [5], 4 actions" in out and "parameters: " in out
+    assert main(["train", "rl", "--model", "feedforward", "--run-dir", str(tmp_path / "r"), *TINY]) == 0
+    assert read_json(tmp_path / "r" / "results.json")["updates"] == 6
+    assert main(["train", "rl", "--model", "lstm", "--resume", str(tmp_path / "r")]) == 2
+    assert "keeps its config.json" in capsys.readouterr().err
+    assert main(["train", "rl", "--resume", str(tmp_path / "missing")]) == 2
+    assert "not a run directory (no config.json)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("overrides", "fragment"), [
@@ -184,7 +190,7 @@ def test_main_train_dry_run_and_resume_rules(tmp_path):
 ])
 def test_bad_config(overrides, fragment):
     with pytest.raises(ConfigError, match=fragment):
-        resolve_rl_config(overrides=overrides)
+        rl_config(overrides=overrides)
 
 
 def test_unknown_env_fails_on_build(tmp_path):
@@ -196,8 +202,8 @@ def test_learning_memory_task(tmp_path):
     """RepeatFirst (4 symbols, 10 steps): the best memoryless policy earns 0.325, a policy with memory 1.0.
     ~200 updates of 32 x 20 steps; about 20 s on one idle core."""
     budget = ["total_steps=128000", "eval_episodes=100", "eval_runs=2", "log_every=50"]
-    fast = main_train("repeat_first", "delta_net", "cpu", budget, run_dir=tmp_path / "delta_net")
-    memoryless = main_train("repeat_first", "feedforward", "cpu", budget, run_dir=tmp_path / "ff")
+    fast = train(rl_config("repeat_first", "delta_net", "cpu", budget), tmp_path / "delta_net")
+    memoryless = train(rl_config("repeat_first", "feedforward", "cpu", budget), tmp_path / "ff")
     assert fast["eval"]["mean"] > 0.9, fast
     assert memoryless["eval"]["mean"] < 0.4, memoryless
 
@@ -209,7 +215,7 @@ def test_atari_smoke_and_resume(tmp_path):
     over = ["env=BreakoutNoFrameskip-v4", "num_envs=2", "unroll_length=4",
             "total_steps=16", "log_every=1", "checkpoint_every=1", "d_model=16", "num_heads=2", "d_ff=32",
             "eval_episodes=1", "eval_runs=1", "threads=1"]
-    part = main_train(None, "delta_net", "paper", over, run_dir=tmp_path / "r")  # 2 updates, then evaluation
+    part = train(rl_config(None, "delta_net", "paper", over), tmp_path / "r", quiet=True)  # 2 updates, evaluation
     assert part["updates"] == 2 and part["parameters"] > 1_000_000
     meta = read_json(tmp_path / "r" / "meta.json")
     assert meta["obs_shape"] == [4, 84, 84] and meta["num_actions"] == 4
@@ -233,7 +239,7 @@ def test_paper_learner_has_no_gradient_through_the_state_across_steps(core):
     """The paper preset's learner gets the gradient of a step-by-step pass whose state is detached between steps
     (the official kernels return no gradient for the carried fast weights and recurrent outputs), not the
     gradient of back-propagation through the unroll."""
-    cfg = resolve_rl_config(env="repeat_first", model=core, preset="paper",
+    cfg = rl_config(env="repeat_first", model=core, preset="paper",
                             overrides=[*SMALL, "torso=mlp", "env_options={\"length\": 4}"])
     assert cfg.cut_state_grad_every_step
     env, agent = build(cfg, num_envs=3)
@@ -294,7 +300,7 @@ def recorded_env(monkeypatch, log):
 
 
 def atari_agent(*overrides):
-    cfg = resolve_rl_config(model="lstm", preset="paper", overrides=[*SMALL, *overrides])
+    cfg = rl_config(model="lstm", preset="paper", overrides=[*SMALL, *overrides])
     env, agent = build(cfg, num_envs=1)
     env.close()
     return cfg, agent

@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fastweights.data import code_execution, listops
 from fastweights.layers import available_layers
 from fastweights.models import ModelConfig, build_model
 from fastweights.runs.directory import MetricsLog, load_checkpoint, read_json
 from fastweights.runs.interrupt import Interrupted
-from fastweights.tasks import code_execution, listops
 from fastweights.train import algorithmic
 from fastweights.train.algorithmic import (
     Split,
@@ -499,7 +499,7 @@ def test_select_best_rules():
 
 
 def test_presets_choose_their_best_checkpoint_rule():
-    from fastweights.runs.config import resolve_config
+    from fastweights.tasks import resolve_config
 
     for task in ("code-exec", "listops"):
         assert resolve_config(task, "paper", []).select_best == "acc"

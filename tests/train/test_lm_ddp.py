@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 torch.set_num_threads(1)
 from fastweights.train.lm import loop as lm_train
-from fastweights.runs.config import config_from_dict
+from fastweights.tasks import config_from_dict
 
 configs, out = json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2])
 dist.init_process_group("gloo")

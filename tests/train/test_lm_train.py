@@ -15,12 +15,13 @@ import pytest
 import torch
 
 from fastweights.cli import main
+from fastweights.data.lm import Vocabulary, unigram_perplexity
 from fastweights.fields import ConfigError
+from fastweights.models import state_types
 from fastweights.models.lm import LMConfig, build_lm
-from fastweights.runs.config import resolve_config
 from fastweights.runs.directory import load_checkpoint, read_json
 from fastweights.runs.interrupt import Interrupted
-from fastweights.tasks.lm import Vocabulary, unigram_perplexity
+from fastweights.tasks import resolve_config
 from fastweights.train.config import LMTrainConfig
 from fastweights.train.lm import (
     evaluate_lm,
@@ -156,7 +157,7 @@ def test_resume_is_bit_exact(corpus_dir, tmp_path, monkeypatch, carry_state, whe
     train_lm(cfg, full, quiet=True)
     if where == "interval end":
         train_lm(cfg, cut, quiet=True, stop_after_steps=4)
-        assert load_checkpoint(cut / "last.pt")["step"] == 4
+        assert load_checkpoint(cut / "last.pt", types=state_types())["step"] == 4
     else:
         real, calls = lm_train.train_batch, [0]
 
@@ -173,12 +174,12 @@ def test_resume_is_bit_exact(corpus_dir, tmp_path, monkeypatch, carry_state, whe
         monkeypatch.undo()
         assert str(exc.value) == (f"interrupted (SIGTERM) at step 3/6: saved {cut / 'last.pt'}; resume with: "
                                   f"fastweights train lm --resume {cut}")
-        assert load_checkpoint(cut / "last.pt")["step"] == 3 and len(metric_rows(cut)) == 1
+        assert load_checkpoint(cut / "last.pt", types=state_types())["step"] == 3 and len(metric_rows(cut)) == 1
     assert not (cut / "results.json").exists()
     if carry_state:  # the carried state at the boundary is in the checkpoint
-        assert load_checkpoint(cut / "last.pt")["ranks"][0]["state"] is not None
+        assert load_checkpoint(cut / "last.pt", types=state_types())["ranks"][0]["state"] is not None
     train_lm(cfg, cut, quiet=True, resume=True)
-    a, b = load_checkpoint(full / "last.pt"), load_checkpoint(cut / "last.pt")
+    a, b = load_checkpoint(full / "last.pt", types=state_types()), load_checkpoint(cut / "last.pt", types=state_types())
     assert a["step"] == b["step"] == 6
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
@@ -475,7 +476,7 @@ def test_cli_dry_run_paper_preset_parameter_counts(capsys, wt103_sized_dir, mode
     (["cutoffs=10,5"], ["cutoffs: expected strictly increasing values"]),
     (["level=byte"], ["level: expected 'word' or 'char', got 'byte'"]),
     (["position_order=backwards"], ["position_order: expected one of ['reversed', 'forward']"]),
-    (["--num-vars", "3"], ["--num-vars: not for lm"]),
+    (["--num-vars", "3"], ["--num-vars: only for code-exec, not for lm"]),
     (["--model", "transformer", "--carry-state"], ["carry_state: the transformer's state is a KV cache"]),
     (["--preset", "papper"], ["unknown preset 'papper' for lm", "'cpu'", "'paper'"]),
     (["layer_options={\"bogus\": 1}"], ["takes no option(s) ['bogus']"]),
@@ -526,7 +527,7 @@ def test_lm_options_on_an_algorithmic_run_are_one_line_errors(capsys, tiny_cfg, 
     run = tmp_path / "listops-run"
     algorithmic.train(tiny_cfg(task="listops", epochs=1, train_size=16), run, quiet=True)
     rc, _, err = cli(capsys, "eval", run, "--mode", "sliding", "--context", "4")
-    assert_one_line_error(rc, err, "--mode --context: only for language-model runs", "is a listops run")
+    assert_one_line_error(rc, err, "--mode --context: only for lm runs", "is a listops run")
     rc, _, err = cli(capsys, "generate", run)
     assert_one_line_error(rc, err, "is a listops run; generate needs a language-model run")
     rc, out, err = cli(capsys, "eval", run, "--split", "valid")  # the algorithmic evaluation still works

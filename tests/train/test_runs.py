@@ -289,13 +289,14 @@ def test_load_checkpoint_refuses_foreign_objects_and_torn_files(tmp_path):
                                    "transformer"])
 def test_load_checkpoint_reads_every_carried_state(tmp_path, model):
     """The carried states of LM checkpoints (named tuples of every layer kind) come back from the safe loader."""
+    from fastweights.models import state_types
     from fastweights.models.lm import LMConfig, build_lm
 
     lm = build_lm(LMConfig(model, 7, d_model=8, num_layers=1, num_heads=2, d_ff=8, softmax="full",
                            positional_encoding="none"))
     _, state = lm(torch.randint(0, 7, (2, 3)))
     save_checkpoint(tmp_path / "last.pt", {"ranks": [{"state": state, "torch_rng": torch.get_rng_state()}]})
-    back = load_checkpoint(tmp_path / "last.pt")["ranks"][0]["state"]
+    back = load_checkpoint(tmp_path / "last.pt", types=state_types())["ranks"][0]["state"]
     assert type(back) is type(state) and type(back.layers[0]) is type(state.layers[0])
     flat = [t for t in torch.utils._pytree.tree_leaves(state) if isinstance(t, torch.Tensor)]
     flat_back = [t for t in torch.utils._pytree.tree_leaves(back) if isinstance(t, torch.Tensor)]

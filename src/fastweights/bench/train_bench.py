@@ -148,8 +148,8 @@ def _step_fn(model: nn.Module, opt: torch.optim.Optimizer, clip: float, loss_of:
 def code_exec_case(model_name: str, shape_name: str, shape: TrainShape, seed: int = 0) -> TrainCase:
     """One step of the code-execution model: logits ``[B, T, classes]`` of token ids ``[B, T]``, per-position
     cross-entropy against random classes, Adam with the preset's settings."""
+    from ..data import code_execution
     from ..models.sequence_model import build_model, count_parameters
-    from ..tasks import code_execution
     from ..train.algorithmic import loss_fn, make_optimizer
     from ..train.config import model_config
 
@@ -189,9 +189,9 @@ def _lm_tokens(cfg) -> tuple[Tensor, int]:
 def lm_case(model_name: str, shape_name: str, shape: TrainShape, seed: int = 0) -> TrainCase:
     """One step of the language model on ``[B, T]`` segments (zero initial state): mean per-token NLL of the
     model's output layer (the adaptive softmax of the preset), clipping and Adam as the LM loop does them."""
+    from ..data.lm import random_segments
     from ..models.lm import build_lm
     from ..models.sequence_model import count_parameters
-    from ..tasks.lm import random_segments
     from ..train.lm.data import segment_generator
     from ..train.lm.model import lm_model_config
 

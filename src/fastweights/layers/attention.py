@@ -37,6 +37,8 @@ class SoftmaxAttention(SequenceLayer):
     State: :class:`KVCache` ``(k [B, H, L, d], v [B, H, L, d], visible [B, L])``; it grows by T per call.
     """
 
+    STATE_TYPES: ClassVar[tuple[type, ...]] = (KVCache,)
+
     # the algorithmic baseline is PyTorch's encoder layer (projections with bias, nn.MultiheadAttention's init);
     # the LM baseline has no biases
     TASK_OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {"algorithmic": {"bias": True, "mha_init": True},

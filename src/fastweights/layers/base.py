@@ -154,6 +154,9 @@ class SequenceLayer(nn.Module):
 
     d_model: int
     TASK_OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: The types of the layer's recurrent state besides tensors (named tuples), which checkpoints of carried states
+    #: may hold; a fast-weight layer's come from its op's spec (``OpSpec.state_type``).
+    STATE_TYPES: ClassVar[tuple[type, ...]] = ()
 
     def _forward(self, x: Tensor, state: Any, reset: Tensor | None) -> tuple[Tensor, Any]:
         raise NotImplementedError

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from itertools import pairwise
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -67,6 +67,8 @@ class LSTM(SequenceLayer):
 
     State: :class:`LSTMState` ``(h, c)``, each ``[num_layers, B, hidden_size]`` (``nn.LSTM``'s layout).
     """
+
+    STATE_TYPES: ClassVar[tuple[type, ...]] = (LSTMState,)
 
     def __init__(self, d_model: int, num_heads: int = 1, head_dim: int | None = None, *,
                  hidden_size: int | None = None, num_layers: int = 1) -> None:

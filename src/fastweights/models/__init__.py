@@ -12,6 +12,7 @@ from .sequence_model import (
     count_parameters,
     episode_positions,
     sinusoidal_encoding,
+    state_types,
 )
 
 __all__ = [
@@ -34,4 +35,5 @@ __all__ = [
     "episode_positions",
     "paper_config",
     "sinusoidal_encoding",
+    "state_types",
 ]

@@ -227,3 +227,17 @@ def build_model(config: ModelConfig) -> SequenceModel | LSTMModel:
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameter entries (each shared parameter counted once)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def state_types() -> list[type]:
+    """The types besides tensors in the recurrent states of every model: :class:`ModelState`, the layers'
+    ``STATE_TYPES`` and the ops' state tuples (``OpSpec.state_type``). Checkpoints of carried states hold these
+    (:func:`fastweights.runs.directory.load_checkpoint` reads only the types it is given)."""
+    from ..layers.registry import LAYERS
+    from ..ops import SPECS
+
+    types = {ModelState}
+    for cls in LAYERS.values():
+        types.update(cls.STATE_TYPES)
+    types.update(spec.state_type for spec in SPECS.values() if spec.state_type is not None)
+    return sorted(types, key=lambda t: f"{t.__module__}.{t.__qualname__}")

@@ -18,7 +18,7 @@ from .agent import (
     build_agent,
     rl_cores,
 )
-from .config import RLConfig, resolve_rl_config, rl_config_from_dict, rl_config_to_dict
+from .config import RLConfig, rl_config_from_dict, rl_config_to_dict
 from .envs import (
     MEMORY_TASKS,
     AtariEnv,
@@ -31,7 +31,7 @@ from .envs import (
     StepResult,
     make_env,
 )
-from .train import Actor, Rollout, evaluate_agent, evaluate_run, learner_loss, load_agent, main_train, train
+from .train import Actor, Rollout, evaluate_agent, evaluate_run, learner_loss, load_agent, train
 from .vtrace import VTraceReturns, impala_loss, linear_decay, rmsprop, vtrace_from_log_rhos, vtrace_from_logits
 
 __all__ = [
@@ -63,9 +63,7 @@ __all__ = [
     "learner_loss",
     "linear_decay",
     "load_agent",
-    "main_train",
     "make_env",
-    "resolve_rl_config",
     "rl_config_from_dict",
     "rl_config_to_dict",
     "rl_cores",

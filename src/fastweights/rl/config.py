@@ -1,5 +1,6 @@
 """Configuration of an RL run: :class:`RLConfig`, presets ``fastweights/configs/rl-<preset>.json`` and ``key=value``
-overrides (the parser of :mod:`fastweights.runs.config`).
+overrides (the parser of :mod:`fastweights.runs.config`); ``fastweights.tasks.resolve_config("rl", ...)`` resolves
+one.
 
 Resolution order: dataclass defaults (the paper's Atari setting, paper.md E.3) < preset file < overrides < flags.
 """
@@ -21,7 +22,7 @@ from ..fields import (
     embedded_fields,
     option,
 )
-from ..runs.config import RunOptions, check_run_options, config_to_dict, dataclass_from_dict, resolve_config
+from ..runs.config import RunOptions, check_run_options, config_to_dict, dataclass_from_dict
 from .agent import AgentOptions
 from .envs import atari_game, is_atari
 
@@ -128,18 +129,10 @@ class RLConfig:
         check_run_options(self)
 
 
-def resolve_rl_config(env: str | None = None, model: str | None = None, preset: str | None = None,
-                      overrides: list[str] | None = None, **flags: Any) -> RLConfig:
-    """The validated :class:`RLConfig` of :func:`~fastweights.runs.config.resolve_config`: defaults <
-    ``fastweights/configs/rl-<preset>.json`` < ``key=value`` overrides < ``env``/``model``/other flags (None = not
-    given)."""
-    return resolve_config(TASK, preset, list(overrides or []), env=env, model=model, **flags)
-
-
 rl_config_to_dict = config_to_dict
 
 
-def rl_config_from_dict(values: dict[str, Any]) -> RLConfig:
-    """The :class:`RLConfig` a ``config.json`` holds; unknown keys are ignored."""
-    return dataclass_from_dict(RLConfig, values)
+def rl_config_from_dict(values: dict[str, Any], where: str = "config: ") -> RLConfig:
+    """The :class:`RLConfig` a ``config.json`` holds; an unknown key or a value of the wrong type is refused."""
+    return dataclass_from_dict(RLConfig, values, where)
 

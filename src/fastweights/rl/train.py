@@ -33,12 +33,10 @@ import torch
 from ..fields import ConfigError
 from ..layers.base import detach_state
 from ..models import count_parameters
-from ..runs.config import resumed_config
 from ..runs.directory import (
     MetricsLog,
     before_first_step,
     checkpoint_path,
-    default_run_dir,
     diverged,
     load_checkpoint,
     nonfinite_parameter,
@@ -54,7 +52,7 @@ from ..runs.interrupt import StopSignals, save_and_stop
 from ..runs.progress import DurationEstimate, Progress, format_count, format_duration, format_number
 from ..weights import load_state
 from .agent import Agent, AgentConfig
-from .config import EVAL_MODES, RLConfig, resolve_rl_config, rl_config_from_dict, rl_config_to_dict
+from .config import EVAL_MODES, RLConfig, rl_config_from_dict, rl_config_to_dict
 from .envs import BatchedEnv, is_atari, make_env
 from .vtrace import impala_loss, linear_decay, rmsprop
 
@@ -173,6 +171,8 @@ def learner_loss(agent: Agent, ro: Rollout, cfg: RLConfig) -> tuple[torch.Tensor
 #: The file of a run (and of an export) that holds its environment spec (:class:`EnvSpec`).
 ENV_FILE = "env.json"
 ENV_FORMAT = "fastweights-env"
+#: The observation dtypes of the environments (float32 features, uint8 frames).
+OBS_DTYPES = ("float32", "uint8")
 
 
 @dataclass
@@ -183,7 +183,7 @@ class EnvSpec:
     env: str
     env_options: dict[str, Any]
     obs_shape: tuple[int, ...]
-    obs_dtype: str | None  # None: a run of format 1 did not record it
+    obs_dtype: str  # a name of OBS_DTYPES
     num_actions: int
 
     @classmethod
@@ -214,12 +214,9 @@ class EnvSpec:
             raise ValueError(f"{source}: obs_shape: expected a list of positive integers, got {shape!r}")
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"{source}: num_actions: expected a positive integer, got {n!r}")
-        if data.get("obs_dtype") is not None:
-            try:
-                np.dtype(data["obs_dtype"])
-            except TypeError:
-                raise ValueError(f"{source}: obs_dtype: not a NumPy dtype: {data['obs_dtype']!r}") from None
-        return cls(data["env"], data["env_options"], tuple(shape), data.get("obs_dtype"), n)
+        if data.get("obs_dtype") not in OBS_DTYPES:
+            raise ValueError(f"{source}: obs_dtype: expected one of {list(OBS_DTYPES)}, got {data.get('obs_dtype')!r}")
+        return cls(data["env"], data["env_options"], tuple(shape), data["obs_dtype"], n)
 
 
 def agent_config(cfg: RLConfig, env: BatchedEnv | EnvSpec) -> AgentConfig:
@@ -254,6 +251,28 @@ class _Window:
             self.losses[k] = self.losses.get(k, 0.0) + v
         self.updates += 1
         self.seconds += seconds
+
+
+def checkpoint_types() -> list[Any]:
+    """The types besides tensors and plain containers that RL checkpoints hold: the agents' recurrent states, the
+    metrics window, the episode statistics and the NumPy arrays and random generators of the snapshots of the memory
+    tasks (for :func:`~fastweights.runs.directory.load_checkpoint`)."""
+    from numpy.random import _pcg64, _pickle, bit_generator
+
+    from ..models import state_types
+    from .envs import EpisodeStats
+
+    try:  # NumPy 2 moved numpy.core to numpy._core; accept arrays pickled under either name
+        from numpy._core import multiarray
+    except ImportError:  # NumPy 1
+        from numpy.core import multiarray
+    reconstruct = [(multiarray._reconstruct, f"{p}.multiarray._reconstruct") for p in ("numpy.core", "numpy._core")]
+    return [
+        *state_types(), _Window, EpisodeStats, *reconstruct, np.ndarray, np.dtype,
+        *{type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"}, bit_generator.SeedSequence,
+        bit_generator.__pyx_unpickle_SeedSequence, _pickle.__generator_ctor, _pickle.__bit_generator_ctor,
+        _pcg64.PCG64,
+    ]
 
 
 def _plot(run_dir: Path) -> None:
@@ -314,7 +333,7 @@ def _train_loop(cfg: RLConfig, run_dir: Path, env: BatchedEnv, agent: Agent, dev
     if continues:
         ckpt = load_checkpoint(run_dir / "last.pt", map_location=device,
                                keys=("agent", "optimizer", "scheduler", "update", "elapsed", "window", "last_row",
-                                     "rng", "actor"))
+                                     "rng", "actor"), types=checkpoint_types())
         load_state(agent, ckpt["agent"], f"checkpoint: {run_dir / 'last.pt'}")
         with restoring(run_dir / "last.pt"):
             opt.load_state_dict(ckpt["optimizer"])
@@ -331,7 +350,6 @@ def _train_loop(cfg: RLConfig, run_dir: Path, env: BatchedEnv, agent: Agent, dev
         log.truncate(0)
         write_json(run_dir / "meta.json", {**run_metadata(cfg.seed, command), "parameters": count_parameters(agent),
                                            "obs_shape": list(env.obs_shape), "num_actions": env.num_actions})
-    if not (run_dir / ENV_FILE).exists():  # new runs, and runs of format 1 when resumed
         write_json(run_dir / ENV_FILE, EnvSpec.of(cfg, env).to_dict())
     total = cfg.total_updates
     last = total if stop_after_updates is None else min(total, stop_after_updates)
@@ -521,22 +539,19 @@ def rl_run_config(run_dir: Path, device: str | None = None) -> RLConfig:
     """The configuration of an RL run directory (``device`` replaces the run's)."""
     values = read_run_config(run_dir)
     if values.get("task") != "rl":
-        raise ValueError(f"run_dir: {run_dir} is a {values.get('task', 'code-exec')} run, not an rl run")
-    cfg = rl_config_from_dict(values)
+        raise ValueError(f"run_dir: {run_dir} is a {values.get('task')} run, not an rl run")
+    cfg = rl_config_from_dict(values, f"config: {Path(run_dir) / 'config.json'}: ")
     if device is not None:
         cfg.device = device
     return cfg
 
 
 def env_spec(run_dir: Path, cfg: RLConfig) -> EnvSpec:
-    """The environment spec of a run: its ``env.json``; runs of format 1 have the spaces in ``meta.json``."""
-    run_dir = Path(run_dir)
-    if (run_dir / ENV_FILE).is_file():
-        return EnvSpec.from_dict(read_json_file(run_dir / ENV_FILE, "env"), str(run_dir / ENV_FILE))
-    meta = read_json_file(run_dir / "meta.json", "run_dir") if (run_dir / "meta.json").is_file() else {}
-    if "obs_shape" not in meta or "num_actions" not in meta:
-        raise ValueError(f"run_dir: {run_dir} has neither {ENV_FILE} nor the spaces in meta.json")
-    return EnvSpec(cfg.env, dict(cfg.env_options), tuple(meta["obs_shape"]), None, meta["num_actions"])
+    """The environment spec of a run: its ``env.json``."""
+    path = Path(run_dir) / ENV_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"run_dir: {run_dir} has no {ENV_FILE} (the run stopped before training started)")
+    return EnvSpec.from_dict(read_json_file(path, "env"), str(path))
 
 
 def load_agent(run_dir: Path, checkpoint: str = "last", device: str | None = None) -> tuple[RLConfig, Agent]:
@@ -545,7 +560,7 @@ def load_agent(run_dir: Path, checkpoint: str = "last", device: str | None = Non
     cfg = rl_run_config(run_dir, device)
     path = checkpoint_path(run_dir, checkpoint)
     agent = Agent(agent_config(cfg, env_spec(run_dir, cfg)))
-    load_state(agent, load_checkpoint(path, keys=("agent",))["agent"], f"checkpoint: {path}")
+    load_state(agent, load_checkpoint(path, keys=("agent",), types=checkpoint_types())["agent"], f"checkpoint: {path}")
     return cfg, agent.to(cfg.device).eval()
 
 
@@ -556,40 +571,7 @@ def evaluate_run(run_dir: Path | str, episodes: int = 30, runs: int = 5, greedy:
     ``consecutive`` or ``parallel``, none = the run's ``eval_mode``. Returns ``{"mean", "std", "run_means",
     "episodes", "runs", "greedy", "mode", "noneg", "dropped", "checkpoint", "step"}``."""
     cfg, agent = load_agent(Path(run_dir), checkpoint, device)
-    ckpt_step = load_checkpoint(Path(run_dir) / f"{checkpoint}.pt", keys=("step",))["step"]
+    ckpt_step = load_checkpoint(Path(run_dir) / f"{checkpoint}.pt", keys=("step",), types=checkpoint_types())["step"]
     out = evaluate_agent(agent, cfg, episodes=episodes, runs=runs, greedy=greedy, num_envs=num_envs, seed=seed,
                          mode=mode, progress=progress)
     return {**out, "checkpoint": checkpoint, "step": ckpt_step}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Entry points for the command line
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def main_train(env: str | None = None, model: str | None = None, preset: str | None = None,
-               overrides: list[str] | None = None, run_dir: str | Path | None = None,
-               resume: str | Path | None = None, device: str | None = None, *, dry_run: bool = False,
-               command: list[str] | None = None) -> dict[str, Any]:
-    """``fastweights train rl``: resolve the configuration, then train (or, with ``resume`` = a run directory,
-    continue that run with its own ``config.json``; only ``device`` may be given with it).
-
-    ``dry_run`` builds the environment and agent and returns ``{"config", "parameters", "obs_shape",
-    "num_actions"}`` without training. Returns the results dict of :func:`train`.
-    """
-    if resume is not None:
-        given = [name for name, v in (("env", env), ("model", model), ("preset", preset), ("run_dir", run_dir))
-                 if v is not None] + list(overrides or [])
-        rdir = Path(resume)
-        cfg = resumed_config(rdir, "rl", given)
-        if device is not None:
-            cfg.device = device
-        cfg.validate()
-        return train(cfg, rdir, resume=True, command=command)
-    cfg = resolve_rl_config(env, model, preset, overrides, device=device)
-    if dry_run:
-        e, agent = build(cfg, num_envs=1)
-        e.close()
-        return {"config": rl_config_to_dict(cfg), "parameters": count_parameters(agent),
-                "obs_shape": list(e.obs_shape), "num_actions": e.num_actions}
-    return train(cfg, Path(run_dir) if run_dir is not None else default_run_dir(cfg, preset), command=command)

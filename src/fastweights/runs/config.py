@@ -3,8 +3,8 @@ JSON files ``<task>-<preset>.json`` shipped in the package (``fastweights/config
 resolver (:func:`resolve_config`), and reading a ``config.json`` back.
 
 Resolution order: dataclass defaults < preset file < ``key=value`` overrides < explicit CLI flags. The configuration
-classes themselves live with their tasks: :class:`fastweights.train.config.TrainConfig` (code-exec, listops),
-:class:`fastweights.train.config.LMTrainConfig` (lm), :class:`fastweights.rl.config.RLConfig` (rl).
+classes themselves live with their tasks (:meth:`fastweights.tasks.Task.config_class`); this module knows none of
+them.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -24,8 +25,6 @@ from ..fields import ConfigError, check_positive, check_positive_int, option
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
-#: Every task of ``fastweights train``.
-ALL_TASKS = ("code-exec", "listops", "lm", "rl")
 #: The preset of every ``fastweights train`` without ``--preset``: runs sized for minutes on a CPU.
 DEFAULT_PRESET = "cpu"
 #: Configuration keys that cannot change a run's results: how often it reports and checkpoints, where new run
@@ -74,25 +73,13 @@ def check_device(device: Any, argument: str = "device") -> None:
         raise ConfigError(f"{argument}: {device!r} requested but CUDA is not available; use {argument}=cpu")
 
 
-def config_class(task: str) -> type:
-    """The configuration dataclass of ``task``: ``LMTrainConfig`` for ``lm``, ``RLConfig`` for ``rl``, else
-    ``TrainConfig``."""
-    if task == "rl":
-        from ..rl.config import RLConfig  # the tasks build on this module
-
-        return RLConfig
-    from ..train.config import LMTrainConfig, TrainConfig
-
-    return LMTrainConfig if task == "lm" else TrainConfig
+def field_names(cls: type) -> list[str]:
+    """The fields of the configuration dataclass ``cls``."""
+    return [f.name for f in dataclasses.fields(cls)]
 
 
-def field_names(cls: type | None = None) -> list[str]:
-    """The fields of ``cls`` (default: the algorithmic tasks' configuration)."""
-    return [f.name for f in dataclasses.fields(cls or config_class("code-exec"))]
-
-
-def _field_type(name: str, cls: type | None = None) -> Any:
-    return typing.get_type_hints(cls or config_class("code-exec"))[name]
+def _field_type(name: str, cls: type) -> Any:
+    return typing.get_type_hints(cls)[name]
 
 
 def _split_optional(tp: Any) -> tuple[Any, bool]:
@@ -145,9 +132,9 @@ def describe_fields(cfg: Any, other: Any | None = None, other_name: str = "paper
     return "\n".join(f"  {n:<{widths[0]}}  {t:<{widths[1]}}  {v:<{widths[2]}}  {m}" for n, t, v, m in rows)
 
 
-def parse_value(name: str, text: str, cls: type | None = None) -> Any:
-    """Convert the text of a ``key=value`` override to the type of field ``name`` of ``cls`` (default
-    :class:`TrainConfig`)."""
+def parse_value(name: str, text: str, cls: type) -> Any:
+    """Convert the text of a ``key=value`` override to the type of field ``name`` of the configuration class
+    ``cls``."""
     base, optional = _split_optional(_field_type(name, cls))
     if optional and text.lower() in ("none", "null"):
         return None
@@ -182,7 +169,7 @@ def parse_value(name: str, text: str, cls: type | None = None) -> Any:
 
 
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
-    """Apply ``key=value`` overrides to a :class:`TrainConfig` or :class:`LMTrainConfig`."""
+    """Apply ``key=value`` overrides to a configuration."""
     names = field_names(type(cfg))
     for item in overrides:
         if "=" not in item:
@@ -236,13 +223,13 @@ def load_preset(cfg: Any, task: str, preset: str) -> Any:
             continue
         if key not in names:
             raise ConfigError(f"preset {path}: unknown key {key!r}; valid keys: {', '.join(names)}")
-        setattr(cfg, key, check_value(key, value, where=f"preset {path}: ", cls=type(cfg)))
+        setattr(cfg, key, check_value(key, value, type(cfg), where=f"preset {path}: "))
     return cfg
 
 
-def check_value(name: str, value: Any, where: str = "", cls: type | None = None, label: str | None = None) -> Any:
-    """Check a JSON value (from a preset file) against the type of field ``name`` of ``cls`` (default
-    :class:`TrainConfig`); ints are accepted for floats. Errors name the key ``label`` (default ``name``)."""
+def check_value(name: str, value: Any, cls: type, where: str = "", label: str | None = None) -> Any:
+    """Check a JSON value (from a preset file) against the type of field ``name`` of the configuration class
+    ``cls``; ints are accepted for floats. Errors name the key ``label`` (default ``name``)."""
     base, optional = _split_optional(_field_type(name, cls))
     if value is None and optional:
         return value
@@ -266,27 +253,20 @@ def check_value(name: str, value: Any, where: str = "", cls: type | None = None,
     return value
 
 
-def resolve_config(task: str, preset: str | None, overrides: list[str], **flags: Any) -> Any:
-    """The validated configuration of ``task`` (:func:`config_class`): dataclass defaults < preset < ``key=value``
-    overrides < ``flags`` (None = not given). For ``rl``, an ``env`` flag naming another environment than the
-    preset's drops the preset's ``env_options`` (unless ``env_options`` is overridden too): they belong to the
-    preset's own environment."""
-    if task not in ALL_TASKS:
-        raise ConfigError(f"task: expected one of {list(ALL_TASKS)}, got {task!r}")
-    cls = config_class(task)
+def resolve_fields(cls: type, task: str, preset: str | None, overrides: list[str], flags: dict[str, Any],
+                   adjust: Callable[[Any, dict[str, Any]], None] | None = None) -> Any:
+    """The validated configuration ``cls(task=task)``: dataclass defaults < ``<task>-<preset>.json`` < ``key=value``
+    overrides < ``flags`` (None = not given). ``adjust(cfg, after_preset)`` runs before the flags are applied, with
+    the values as the preset left them (:meth:`fastweights.tasks.Task.resolve_config` uses it)."""
     cfg = cls(task=task)
     if preset is not None:
         load_preset(cfg, task, preset)
-    preset_env = getattr(cfg, "env", None)
+    after_preset = config_to_dict(cfg)
     apply_overrides(cfg, overrides)
     if cfg.task != task:  # the command names the task; an override that says otherwise would be ignored
-        if cfg.task not in ALL_TASKS or config_class(cfg.task) is not cls:
-            raise ConfigError(f"task={cfg.task}: not for {task}")
-        raise ConfigError(f"task={cfg.task}: the task is the command's ({task}); remove the override or run "
-                          f"`fastweights ... {cfg.task}`")
-    options_given = any(o.split("=", 1)[0].strip().replace("-", "_") == "env_options" for o in overrides)
-    if flags.get("env") not in (None, preset_env) and not options_given:
-        cfg.env_options = {}
+        raise ConfigError(f"task={cfg.task}: not for {task}; the task is the command's, remove the override")
+    if adjust is not None:
+        adjust(cfg, after_preset)
     names = field_names(cls)
     for key, value in flags.items():
         if value is not None:
@@ -301,39 +281,16 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def checked_fields(cls: type, values: dict[str, Any], where: str = "config: ", strict: bool = False
-                   ) -> dict[str, Any]:
-    """The values of a ``config.json`` for ``cls``, each checked against its field's type (:func:`check_value`;
-    errors start with ``where``). Keys ``cls`` has no field for are dropped (a config.json may be newer), or refused
-    when ``strict``."""
+def checked_fields(cls: type, values: dict[str, Any], where: str = "config: ") -> dict[str, Any]:
+    """The values of a ``config.json`` for the configuration class ``cls``, each checked against its field's type
+    (:func:`check_value`); a key ``cls`` has no field for is refused. Errors start with ``where``."""
     names = field_names(cls)
-    if strict:
-        for key in values:
-            if key not in names:
-                raise ConfigError(f"{where}unknown key {key!r}; valid keys: {', '.join(names)}")
-    return {k: check_value(k, v, where=where, cls=cls) for k, v in values.items() if k in names}
+    for key in values:
+        if key not in names:
+            raise ConfigError(f"{where}unknown key {key!r}; valid keys: {', '.join(names)}")
+    return {k: check_value(k, v, cls, where=where) for k, v in values.items()}
 
 
 def dataclass_from_dict(cls: type, values: dict[str, Any], where: str = "config: ") -> Any:
     """``cls(**values)`` of :func:`checked_fields`."""
     return cls(**checked_fields(cls, values, where))
-
-
-def config_from_dict(values: dict[str, Any]) -> Any:
-    """The configuration a ``config.json`` holds (its ``task`` picks the class); unknown keys are ignored, values of
-    the wrong type refused."""
-    return dataclass_from_dict(config_class(values.get("task", "code-exec")), values)
-
-
-def resumed_config(run_dir: str | os.PathLike, task: str, given: list[str]) -> Any:
-    """``--resume RUN_DIR``: the configuration of the run to continue, after refusing the options ``given`` with it
-    (a resumed run keeps its ``config.json``) and a run of another task than ``task``."""
-    from .directory import read_run_config  # the directory module reads configurations through this one
-
-    if given:
-        raise ConfigError(f"resume: a resumed run keeps its config.json; remove {' '.join(given)}")
-    values = read_run_config(Path(run_dir))  # refuses a directory without config.json
-    found = values.get("task", "code-exec")
-    if found != task:
-        raise ConfigError(f"resume: {run_dir} is a {found} run, not {task}")
-    return config_from_dict(values)

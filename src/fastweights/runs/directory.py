@@ -12,8 +12,7 @@ A run directory holds::
     results.json    final metrics (written at the end)
     .lock           the owner of the directory while a run trains (:class:`RunLock`)
 
-``vocab.json`` / ``env.json`` make a run usable without its data (format 2); runs of format 1 lack them and read
-their data to rebuild the vocabularies. ``docs/runs.md`` describes every file.
+``vocab.json`` / ``env.json`` make a run usable without its data. ``docs/runs.md`` describes every file.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,12 +105,13 @@ class _ErrorKeepingWriter:
         self.f.flush()
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", keys: tuple[str, ...] = ()
-                    ) -> dict[str, Any]:
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", keys: tuple[str, ...] = (),
+                    types: Sequence[Any] = ()) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` without running code from the file.
 
-    ``torch.load(weights_only=True)`` rebuilds tensors and plain containers only, plus the few types that this
-    project's checkpoints hold (:func:`checkpoint_types`); anything else in the file is refused, with the risk named:
+    ``torch.load(weights_only=True)`` rebuilds tensors and plain containers only, plus the ``types`` the caller's
+    checkpoints hold (classes or ``(object, "module.name")``: recurrent states, a task's own records; see
+    :meth:`fastweights.tasks.Task.checkpoint_types`); anything else in the file is refused, with the risk named:
     this loader has no switch that unpickles arbitrary objects, so a checkpoint from elsewhere cannot execute code
     when loaded (whoever trusts such a file can read it with ``torch.load(path, weights_only=False)`` themselves).
     ``keys``: the entries the caller needs; a checkpoint without one of them is refused.
@@ -121,7 +121,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", keys: 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no such file: {path}")
     try:
-        with _allowing(checkpoint_types()):
+        with _allowing(list(types)):
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         reason = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()
@@ -145,33 +145,6 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", keys: 
     return ckpt
 
 
-def checkpoint_types() -> list[Any]:
-    """The types besides tensors and plain containers that the checkpoints of this project hold: the recurrent
-    states (named tuples) of carried LM and RL states, the RL metrics window, and the NumPy arrays and random
-    generators of the snapshots of the RL memory tasks. Entries are classes or ``(object, "module.name")``."""
-    import numpy as np
-    from numpy.random import _pcg64, _pickle, bit_generator
-
-    from ..layers.attention import KVCache
-    from ..layers.lstm import LSTMState
-    from ..models.sequence_model import ModelState
-    from ..ops.states import DeltaDeltaState, DeltaLSTMState, DeltaRNNState, RecDeltaState
-    from ..rl.envs import EpisodeStats
-    from ..rl.train import _Window
-
-    try:  # NumPy 2 moved numpy.core to numpy._core; accept arrays pickled under either name
-        from numpy._core import multiarray
-    except ImportError:  # NumPy 1
-        from numpy.core import multiarray
-    reconstruct = [(multiarray._reconstruct, f"{p}.multiarray._reconstruct") for p in ("numpy.core", "numpy._core")]
-    return [
-        ModelState, KVCache, LSTMState, DeltaRNNState, DeltaLSTMState, RecDeltaState, DeltaDeltaState, _Window,
-        EpisodeStats, *reconstruct, np.ndarray, np.dtype, *{type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"},
-        bit_generator.SeedSequence, bit_generator.__pyx_unpickle_SeedSequence, _pickle.__generator_ctor,
-        _pickle.__bit_generator_ctor, _pcg64.PCG64,
-    ]
-
-
 @contextlib.contextmanager
 def _allowing(types: list[Any]) -> Iterator[None]:
     """Allow ``types`` in ``torch.load(weights_only=True)`` for the duration (torch >= 2.5: scoped; torch 2.4: the
@@ -186,8 +159,8 @@ def _allowing(types: list[Any]) -> Iterator[None]:
     yield
 
 
-#: The layout of the run directories this version writes (``meta.json``'s ``run_format``; absent = 1, the layout
-#: before ``vocab.json`` and ``env.json``). Directories of a larger number come from a newer fastweights.
+#: The layout of the run directories this version writes (``meta.json``'s ``run_format``). Directories of a larger
+#: number come from a newer fastweights.
 RUN_FORMAT = 2
 
 
@@ -200,12 +173,15 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"run_dir: {run_dir} is not a run directory (no config.json)")
-    meta = read_json_file(run_dir / "meta.json", "run_dir") if (run_dir / "meta.json").is_file() else {}
-    found = meta.get("run_format", 1) if isinstance(meta, dict) else 1
-    if not isinstance(found, int) or isinstance(found, bool) or found > RUN_FORMAT:
-        raise ValueError(f"run_dir: {run_dir} has run_format {found!r} (meta.json), written by a newer fastweights "
-                         f"({meta.get('fastweights')}); this fastweights {_version()} reads run formats up to "
-                         f"{RUN_FORMAT}: upgrade fastweights")
+    # meta.json is written when training starts: a run stopped before (while reading its data) has none yet
+    meta = read_json_file(run_dir / "meta.json", "run_dir") if (run_dir / "meta.json").is_file() else None
+    found = meta.get("run_format") if isinstance(meta, dict) else meta
+    if meta is not None and (not isinstance(found, int) or isinstance(found, bool) or found != RUN_FORMAT):
+        newer = isinstance(found, int) and not isinstance(found, bool) and found > RUN_FORMAT
+        raise ValueError(f"run_dir: {run_dir} has run_format {found!r} (meta.json), "
+                         + (f"written by a newer fastweights ({meta.get('fastweights')}); this fastweights "
+                            f"{_version()} reads run format {RUN_FORMAT}: upgrade fastweights" if newer else
+                            f"not a run directory of this fastweights (run format {RUN_FORMAT})"))
     config = read_json_file(run_dir / "config.json", "run_dir")
     if not isinstance(config, dict):
         raise ValueError(f"run_dir: {run_dir / 'config.json'} is not a JSON object")
@@ -657,17 +633,11 @@ def before_first_step(run_dir: Path, again: str, where: str = "before the first 
         raise interrupted(e, where, False, Path(run_dir) / "last.pt", again) from None
 
 
-def default_run_dir(cfg: Any, preset: str | None) -> Path:
+def default_run_dir(cfg: Any, preset: str | None, what: str) -> Path:
     """A new run directory of ``cfg`` (any task) without ``--run-dir``:
     ``<out_dir>/<task>-<what>-<model>-<preset>-<time>`` (``-2``, ... for launches in the same second), where
-    ``what`` is the corpus and level (lm), the environment (rl), the variables or the depth (code-exec, listops)."""
+    ``what`` says what the task runs on (:meth:`fastweights.tasks.Task.run_label`: the corpus, the environment, the
+    depth)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    if cfg.task == "lm":
-        data = Path(cfg.data).name if cfg.data not in (None, "embedded") else "shakespeare"
-        what = f"{data}-{cfg.level}{'-carry' if cfg.carry_state else ''}"
-    elif cfg.task == "rl":
-        what = cfg.env.replace("/", "-").replace(":", "-")
-    else:
-        what = f"vars{cfg.num_vars}" if cfg.task == "code-exec" else f"depth{cfg.depth}"
     preset_name = Path(preset).stem if preset and preset.endswith(".json") else preset
     return unique_run_dir(Path(cfg.out_dir) / f"{cfg.task}-{what}-{cfg.model}-{preset_name or 'default'}-{stamp}")

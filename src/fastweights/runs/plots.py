@@ -24,9 +24,6 @@ def _series(rows: list[dict[str, str]], x_name: str, metric: str) -> tuple[list[
     return [x for x, _ in pairs], [y for _, y in pairs]
 
 
-#: What ``plot_runs`` draws by default for runs of a task (algorithmic tasks: the others).
-DEFAULT_METRICS = {"lm": ("valid_ppl", "train_loss"), "rl": ("episode_return", "loss")}
-ALGORITHMIC_METRICS = ("valid_acc", "train_loss")
 #: Columns of training time in seconds that ``plot_seed_bands`` can use as its x axis (shown in minutes).
 TIME_COLUMNS = {"elapsed_s": "training time (min)", "cpu_s": "training CPU time (min)"}
 
@@ -41,12 +38,12 @@ def _save(plt, fig, title: str, out: Path) -> Path:
     return out
 
 
-def plot_runs(run_dirs: list[Path], out: Path, metrics: tuple[str, ...] | None = None) -> Path:
+def plot_runs(run_dirs: list[Path], out: Path, metrics: tuple[str, ...]) -> Path:
     """One panel per metric (x = update, or epoch for runs that log no updates), one line per run labelled
     ``model``.
 
     The runs must be of one task (their metrics do not share an axis otherwise), and every metric a column of
-    every run's ``metrics.csv``; ``metrics`` None: the task's usual pair (:data:`DEFAULT_METRICS`)."""
+    every run's ``metrics.csv`` (``fastweights plot`` draws the task's ``curve_metrics`` by default)."""
     runs = []
     for d in map(Path, run_dirs):
         rows = MetricsLog(d, tensorboard=False).rows()
@@ -57,8 +54,6 @@ def plot_runs(run_dirs: list[Path], out: Path, metrics: tuple[str, ...] | None =
     if len(tasks) > 1:
         raise ConfigError(f"run_dirs: runs of different tasks ({', '.join(tasks)}) do not share an axis; plot each "
                           f"task's runs on a figure of its own")
-    if metrics is None:
-        metrics = DEFAULT_METRICS.get(tasks[0], ALGORITHMIC_METRICS)
     x_names = ("epoch", "step", "update")
     valid = [c for c in runs[0][1][0] if c not in x_names and all(c in rows[0] for _, rows in runs)]
     unknown = [m for m in metrics if m not in valid]

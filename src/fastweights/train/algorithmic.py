@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..models import ModelConfig, build_model, count_parameters
-from ..runs.config import config_from_dict, config_to_dict
+from ..data import code_execution, listops
+from ..models import ModelConfig, build_model, count_parameters, state_types
+from ..runs.config import config_to_dict, dataclass_from_dict
 from ..runs.directory import (
     MetricsLog,
     before_first_step,
@@ -40,7 +41,6 @@ from ..runs.directory import (
 )
 from ..runs.interrupt import StopSignals, save_and_stop
 from ..runs.progress import DurationEstimate, Progress, format_count, format_duration, plural
-from ..tasks import code_execution, listops
 from ..weights import load_state
 from .config import ALGORITHMIC_TASKS, TrainConfig
 from .config import model_config as task_model_config
@@ -416,7 +416,7 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
     if continues:
         ckpt = load_checkpoint(run_dir / "last.pt", keys=("model", "optimizer", "step", "best", "elapsed",
                                                           "cpu_elapsed", "epoch", "batch", "validated", "window",
-                                                          "rng"))
+                                                          "rng"), types=state_types())
         load_state(model, ckpt["model"], f"checkpoint: {run_dir / 'last.pt'}")
         with restoring(run_dir / "last.pt"):
             opt.load_state_dict(ckpt["optimizer"])
@@ -431,7 +431,6 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
         log.truncate(0)
         write_json(run_dir / "meta.json", {**run_metadata(cfg.seed, command), "parameters": count_parameters(model),
                                            "data": data.source})
-    if not (run_dir / VOCAB_FILE).exists():  # new runs, and runs of format 1 when resumed
         data.vocab.save(run_dir / VOCAB_FILE)
     rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
 
@@ -568,20 +567,20 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
 
 def algorithmic_run_config(run_dir: Path, device: str | None = None) -> TrainConfig:
     """The configuration of a code-execution or ListOps run directory (``device`` replaces the run's)."""
-    cfg = config_from_dict(read_run_config(run_dir))
-    if cfg.task not in ALGORITHMIC_TASKS:
-        raise ValueError(f"run_dir: {run_dir} is a {cfg.task} run, not a code-exec or listops run")
+    values = read_run_config(run_dir)
+    if values.get("task") not in ALGORITHMIC_TASKS:
+        raise ValueError(f"run_dir: {run_dir} is a {values.get('task')} run, not a code-exec or listops run")
+    cfg = dataclass_from_dict(TrainConfig, values, f"config: {Path(run_dir) / 'config.json'}: ")
     if device is not None:
         cfg.device = device
     return cfg
 
 
 def run_vocab(run_dir: Path, cfg: TrainConfig, data: TaskData | None = None) -> TaskVocab:
-    """The vocabularies of a run: its ``vocab.json`` (checked against ``data`` when given); runs of format 1 take
-    them from ``data`` or read their data."""
+    """The vocabularies of a run: its ``vocab.json`` (checked against ``data`` when given)."""
     path = Path(run_dir) / VOCAB_FILE
     if not path.is_file():
-        return (data if data is not None else load_task_data(cfg)).vocab
+        raise FileNotFoundError(f"run_dir: {run_dir} has no {VOCAB_FILE} (the run stopped before training started)")
     vocab = TaskVocab.load(path)
     if vocab.task != cfg.task:
         raise ValueError(f"vocabulary: {path} belongs to a {vocab.task} run, the run is {cfg.task}")
@@ -598,7 +597,7 @@ def load_algorithmic_model(run_dir: Path, checkpoint: str = "best", *, device: s
     path = checkpoint_path(run_dir, checkpoint)
     vocab = run_vocab(run_dir, cfg, data)
     model = build_model(model_config(cfg, vocab))
-    load_state(model, load_checkpoint(path, keys=("model",))["model"], f"checkpoint: {path}")
+    load_state(model, load_checkpoint(path, keys=("model",), types=state_types())["model"], f"checkpoint: {path}")
     return cfg, vocab, model.to(cfg.device).eval()
 
 
@@ -616,8 +615,7 @@ def evaluate_run(run_dir: Path, split: str = "test", *, checkpoint: str = "best"
         checkpoint_path(run_dir, checkpoint)  # a missing checkpoint before reading the data
         if data_dir is not None:
             cfg.data = str(data_dir)
-        vocab_path = run_dir / VOCAB_FILE
-        data = load_task_data(cfg, TaskVocab.load(vocab_path) if vocab_path.is_file() else None)
+        data = load_task_data(cfg, run_vocab(run_dir, cfg))
     if split not in data.splits:
         raise ValueError(f"split: expected one of {sorted(data.splits)}, got {split!r}")
     cfg, _, model = load_algorithmic_model(run_dir, checkpoint, device=device, data=data)

@@ -9,7 +9,7 @@ Training (:func:`train_lm`). Adam with a linear warm-up and a cosine decay to 0 
 gradient clipping (paper.md E.1: lr 2.5e-4, 2000 warm-up steps, clip 0.25). By default every step draws
 ``batch_size`` windows of ``tgt_len + 1`` tokens at random positions of the training split and each starts from a
 zero state: the paper's truncated-context training. With ``carry_state`` the split is cut into ``batch_size``
-contiguous streams read in order (:class:`~fastweights.tasks.lm.StreamBatcher`, Transformer-XL's ordered
+contiguous streams read in order (:class:`~fastweights.data.lm.StreamBatcher`, Transformer-XL's ordered
 iterator); the state flows from each window to the next and is detached at every boundary (truncated BPTT, the
 paper's "+ full context" runs); it restarts from zero at the start of every pass over the data.
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ...fields import ConfigError
-from ...tasks.lm import (
+from ...data.lm import (
     LMCorpus,
     StreamBatcher,
     load_corpus,
     random_segments,
     stream_layout,
 )
+from ...fields import ConfigError
 from ..config import LMTrainConfig
 from .dist import DistInfo
 

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ...data.lm import StreamBatcher
 from ...fields import check_positive_int
 from ...models.lm import LanguageModel, LMConfig
 from ...runs.progress import Progress
-from ...tasks.lm import StreamBatcher
 from ..config import EVAL_MODES, LMTrainConfig
 from .dist import DistInfo, _all_sum
 from .model import _ppl

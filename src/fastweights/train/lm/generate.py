@@ -9,19 +9,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ...fields import check_positive_int
-from ...models.lm import LanguageModel
-from ...runs.directory import (
-    read_json_file,
-    write_json,
-)
-from ...tasks.lm import (
+from ...data.lm import (
     EOS,
     LEVELS,
     TOKENIZERS,
     LMCorpus,
     Vocabulary,
     tokenize,
+)
+from ...fields import check_positive_int
+from ...models.lm import LanguageModel
+from ...runs.directory import (
+    read_json_file,
+    write_json,
 )
 
 #: The file of a run (and of an export) that holds its vocabulary and tokenisation (:class:`LMVocab`).

@@ -9,8 +9,13 @@ from typing import Any
 
 import torch
 
+from ...data.lm import (
+    LMCorpus,
+    StreamBatcher,
+    unigram_perplexity,
+)
 from ...layers import detach_state
-from ...models import count_parameters
+from ...models import count_parameters, state_types
 from ...models.lm import build_lm
 from ...runs.config import config_to_dict
 from ...runs.directory import (
@@ -27,11 +32,6 @@ from ...runs.directory import (
 )
 from ...runs.interrupt import StopSignals, save_and_stop
 from ...runs.progress import DurationEstimate, Progress, format_count, format_duration, format_number, plural
-from ...tasks.lm import (
-    LMCorpus,
-    StreamBatcher,
-    unigram_perplexity,
-)
 from ...weights import load_state
 from ..config import LMTrainConfig
 from .data import load_lm_data, local_batch_size, make_stream_batcher, train_batch
@@ -120,7 +120,7 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
     sums, validated = (0.0, 0, 0, 0.0), True
     if continues:
         ckpt = load_checkpoint(run_dir / "last.pt", keys=("model", "optimizer", "step", "best", "elapsed",
-                                                          "tokens_seen", "ranks"))
+                                                          "tokens_seen", "ranks"), types=state_types())
         load_state(raw_model, ckpt["model"], f"checkpoint: {run_dir / 'last.pt'}")
         with restoring(run_dir / "last.pt"):
             opt.load_state_dict(ckpt["optimizer"])
@@ -140,8 +140,6 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
                       f"on {dist.world_size}: dropout masks and carried states (if any) restart", flush=True)
         if log is not None:
             log.truncate(step if validated else step - 1)  # rows written after the checkpoint belong to lost work
-            if not (run_dir / VOCAB_FILE).exists():  # a run of format 1 gains its vocabulary
-                LMVocab.of(corpus).save(run_dir / VOCAB_FILE)
     elif dist.is_main:
         if log is not None:
             log.truncate(0)

@@ -7,17 +7,18 @@ from typing import Any
 
 import torch
 
+from ...data.lm import (
+    LMCorpus,
+)
 from ...fields import check_positive_int
+from ...models import state_types
 from ...models.lm import LanguageModel, build_lm
-from ...runs.config import config_from_dict
+from ...runs.config import dataclass_from_dict
 from ...runs.directory import (
     checkpoint_path,
     load_checkpoint,
     read_run_config,
     vocab_difference,
-)
-from ...tasks.lm import (
-    LMCorpus,
 )
 from ...weights import load_state
 from ..config import EVAL_MODES, LMTrainConfig
@@ -33,9 +34,10 @@ from .model import lm_model_config
 
 def lm_run_config(run_dir: Path, device: str | None = None) -> LMTrainConfig:
     """The validated configuration of a language-model run directory (``device`` replaces the run's)."""
-    cfg = config_from_dict(read_run_config(run_dir))
-    if not isinstance(cfg, LMTrainConfig):
-        raise ValueError(f"run_dir: {run_dir} is a {cfg.task} run, not a language-model run")
+    values = read_run_config(run_dir)
+    if values.get("task") != "lm":
+        raise ValueError(f"run_dir: {run_dir} is a {values.get('task')} run, not a language-model run")
+    cfg = dataclass_from_dict(LMTrainConfig, values, f"config: {Path(run_dir) / 'config.json'}: ")
     if device is not None:
         cfg.device = device
     cfg.validate()
@@ -44,10 +46,10 @@ def lm_run_config(run_dir: Path, device: str | None = None) -> LMTrainConfig:
 
 def lm_run_vocab(run_dir: Path, cfg: LMTrainConfig, corpus: LMCorpus | None = None) -> LMVocab:
     """The vocabulary of a run: its ``vocab.json``, checked against ``corpus`` when one is given (a corpus whose
-    vocabulary differs is refused). Runs without ``vocab.json`` (format 1) take it from ``corpus`` or their data."""
+    vocabulary differs is refused)."""
     path = Path(run_dir) / VOCAB_FILE
     if not path.is_file():
-        return LMVocab.of(corpus if corpus is not None else load_lm_data(cfg))
+        raise FileNotFoundError(f"run_dir: {run_dir} has no {VOCAB_FILE} (the run stopped before training started)")
     vocab = LMVocab.load(path)
     if corpus is not None:
         diff = vocab_difference("vocabulary", vocab.vocab.tokens, corpus.vocab.tokens)
@@ -66,7 +68,7 @@ def load_lm_model(run_dir: Path, checkpoint: str = "best", *, device: str | None
     path = checkpoint_path(run_dir, checkpoint)
     vocab = lm_run_vocab(run_dir, cfg, corpus)
     model = build_lm(lm_model_config(cfg, len(vocab.vocab)))
-    load_state(model, load_checkpoint(path, keys=("model",))["model"], f"checkpoint: {path}")
+    load_state(model, load_checkpoint(path, keys=("model",), types=state_types())["model"], f"checkpoint: {path}")
     return cfg, vocab, model.to(cfg.device).eval()
 
 

@@ -9,10 +9,11 @@ import torch
 from test_lm_train import TINY as LM_TINY  # tests/train is on sys.path (rootdir imports)
 from test_lm_train import write_corpus
 
-from fastweights.runs.config import resolve_config
+from fastweights.compare import compare, plan_grid
 from fastweights.runs.directory import read_json
+from fastweights.tasks import get_task, resolve_config
+from fastweights.tasks.algorithmic import best_within, format_table, late_rise
 from fastweights.train.algorithmic import train
-from fastweights.train.compare import best_within, compare, format_table, late_rise, plan_grid
 from fastweights.train.lm import evaluate_lm_run
 
 TINY = ["train_size=30", "valid_size=10", "test_size=10", "code_length=4", "d_model=16", "num_layers=1",
@@ -104,8 +105,10 @@ def test_format_table_shows_mean_std_seeds_and_convergence():
     rows = [{"model": "m", "parameters": 10, "seeds": [1, 2], "test_acc": [0.5, 0.7], "test_acc_mean": 0.6,
              "test_acc_std": 0.1414, "valid_acc_mean": 0.65, "test_print_acc_mean": 0.75, "train_time_s_mean": 90.0,
              "late_rise": [0.0, 0.025], "converged": 1}]
-    table = format_table("code-exec", "cpu", rows)
+    table = get_task("code-exec").format_table("cpu", rows, [])  # code execution: with the print accuracy
     assert "| m | 10 | 60.0 ± 14.1 (2) | 50.0, 70.0 | 65.0 | 75.0 | 1/2 (2.5) | 1.5 min |" in table
+    listops = format_table("listops", "cpu", rows)
+    assert "| m | 10 | 60.0 ± 14.1 (2) | 50.0, 70.0 | 65.0 | 1/2 (2.5) | 1.5 min |" in listops
 
 
 def _acc_rows(*pairs):

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastweights.tasks import lm
-from fastweights.tasks._io import DataFormatError
+from fastweights.data import lm
+from fastweights.data._io import DataFormatError
 
 torch.set_num_threads(1)
 

@@ -9,8 +9,8 @@ import statistics
 import pytest
 import torch
 
-from fastweights.tasks import listops as lo
-from fastweights.tasks._io import DataFormatError
+from fastweights.data import listops as lo
+from fastweights.data._io import DataFormatError
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import statistics
 import pytest
 import torch
 
-from fastweights.tasks import code_execution as ce
-from fastweights.tasks._io import DataFormatError
+from fastweights.data import code_execution as ce
+from fastweights.data._io import DataFormatError
 
 # Small splits keep the suite fast; official_sizes drops the last one of each (299 / 29 / 29).
 SMALL = (300, 30, 30)

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from fastweights.tasks._io import (
+from fastweights.data._io import (
     SPLITS,
     DataFormatError,
     PathLike,
