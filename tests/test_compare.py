@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 import torch
-from test_lm_train import TINY as LM_TINY  # tests/train is on sys.path (rootdir imports)
+from test_lm_train import TINY as LM_TINY  # tests/train is on sys.path (pyproject: pythonpath)
 from test_lm_train import write_corpus
 
 from fastweights.compare import compare, plan_grid

@@ -34,22 +34,14 @@ from ..fields import ConfigError
 from ..layers.base import detach_state
 from ..models import count_parameters
 from ..runs.directory import (
-    MetricsLog,
-    before_first_step,
     checkpoint_path,
-    diverged,
     load_checkpoint,
     nonfinite_parameter,
     read_json_file,
     read_run_config,
-    restoring,
-    run_metadata,
-    save_good_checkpoint,
-    training_run,
-    write_json,
 )
-from ..runs.interrupt import StopSignals, save_and_stop
 from ..runs.progress import DurationEstimate, Progress, format_count, format_duration, format_number
+from ..runs.run import Run
 from ..weights import load_state
 from .agent import Agent, AgentConfig
 from .config import EVAL_MODES, RLConfig, rl_config_from_dict, rl_config_to_dict
@@ -310,32 +302,31 @@ def train(cfg: RLConfig, run_dir: Path, *, resume: bool = False, stop_after_upda
     run_dir = Path(run_dir)
     again = resume_command(run_dir)
     cfg.validate()
-    with training_run(cfg, run_dir, resume, again, quiet=quiet) as (continues, signals):
-        with before_first_step(run_dir, again, "before the first update"):
+    with Run(cfg, run_dir, resume=resume, again=again, quiet=quiet, checkpoint_types=checkpoint_types()) as run:
+        with run.preparing("before the first update"):
             env, agent = build(cfg)
         try:
-            return _train_loop(cfg, run_dir, env, agent, torch.device(cfg.device), signals, continues=continues,
-                               stop_after_updates=stop_after_updates, quiet=quiet, command=command,
-                               evaluate_at_end=evaluate_at_end, again=again)
+            return _train_loop(cfg, run, env, agent, torch.device(cfg.device), stop_after_updates=stop_after_updates,
+                               quiet=quiet, command=command, evaluate_at_end=evaluate_at_end)
         finally:
             env.close()
 
 
-def _train_loop(cfg: RLConfig, run_dir: Path, env: BatchedEnv, agent: Agent, device: torch.device,
-                signals: StopSignals, *, continues: bool, stop_after_updates: int | None, quiet: bool,
-                command: list[str] | None, evaluate_at_end: bool, again: str) -> dict[str, Any]:
+def _train_loop(cfg: RLConfig, run: Run, env: BatchedEnv, agent: Agent, device: torch.device, *,
+                stop_after_updates: int | None, quiet: bool, command: list[str] | None, evaluate_at_end: bool
+                ) -> dict[str, Any]:
     agent.to(device)
     opt = rmsprop(agent.parameters(), cfg.lr, alpha=cfg.rms_alpha, eps=cfg.rms_eps, momentum=cfg.rms_momentum)
     sched = linear_decay(opt, cfg.total_steps, cfg.steps_per_update) if cfg.lr_decay else None
     actor = Actor(env, agent, device, cfg.seed)
-    log = MetricsLog(run_dir)
+    run_dir = run.dir
+    log = run.metrics()
     update, elapsed, window, last_row = 0, 0.0, _Window(), {}
-    if continues:
-        ckpt = load_checkpoint(run_dir / "last.pt", map_location=device,
-                               keys=("agent", "optimizer", "scheduler", "update", "elapsed", "window", "last_row",
-                                     "rng", "actor"), types=checkpoint_types())
-        load_state(agent, ckpt["agent"], f"checkpoint: {run_dir / 'last.pt'}")
-        with restoring(run_dir / "last.pt"):
+    if run.continues:
+        ckpt = run.load_last(("agent", "optimizer", "scheduler", "update", "elapsed", "window", "last_row", "rng",
+                              "actor"), map_location=device)
+        load_state(agent, ckpt["agent"], f"checkpoint: {run.last}")
+        with run.restoring():
             opt.load_state_dict(ckpt["optimizer"])
             if sched is not None:
                 sched.load_state_dict(ckpt["scheduler"])
@@ -348,13 +339,13 @@ def _train_loop(cfg: RLConfig, run_dir: Path, env: BatchedEnv, agent: Agent, dev
         log.truncate(update * cfg.steps_per_update)
     else:
         log.truncate(0)
-        write_json(run_dir / "meta.json", {**run_metadata(cfg.seed, command), "parameters": count_parameters(agent),
-                                           "obs_shape": list(env.obs_shape), "num_actions": env.num_actions})
-        write_json(run_dir / ENV_FILE, EnvSpec.of(cfg, env).to_dict())
+        run.begin(command, parameters=count_parameters(agent), obs_shape=list(env.obs_shape),
+                  num_actions=env.num_actions)
+        run.write(ENV_FILE, EnvSpec.of(cfg, env).to_dict())
     total = cfg.total_updates
     last = total if stop_after_updates is None else min(total, stop_after_updates)
     if not quiet:
-        at = f"; resumed at update {format_count(update)}" if continues else ""
+        at = f"; resumed at update {format_count(update)}" if run.continues else ""
         print(f"rl {cfg.env} {cfg.model}: {format_count(count_parameters(agent))} parameters, {env.num_envs} envs x "
               f"{cfg.unroll_length} steps per update, {format_count(total)} updates "
               f"({format_count(cfg.total_steps)} steps){at}; run dir {run_dir}", flush=True)
@@ -373,17 +364,17 @@ def _train_loop(cfg: RLConfig, run_dir: Path, env: BatchedEnv, agent: Agent, dev
     try:
         while update < last:
             # an update changes the environments, the actor and the learner: a signal waits until it is done
-            with signals.held():
+            with run.signals.held():
                 t0 = time.perf_counter()
                 try:
                     ro, infos = actor.rollout(cfg.unroll_length)
                     loss, losses = learner_loss(agent, ro, cfg)
                 except (ValueError, RuntimeError) as e:  # a layer's check that NaN weights trip, e.g. a beta range
                     if (bad := nonfinite_parameter(agent)) is not None:
-                        raise diverged(f"parameter {bad} is not finite", f"update {update}", run_dir) from None
+                        raise run.diverged(f"parameter {bad} is not finite", f"update {update}") from None
                     raise e
                 if not math.isfinite(loss_value := loss.item()):
-                    raise diverged(f"loss {loss_value}", f"update {update}", run_dir)
+                    raise run.diverged(f"loss {loss_value}", f"update {update}")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 max_norm = cfg.grad_norm_clip if cfg.grad_norm_clip > 0 else math.inf
@@ -410,9 +401,9 @@ def _train_loop(cfg: RLConfig, run_dir: Path, env: BatchedEnv, agent: Agent, dev
                     log.log(row)
                     last_row, window = row, _Window()
                 while extra and step >= extra[0]:
-                    save_good_checkpoint(agent, run_dir, f"step-{extra.pop(0)}.pt", payload(), f"update {update}")
+                    run.save(f"step-{extra.pop(0)}.pt", agent, payload(), f"update {update}")
                 if update % cfg.checkpoint_every == 0 or update == last:
-                    save_good_checkpoint(agent, run_dir, "last.pt", payload(), f"update {update}")
+                    run.save("last.pt", agent, payload(), f"update {update}")
             if bar is not None:
                 shown = {"return": last_row.get("episode_return", ""), "steps_per_s": last_row.get("steps_per_s", "")}
                 bar.advance(update, estimate, **{k: v for k, v in shown.items() if v != ""})
@@ -424,7 +415,7 @@ def _train_loop(cfg: RLConfig, run_dir: Path, env: BatchedEnv, agent: Agent, dev
         _plot(run_dir)
         if update >= total and evaluate_at_end:
             results["eval"] = evaluate_agent(agent, cfg, progress=not quiet)
-            write_json(run_dir / "results.json", results)
+            run.finish(results)
             if not quiet:
                 ev = results["eval"]
                 print(f"done: return {format_number(ev['mean'])} +- {format_number(ev['std'])} "
@@ -435,9 +426,7 @@ def _train_loop(cfg: RLConfig, run_dir: Path, env: BatchedEnv, agent: Agent, dev
             bar.close()
         where = (f"at update {format_count(update)}/{format_count(total)}" if update < total
                  else "in the final evaluation")
-        raise save_and_stop(e, signals, lambda: save_good_checkpoint(agent, run_dir, "last.pt", payload(),
-                                                                     f"update {update}"),
-                            where, run_dir / "last.pt", again) from None
+        raise run.stop(e, lambda: run.save("last.pt", agent, payload(), f"update {update}"), where) from None
     finally:
         log.close()
     return results

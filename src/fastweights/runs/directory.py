@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import json
 import math
 import os
@@ -37,7 +36,7 @@ from typing import Any
 
 import torch
 
-from .interrupt import StopSignals, interrupted
+from .interrupt import interrupted
 from .progress import plural
 
 
@@ -604,23 +603,6 @@ def open_run(run_dir: Path, resume: bool, resume_command: str, config: dict[str,
         owner.release()
         raise
     return owner, continues
-
-
-@contextlib.contextmanager
-def training_run(cfg: Any, run_dir: Path, resume: bool, again: str, *, quiet: bool = False, owner: bool = True
-                 ) -> Iterator[tuple[bool, StopSignals]]:
-    """How every task's training opens its run: :func:`open_run` (``config.json`` holds ``cfg``; ``owner=False``: a
-    process that does not own the directory, e.g. a torchrun rank other than 0), ``cfg.threads`` torch threads, and
-    Ctrl-C/SIGTERM caught (:class:`~fastweights.runs.interrupt.StopSignals`) until the block ends.
-
-    Yields ``(continues, signals)``: whether training continues from ``last.pt``, and the signal handler the loop
-    saves and stops with."""
-    lock, continues = open_run(run_dir, resume, again, dataclasses.asdict(cfg), quiet=quiet, lock=owner)
-    with lock:
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        with StopSignals() as signals:
-            yield continues, signals
 
 
 @contextlib.contextmanager

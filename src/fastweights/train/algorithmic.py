@@ -24,23 +24,16 @@ from ..data import code_execution, listops
 from ..models import ModelConfig, build_model, count_parameters, state_types
 from ..runs.config import config_to_dict, dataclass_from_dict
 from ..runs.directory import (
-    MetricsLog,
-    before_first_step,
     checkpoint_path,
-    diverged,
     load_checkpoint,
     nonfinite_parameter,
     read_json_file,
     read_run_config,
-    restoring,
-    run_metadata,
-    save_good_checkpoint,
-    training_run,
     vocab_difference,
     write_json,
 )
-from ..runs.interrupt import StopSignals, save_and_stop
 from ..runs.progress import DurationEstimate, Progress, format_count, format_duration, plural
+from ..runs.run import Run
 from ..weights import load_state
 from .config import ALGORITHMIC_TASKS, TrainConfig
 from .config import model_config as task_model_config
@@ -373,14 +366,14 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, stop_after_e
     again = resume_command(cfg.task, run_dir)
     if cfg.data is not None:  # before the run directory is made
         given_data_dir(cfg)
-    with training_run(cfg, run_dir, resume, again, quiet=quiet) as (continues, signals):
-        with before_first_step(run_dir, again):
-            run_vocab = (TaskVocab.load(run_dir / VOCAB_FILE) if continues and (run_dir / VOCAB_FILE).is_file()
+    with Run(cfg, run_dir, resume=resume, again=again, quiet=quiet, checkpoint_types=state_types()) as run:
+        with run.preparing():
+            run_vocab = (TaskVocab.load(run_dir / VOCAB_FILE) if run.continues and (run_dir / VOCAB_FILE).is_file()
                          else None)
             data, _, model = build(cfg, vocab=run_vocab, progress=not quiet)
         check_splits(data)
-        return _train_loop(cfg, run_dir, data, model, torch.device(cfg.device), signals, continues=continues,
-                           stop_after_epochs=stop_after_epochs, quiet=quiet, command=command, again=again)
+        return _train_loop(cfg, run, data, model, torch.device(cfg.device), stop_after_epochs=stop_after_epochs,
+                           quiet=quiet, command=command)
 
 
 def check_splits(data: TaskData) -> None:
@@ -391,12 +384,12 @@ def check_splits(data: TaskData) -> None:
             raise ValueError(f"data: the {name} split of {data.source} is empty; every split needs examples")
 
 
-def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn.Module, device: torch.device,
-                signals: StopSignals, *, continues: bool, stop_after_epochs: int | None, quiet: bool,
-                command: list[str] | None, again: str) -> dict[str, Any]:
+def _train_loop(cfg: TrainConfig, run: Run, data: TaskData, model: torch.nn.Module, device: torch.device, *,
+                stop_after_epochs: int | None, quiet: bool, command: list[str] | None) -> dict[str, Any]:
+    run_dir = run.dir
     model.to(device)
     opt = make_optimizer(cfg, model)
-    log = MetricsLog(run_dir)
+    log = run.metrics()
     train_split = data.splits["train"]
     n = train_split.src.shape[0]
     steps_per_epoch = math.ceil(n / cfg.batch_size)
@@ -413,12 +406,11 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
         interval_hit = cfg.eval_interval > 0 and step % cfg.eval_interval == 0
         return step > validated and (batch == steps_per_epoch or interval_hit)
 
-    if continues:
-        ckpt = load_checkpoint(run_dir / "last.pt", keys=("model", "optimizer", "step", "best", "elapsed",
-                                                          "cpu_elapsed", "epoch", "batch", "validated", "window",
-                                                          "rng"), types=state_types())
-        load_state(model, ckpt["model"], f"checkpoint: {run_dir / 'last.pt'}")
-        with restoring(run_dir / "last.pt"):
+    if run.continues:
+        ckpt = run.load_last(("model", "optimizer", "step", "best", "elapsed", "cpu_elapsed", "epoch", "batch",
+                              "validated", "window", "rng"))
+        load_state(model, ckpt["model"], f"checkpoint: {run.last}")
+        with run.restoring():
             opt.load_state_dict(ckpt["optimizer"])
             step, best, elapsed, cpu_elapsed = ckpt["step"], ckpt["best"], ckpt["elapsed"], ckpt["cpu_elapsed"]
             epoch, batch, validated = ckpt["epoch"], ckpt["batch"], ckpt["validated"]
@@ -429,9 +421,8 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
         log.truncate(step - 1 if validation_due() else step)
     else:
         log.truncate(0)
-        write_json(run_dir / "meta.json", {**run_metadata(cfg.seed, command), "parameters": count_parameters(model),
-                                           "data": data.source})
-        data.vocab.save(run_dir / VOCAB_FILE)
+        run.begin(command, parameters=count_parameters(model), data=data.source)
+        run.write(VOCAB_FILE, data.vocab.to_dict())
     rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
 
     def payload() -> dict[str, Any]:
@@ -451,9 +442,9 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
         valid = evaluate(model, cfg.task, data.splits["valid"], cfg.eval_batch_size, device, data.noop_index,
                          progress=None if quiet else "validation")
         if not math.isfinite(valid["loss"]):
-            raise diverged(f"validation loss {valid['loss']}", f"step {step}", run_dir)
+            raise run.diverged(f"validation loss {valid['loss']}", f"step {step}")
         loss_sum, batches, tok, seconds, cpu_seconds = window
-        with signals.held():
+        with run.signals.held():
             row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(batches, 1),
                    "valid_loss": valid["loss"], "valid_acc": valid["acc"]}
             if "print_acc" in valid:
@@ -471,8 +462,8 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
                 epoch, batch = epoch + 1, 0
             if is_best:
                 best = {**valid, "epoch": row["epoch"], "step": step}
-                save_good_checkpoint(model, run_dir, "best.pt", payload(), f"step {step}")
-            save_good_checkpoint(model, run_dir, "last.pt", payload(), f"step {step}")
+                run.save("best.pt", model, payload(), f"step {step}")
+            run.save("last.pt", model, payload(), f"step {step}")
         if not quiet:
             extra = f", print acc {valid['print_acc']:.4f}" if "print_acc" in valid else ""
             eta = f", ETA {format_duration(bar.eta(step))}" if bar is not None and step < total_steps else ""
@@ -485,7 +476,7 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
               f"{format_count(total_steps)}; warming up over {format_count(warmup_updates(cfg, total_steps))}",
               flush=True)
     if not quiet:
-        at = f"; resumed at epoch {epoch + 1}, step {format_count(step)}" if continues else ""
+        at = f"; resumed at epoch {epoch + 1}, step {format_count(step)}" if run.continues else ""
         every = (f"every {plural(cfg.eval_interval, 'step')} and " if cfg.eval_interval > 0 else "")
         print(f"{cfg.task} {cfg.model}: {format_count(count_parameters(model))} parameters, "
               f"{format_count(n)} training examples, {format_count(steps_per_epoch)} steps/epoch x "
@@ -520,7 +511,7 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
                         logits = batch_logits(model, cfg.task, src, lengths)
                 except (ValueError, RuntimeError) as e:  # a layer's check that NaN weights trip, e.g. a beta range
                     if (bad := nonfinite_parameter(model)) is not None:
-                        raise diverged(f"parameter {bad} is not finite", f"step {step}", run_dir) from None
+                        raise run.diverged(f"parameter {bad} is not finite", f"step {step}") from None
                     raise e
                 loss = loss_fn(cfg.task, logits.float(), tgt)
                 opt.zero_grad(set_to_none=True)
@@ -529,8 +520,8 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
                 loss_value = loss.item()
                 if not math.isfinite(loss_value):
-                    raise diverged(f"train loss {loss_value}", f"step {step}", run_dir)
-                with signals.held():  # the update and the counters that describe it, all or nothing
+                    raise run.diverged(f"train loss {loss_value}", f"step {step}")
+                with run.signals.held():  # the update and the counters that describe it, all or nothing
                     for group in opt.param_groups:
                         group["lr"] = lr_at(step, cfg, steps_per_epoch)
                     opt.step()
@@ -543,14 +534,14 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
                     bar.advance(step, estimate, loss=window[0] / window[1], tokens_per_s=window[2] / window[3])
                 if cfg.checkpoint_every_s > 0 and time.monotonic() - saved_at >= cfg.checkpoint_every_s \
                         and not validation_due():
-                    with signals.held():
-                        save_good_checkpoint(model, run_dir, "last.pt", payload(), f"step {step}")
+                    with run.signals.held():
+                        run.save("last.pt", model, payload(), f"step {step}")
                     saved_at = time.monotonic()
         results: dict[str, Any] = {"best_valid": best, "epochs_done": epoch, "train_time_s": elapsed,
                                    "train_cpu_s": cpu_elapsed, "parameters": count_parameters(model)}
         if epoch >= cfg.epochs and (run_dir / "best.pt").exists():
             results["test"] = evaluate_run(run_dir, "test", data=data, device=cfg.device, progress=not quiet)
-            write_json(run_dir / "results.json", results)
+            run.finish(results)
             if not quiet:
                 print(f"done: test acc {results['test']['acc']:.4f} ({cfg.task}, best-validation checkpoint of step "
                       f"{format_count(best['step'])}, epoch {best['epoch']}), {format_duration(elapsed)} of training; "
@@ -558,8 +549,7 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, data: TaskData, model: torch.nn
     except KeyboardInterrupt as e:
         if bar is not None:
             bar.close()
-        save = lambda: save_good_checkpoint(model, run_dir, "last.pt", payload(), f"step {step}")  # noqa: E731
-        raise save_and_stop(e, signals, save, where(), run_dir / "last.pt", again) from None
+        raise run.stop(e, lambda: run.save("last.pt", model, payload(), f"step {step}"), where()) from None
     finally:
         log.close()
     return results

@@ -19,19 +19,10 @@ from ...models import count_parameters, state_types
 from ...models.lm import build_lm
 from ...runs.config import config_to_dict
 from ...runs.directory import (
-    MetricsLog,
-    before_first_step,
-    diverged,
-    load_checkpoint,
     nonfinite_parameter,
-    restoring,
-    run_metadata,
-    save_good_checkpoint,
-    training_run,
-    write_json,
 )
-from ...runs.interrupt import StopSignals, save_and_stop
 from ...runs.progress import DurationEstimate, Progress, format_count, format_duration, format_number, plural
+from ...runs.run import Run
 from ...weights import load_state
 from ..config import LMTrainConfig
 from .data import load_lm_data, local_batch_size, make_stream_batcher, train_batch
@@ -71,26 +62,23 @@ def train_lm(cfg: LMTrainConfig, run_dir: Path, *, resume: bool = False, stop_af
     local_batch_size(cfg, dist)
     again = resume_command(run_dir, dist)
     # process 0 owns the directory (the others write nothing there)
-    with training_run(cfg, run_dir, resume, again, quiet=quiet or not dist.is_main, owner=dist.is_main) as (
-            continues, signals):
-        return _train_locked(cfg, run_dir, dist, continues, again, signals, stop_after_steps=stop_after_steps,
-                             quiet=quiet, command=command)
+    with Run(cfg, run_dir, resume=resume, again=again, quiet=quiet or not dist.is_main, owner=dist.is_main,
+             checkpoint_types=state_types()) as run:
+        return _train_locked(cfg, run, dist, stop_after_steps=stop_after_steps, quiet=quiet, command=command)
 
 
-def _train_locked(cfg: LMTrainConfig, run_dir: Path, dist: DistInfo, continues: bool, again: str,
-                  signals: StopSignals, *, stop_after_steps: int | None, quiet: bool, command: list[str] | None
-                  ) -> dict[str, Any]:
-    with before_first_step(run_dir, again):
+def _train_locked(cfg: LMTrainConfig, run: Run, dist: DistInfo, *, stop_after_steps: int | None, quiet: bool,
+                  command: list[str] | None) -> dict[str, Any]:
+    with run.preparing():
         corpus = load_lm_data(cfg)
-    if continues:
-        lm_run_vocab(run_dir, cfg, corpus)  # the data must still be the run's
+    if run.continues:
+        lm_run_vocab(run.dir, cfg, corpus)  # the data must still be the run's
     batcher = make_stream_batcher(cfg, corpus.train, dist) if cfg.carry_state else None
     device = run_device(cfg.device, dist)
     owns_group = _init_process_group(dist, device)
     try:
-        return _train(cfg, run_dir, corpus, batcher, device, dist, signals, continues=continues,
-                      stop_after_steps=stop_after_steps, quiet=quiet or not dist.is_main, command=command,
-                      again=again)
+        return _train(cfg, run, corpus, batcher, device, dist, stop_after_steps=stop_after_steps,
+                      quiet=quiet or not dist.is_main, command=command)
     finally:
         if owns_group:
             import torch.distributed as td
@@ -98,9 +86,10 @@ def _train_locked(cfg: LMTrainConfig, run_dir: Path, dist: DistInfo, continues: 
             td.destroy_process_group()
 
 
-def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamBatcher | None,
-           device: torch.device, dist: DistInfo, signals: StopSignals, *, continues: bool,
-           stop_after_steps: int | None, quiet: bool, command: list[str] | None, again: str) -> dict[str, Any]:
+def _train(cfg: LMTrainConfig, run: Run, corpus: LMCorpus, batcher: StreamBatcher | None, device: torch.device,
+           dist: DistInfo, *, stop_after_steps: int | None, quiet: bool, command: list[str] | None
+           ) -> dict[str, Any]:
+    run_dir = run.dir
     # -- model and optimiser (the same init on every process; DDP also broadcasts process 0's weights)
     torch.manual_seed(cfg.seed)
     raw_model = build_lm(lm_model_config(cfg, corpus.vocab_size)).to(device)
@@ -112,17 +101,16 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
     opt = torch.optim.Adam(raw_model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
     torch.manual_seed(cfg.seed + 7919 * (dist.rank + 1))  # dropout: a stream of its own on every process
     n_params = count_parameters(raw_model)
-    log = MetricsLog(run_dir) if dist.is_main else None
+    log = run.metrics()
 
     # -- state of the loop: fresh, or from last.pt. `sums` add up the steps since the last metrics row
     # (loss, steps, tokens, seconds); `validated`: the validation of `step` is done (or not due).
     step, best, elapsed, tokens_seen, state = 0, {"valid_loss": float("inf"), "step": 0}, 0.0, 0, None
     sums, validated = (0.0, 0, 0, 0.0), True
-    if continues:
-        ckpt = load_checkpoint(run_dir / "last.pt", keys=("model", "optimizer", "step", "best", "elapsed",
-                                                          "tokens_seen", "ranks"), types=state_types())
-        load_state(raw_model, ckpt["model"], f"checkpoint: {run_dir / 'last.pt'}")
-        with restoring(run_dir / "last.pt"):
+    if run.continues:
+        ckpt = run.load_last(("model", "optimizer", "step", "best", "elapsed", "tokens_seen", "ranks"))
+        load_state(raw_model, ckpt["model"], f"checkpoint: {run.last}")
+        with run.restoring():
             opt.load_state_dict(ckpt["optimizer"])
             step, best, elapsed, tokens_seen = ckpt["step"], ckpt["best"], ckpt["elapsed"], ckpt["tokens_seen"]
             sums, validated = ckpt.get("sums", sums), ckpt.get("validated", True)  # older ones: at validations
@@ -143,11 +131,10 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
     elif dist.is_main:
         if log is not None:
             log.truncate(0)
-        LMVocab.of(corpus).save(run_dir / VOCAB_FILE)
-        write_json(run_dir / "meta.json", {
-            **run_metadata(cfg.seed, command), "parameters": n_params, "data": corpus.summary(),
-            "world_size": dist.world_size, "device": str(device),
-            "unigram_valid_ppl": unigram_perplexity(corpus.train, corpus.valid, corpus.vocab_size)})
+        run.write(VOCAB_FILE, LMVocab.of(corpus).to_dict())
+        run.begin(command, parameters=n_params, data=corpus.summary(), world_size=dist.world_size,
+                  device=str(device),
+                  unigram_valid_ppl=unigram_perplexity(corpus.train, corpus.valid, corpus.vocab_size))
 
     train_tokens = corpus.train.numel()
     if not quiet:
@@ -155,7 +142,7 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
                 if batcher else "random segments")
         if cfg.validation_protocol() == "carry":
             mode += f", validated with the state carried along {cfg.eval_batch_size} streams"
-        at = f"; resumed at step {format_count(step)}" if continues else ""
+        at = f"; resumed at step {format_count(step)}" if run.continues else ""
         print(f"lm {cfg.model}: {format_count(n_params)} parameters; {corpus.summary()}; global batch "
               f"{cfg.batch_size} x {cfg.tgt_len} tokens, {mode}, {format_count(cfg.max_steps)} steps, "
               f"{plural(dist.world_size, 'process', 'processes')} on {device}{at}; run dir {run_dir}", flush=True)
@@ -183,12 +170,12 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
                 loss_sum, loss_steps, interval_tokens, interval_time = sums
                 train_loss = _all_mean([loss_sum / loss_steps], dist, device)[0]
                 if not math.isfinite(train_loss):
-                    raise diverged(f"train loss {train_loss}", f"step {step}", run_dir)
+                    raise run.diverged(f"train loss {train_loss}", f"step {step}")
                 valid = validate(raw_model, corpus.valid, cfg, device, dist)
                 if not math.isfinite(valid["loss"]):
-                    raise diverged(f"validation loss {valid['loss']}", f"step {step}", run_dir)
+                    raise run.diverged(f"validation loss {valid['loss']}", f"step {step}")
                 ranks = _gather(boundary, dist)
-                with signals.held():
+                with run.signals.held():
                     row = {"step": step, "epochs": tokens_seen / train_tokens, "train_loss": train_loss,
                            "train_ppl": _ppl(train_loss), "valid_loss": valid["loss"], "valid_ppl": valid["ppl"],
                            "lr": lr_at(step - 1, cfg), "tokens_per_s": interval_tokens / interval_time,
@@ -202,8 +189,8 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
                         best = {"valid_loss": valid["loss"], "valid_ppl": valid["ppl"], "step": step}
                     if dist.is_main:
                         if is_best:
-                            save_good_checkpoint(raw_model, run_dir, "best.pt", payload(ranks), f"step {step}")
-                        save_good_checkpoint(raw_model, run_dir, "last.pt", payload(ranks), f"step {step}")
+                            run.save("best.pt", raw_model, payload(ranks), f"step {step}")
+                        run.save("last.pt", raw_model, payload(ranks), f"step {step}")
                 if bar is not None:
                     bar.close()
                     eta = f", ETA {format_duration(bar.eta(step))}" if step < cfg.max_steps else ""
@@ -222,7 +209,7 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
                     nll, new_state = model(x.to(device), state, targets=y.to(device))
             except (ValueError, RuntimeError) as e:  # a layer's check that NaN weights trip, e.g. a beta range
                 if (bad := nonfinite_parameter(raw_model)) is not None:  # the same weights on every process
-                    raise diverged(f"parameter {bad} is not finite", f"step {step}", run_dir) from None
+                    raise run.diverged(f"parameter {bad} is not finite", f"step {step}") from None
                 raise e
             loss = nll.float().mean()
             opt.zero_grad(set_to_none=True)
@@ -231,8 +218,8 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
                 torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.clip)
             loss_value = loss.item()
             if not dist.enabled and not math.isfinite(loss_value):  # torchrun: the all-reduced check at validation
-                raise diverged(f"train loss {loss_value}", f"step {step}", run_dir)
-            with signals.held():  # the update and the counters that describe it, all or nothing
+                raise run.diverged(f"train loss {loss_value}", f"step {step}")
+            with run.signals.held():  # the update and the counters that describe it, all or nothing
                 lr = lr_at(step, cfg)
                 for group in opt.param_groups:
                     group["lr"] = lr
@@ -264,7 +251,7 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
             results["test"] = evaluate_lm_run(run_dir, "test", mode, corpus=corpus, device=str(device),
                                               progress=not quiet and mode != "segments")
             results["test_time_s"] = time.perf_counter() - t_test
-            write_json(run_dir / "results.json", results)
+            run.finish(results)
             if not quiet:
                 how = describe_eval(mode, results["test"]["context"])
                 hint = (f"; the paper's protocol: fastweights eval {run_dir} --mode {cfg.paper_protocol()}"
@@ -278,9 +265,8 @@ def _train(cfg: LMTrainConfig, run_dir: Path, corpus: LMCorpus, batcher: StreamB
         where = (f"at step {format_count(step)}/{format_count(cfg.max_steps)}" if step < cfg.max_steps or
                  not validated else "in the test evaluation after the last step")
         # under torchrun the processes stop at different points: a checkpoint needs them all, so none is written
-        save = None if dist.enabled else lambda: save_good_checkpoint(raw_model, run_dir, "last.pt",
-                                                                       payload([boundary]), f"step {step}")
-        raise save_and_stop(e, signals, save, where, run_dir / "last.pt", again) from None
+        save = None if dist.enabled else lambda: run.save("last.pt", raw_model, payload([boundary]), f"step {step}")
+        raise run.stop(e, save, where) from None
     finally:
         if log is not None:
             log.close()
