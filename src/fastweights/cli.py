@@ -108,10 +108,12 @@ def _run_dir(args: argparse.Namespace, task, cfg, preset: str) -> Iterator[Path]
 
 def _train(args: argparse.Namespace) -> int:
     from .fields import ConfigError
-    from .runs.config import DEFAULT_PRESET, config_to_dict
+    from .plugins import trust_models
+    from .runs.config import config_to_dict, default_preset
     from .tasks import get_task, resumed_config
 
     task = get_task(args.task)
+    trust_models([args.model])  # a user's layer named on the command line: its module may be imported
     if args.resume:  # a resumed run keeps its config.json; only the device may change
         given = [f"--{k.replace('_', '-')}" for k in ("model", "preset", "run_dir", *(f.dest for f in task.flags))
                  if _given(getattr(args, k, None))]
@@ -121,7 +123,7 @@ def _train(args: argparse.Namespace) -> int:
         cfg.validate()
         task.train(cfg, Path(args.resume), resume=True, command=args.command_line)
         return 0
-    preset = args.preset or DEFAULT_PRESET
+    preset = args.preset or default_preset(task.name)
     cfg = task.resolve_config(preset, args.overrides, {**_task_flags(args, task), "model": args.model})
     if args.dry_run:
         import json
@@ -132,7 +134,7 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     if not args.run_dir and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a default name is per process
         raise ConfigError("--run-dir: required under torchrun: its processes must share one run directory")
-    if args.preset is None:
+    if args.preset is None and preset is not None:
         print(f"preset: {preset} (the default; --preset paper for the paper's setting)", flush=True)
     with _run_dir(args, task, cfg, preset) as run_dir:
         task.train(cfg, run_dir, command=args.command_line)
@@ -141,6 +143,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from .compare import compare
+    from .plugins import trust_models
+    from .runs.config import default_preset
     from .tasks import get_task
 
     seeds = None
@@ -149,7 +153,10 @@ def _compare(args: argparse.Namespace) -> int:
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         except ValueError:
             raise ValueError(f"--seeds: expected comma-separated integers, e.g. 11,12,13, got {args.seeds!r}") from None
-    compare(args.task, [m.strip() for m in args.models.split(",") if m.strip()], args.preset, args.overrides,
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    trust_models(models)
+    preset = args.preset or default_preset(args.task)
+    compare(args.task, models, preset, args.overrides,
             Path(args.out_dir), flags=_task_flags(args, get_task(args.task)), seeds=seeds, jobs=args.jobs,
             report_only=args.report_only)
     return 0
@@ -224,14 +231,18 @@ def _keys_epilog(task: str | None, command: str) -> str:
     """The ``key=value`` keys of ``task``'s configuration for ``--help``, from the dataclass fields themselves."""
     if task is None:
         return f"key=value keys: `fastweights {command} TASK --help` lists those of TASK."
-    from .runs.config import DEFAULT_PRESET, describe_fields, load_preset
+    from .runs.config import DEFAULT_PRESET, describe_fields, load_preset, preset_names
     from .tasks import get_task
 
     cls = get_task(task).config_class()
-    paper = load_preset(cls(task=task), task, "paper")
+    have = preset_names(task)
+    paper = load_preset(cls(task=task), task, "paper") if "paper" in have else None
     if command == "data":  # no preset: the official data sets by default
         return (f"key=value keys of {task} (the data keys matter here). Columns: key, type, default (the paper's "
                 f"data), meaning:\n" + describe_fields(cls(task=task)))
+    if DEFAULT_PRESET not in have:
+        return (f"key=value keys of {task} (anywhere after the task). Columns: key, type, default, meaning:\n"
+                + describe_fields(cls(task=task)))
     default = load_preset(cls(task=task), task, DEFAULT_PRESET)
     return (f"key=value keys of {task} (anywhere after the task; --preset sets them first). Columns: key, type, "
             f"value in the default {DEFAULT_PRESET} preset, meaning (the paper preset's value where it differs):\n"
@@ -338,7 +349,8 @@ def build_parser(help_task: str | None = None) -> argparse.ArgumentParser:
                        epilog=_keys_epilog(None, "compare"), **keys)
     for task_parser in _task_parsers(c, "compare", help_task).values():
         task_parser.add_argument("--models", default="lstm,linear_transformer,delta_net,delta_rnn")
-        task_parser.add_argument("--preset", default="cpu")
+        task_parser.add_argument("--preset", default=None,
+                                 help="cpu (the default), paper or a path to a .json preset")
         task_parser.add_argument("--out-dir", default="runs/compare")
         task_parser.add_argument("--seeds", default=None,
                                  help="comma-separated seeds, e.g. 11,12,13 (default: the preset's seed)")

@@ -14,6 +14,7 @@ the cpu presets use one thread), their output in ``logs/<run>.log``.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .plugins import PLUGINS_ENV, trusted_modules
 from .runs.config import config_to_dict, run_identity
 from .runs.directory import RunLock, read_json, read_json_file, write_json
 from .runs.plots import plot_seed_bands
@@ -100,6 +102,8 @@ def run_grid(runs: list[GridRun], out_dir: Path, jobs: int = 1) -> None:
     logs.mkdir(parents=True, exist_ok=True)
     configs.mkdir(parents=True, exist_ok=True)
     pending, running, failed, done = list(todo), {}, [], 0
+    # the runs are child processes: the modules of layers the user named go with them
+    child_env = {**os.environ, PLUGINS_ENV: ",".join(trusted_modules())}
     try:
         while pending or running:
             while pending and len(running) < jobs:
@@ -107,7 +111,8 @@ def run_grid(runs: list[GridRun], out_dir: Path, jobs: int = 1) -> None:
                 preset_file = configs / f"{r.name}.json"
                 write_json(preset_file, config_to_dict(r.cfg))
                 log = open(logs / f"{r.name}.log", "a")
-                proc = subprocess.Popen(_train_command(r, preset_file), stdout=log, stderr=subprocess.STDOUT)
+                proc = subprocess.Popen(_train_command(r, preset_file), stdout=log, stderr=subprocess.STDOUT,
+                                        env=child_env)
                 running[proc] = (r, log, time.perf_counter())
                 print(f"start {r.name}{' (resumed)' if r.state == 'resume' else ''}: log {logs / (r.name + '.log')}",
                       flush=True)

@@ -12,11 +12,20 @@ from .feedforward import FeedForward
 from .linear_transformer import LinearTransformer
 from .lstm import LSTM, LSTMState, run_lstm
 from .rdn import RecurrentDeltaNet
-from .registry import LAYERS, TASKS, available_layers, build_layer, layer_options, task_options
+from .registry import (
+    LAYERS,
+    TASKS,
+    available_layers,
+    build_layer,
+    check_layer,
+    layer_options,
+    register_layer,
+    task_options,
+)
 
 __all__ = [
     "FEATURE_MAP_NAMES", "LAYERS", "LSTM", "TASKS", "DeltaDeltaNet", "DeltaLSTM", "DeltaMLP", "DeltaNet",
     "DeltaRNN", "FastWeightLayer", "FeatureMap", "FeedForward", "KVCache", "LSTMState", "LinearTransformer",
-    "RecurrentDeltaNet", "SequenceLayer", "SoftmaxAttention", "available_layers", "build_layer",
-    "check_input", "detach_state", "layer_options", "run_lstm", "task_options",
+    "RecurrentDeltaNet", "SequenceLayer", "SoftmaxAttention", "available_layers", "build_layer", "check_input",
+    "check_layer", "detach_state", "layer_options", "register_layer", "run_lstm", "task_options",
 ]

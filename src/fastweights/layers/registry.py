@@ -11,6 +11,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from ..plugins import import_object, load_plugins
 from .attention import SoftmaxAttention
 from .base import SequenceLayer
 from .delta_delta_net import DeltaDeltaNet
@@ -43,8 +44,29 @@ TASKS = ("algorithmic", "lm", "rl")
 
 
 def available_layers() -> list[str]:
-    """The registered layer names."""
+    """The registered layer names (plugins included; layers named by import path are not listed)."""
+    load_plugins()
     return list(LAYERS)
+
+
+def register_layer(name: str, cls: type[SequenceLayer], *, replace: bool = False) -> type[SequenceLayer]:
+    """Make the layer class ``cls`` buildable as ``name`` in every model and task (``--model name``); a taken name is
+    refused unless ``replace``. Returns ``cls`` (usable as ``register_layer("name", Cls)`` after the class)."""
+    if not isinstance(cls, type) or not issubclass(cls, SequenceLayer):
+        raise TypeError(f"cls: expected a subclass of fastweights.layers.SequenceLayer, got {cls!r}")
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ValueError(f"name: expected a layer name without ':', got {name!r}")
+    if name in LAYERS and LAYERS[name] is not cls and not replace:
+        raise ValueError(f"name: layer {name!r} is already registered ({LAYERS[name].__qualname__}); pass "
+                         f"replace=True to replace it")
+    LAYERS[name] = cls
+    return cls
+
+
+def check_layer(name: object, argument: str = "model") -> None:
+    """Refuse a name that is no layer: neither registered nor the import path of a trusted module's layer
+    (``module:Class``, see :mod:`fastweights.plugins`)."""
+    _lookup(name, argument)
 
 
 def layer_options(name: str) -> list[str]:
@@ -70,9 +92,15 @@ def task_options(name: str, task: str, options: Mapping[str, Any] | None = None)
     return {**preset, **options}
 
 
-def _lookup(name: object) -> type[SequenceLayer]:
-    if not isinstance(name, str) or name not in LAYERS:
-        raise ValueError(f"name: unknown layer {name!r}; expected one of {available_layers()}")
+def _lookup(name: object, argument: str = "name") -> type[SequenceLayer]:
+    if isinstance(name, str) and ":" in name:  # a user's layer, named by import path
+        cls = import_object(name, argument)
+        if not isinstance(cls, type) or not issubclass(cls, SequenceLayer):
+            raise ValueError(f"{argument}: {name!r} is not a subclass of fastweights.layers.SequenceLayer")
+        return cls
+    if not isinstance(name, str) or name not in available_layers():
+        raise ValueError(f"{argument}: unknown layer {name!r}; expected one of {available_layers()} or a "
+                         f"module:Class path of your own layer")
     return LAYERS[name]
 
 

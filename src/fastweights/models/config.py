@@ -14,7 +14,7 @@ from fastweights.fields import (
     embed,
     option,
 )
-from fastweights.layers.registry import available_layers
+from fastweights.layers.registry import check_layer
 
 HEADS = ("per_position", "last")
 
@@ -79,8 +79,7 @@ class ModelConfig(ModelOptions, _ModelInputs):
     """
 
     def __post_init__(self) -> None:
-        if self.model not in available_layers():
-            raise ValueError(f"model: unknown model {self.model!r}; expected one of {available_layers()}")
+        check_layer(self.model)
         for name in ("vocab_size", "num_classes", "d_model", "num_layers", "num_heads", "emb_size"):
             check_positive_int(name, getattr(self, name))
         for name in ("head_dim", "d_ff", "hidden_size"):

@@ -41,7 +41,7 @@ from fastweights.fields import (
     embed,
     option,
 )
-from fastweights.layers.registry import available_layers, build_layer, task_options
+from fastweights.layers.registry import build_layer, check_layer, task_options
 from fastweights.ops.common import check_reset
 
 from .blocks import NORM_PLACEMENTS, BlockStack
@@ -125,8 +125,7 @@ class LMConfig(LMOptions, _LMInputs):
     """
 
     def __post_init__(self) -> None:
-        if self.model not in available_layers():
-            raise ValueError(f"model: unknown model {self.model!r}; expected one of {available_layers()}")
+        check_layer(self.model)
         for name in ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff"):
             check_positive_int(name, getattr(self, name))
         if self.head_dim is not None:

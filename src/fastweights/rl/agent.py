@@ -44,7 +44,7 @@ from ..fields import (
 )
 from ..layers.base import detach_state
 from ..layers.lstm import run_lstm
-from ..layers.registry import available_layers, build_layer, layer_options, task_options
+from ..layers.registry import available_layers, build_layer, check_layer, layer_options, task_options
 from ..models.blocks import BlockStack
 from ..models.config import StackOptions
 
@@ -55,8 +55,17 @@ BASELINE_CORES = ("feedforward", "lstm")
 
 
 def rl_cores() -> list[str]:
-    """The core names an :class:`Agent` accepts."""
+    """The registered core names an :class:`Agent` accepts (also a user's layer by import path, ``module:Class``)."""
     return [n for n in available_layers() if n != "transformer"]
+
+
+def check_core(name: object, argument: str = "core") -> None:
+    """Refuse a core an :class:`Agent` cannot run: no layer (:func:`fastweights.layers.check_layer`), or the
+    ``transformer``, whose KV cache grows without bound along an RL stream."""
+    if name == "transformer":
+        raise ValueError(f"{argument}: expected one of {rl_cores()}, got 'transformer' (its KV cache grows without "
+                         f"bound along an RL stream)")
+    check_layer(name, argument)
 
 
 #: The RL presets of the fast-weight cores (paper.md A.10), as the layers' ``TASK_OPTIONS["rl"]`` give them.
@@ -108,10 +117,7 @@ class AgentConfig(AgentOptions, _AgentInputs):
 
     def __post_init__(self) -> None:
         self.obs_shape = tuple(int(s) for s in self.obs_shape)
-        if self.core not in rl_cores():
-            raise ValueError(f"core: expected one of {rl_cores()}, got {self.core!r}"
-                             + (" (its KV cache grows without bound along an RL stream)"
-                                if self.core == "transformer" else ""))
+        check_core(self.core)
         if not self.obs_shape or any(s < 1 for s in self.obs_shape):
             raise ValueError(f"obs_shape: expected positive sizes, got {self.obs_shape}")
         if self.torso not in TORSOS:

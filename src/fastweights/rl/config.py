@@ -104,10 +104,11 @@ class RLConfig:
         return {"core": self.model, **embedded_fields(self, AgentOptions)}
 
     def validate(self) -> None:
-        from .agent import AgentConfig, rl_cores
+        from .agent import AgentConfig, check_core
 
         check_choice("task", self.task, (TASK,), repr(TASK))
-        check_choice("model", self.model, rl_cores())
+        with config_errors():
+            check_core(self.model, "model")
         if not isinstance(self.env, str) or not self.env:
             raise ConfigError(f"env: expected an environment name, got {self.env!r}")
         for name in ("num_envs", "unroll_length", "total_steps", "eval_episodes", "eval_runs", "eval_envs",

@@ -207,6 +207,12 @@ def preset_path(task: str, preset: str) -> Traversable:
                       f".json path")
 
 
+def default_preset(task: str) -> str | None:
+    """The preset of a run without ``--preset``: :data:`DEFAULT_PRESET` where ``task`` has one, else none (the
+    configuration's defaults)."""
+    return DEFAULT_PRESET if DEFAULT_PRESET in preset_names(task) else None
+
+
 def preset_names(task: str) -> list[str]:
     """The presets of ``task`` found in :func:`config_dirs` (``paper``, ``cpu``, ...)."""
     prefix = f"{task}-"

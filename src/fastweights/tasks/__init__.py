@@ -4,24 +4,19 @@ benchmarks), and any task a user adds.
 Every part of fastweights that works on runs of any task (the command line, ``fastweights compare``,
 :func:`fastweights.load`, :func:`fastweights.export`, :func:`fastweights.from_pretrained`) looks the task up here
 and calls its :class:`Task`; none of them names a task. A new task is one module with a :class:`Task` subclass and
-one registration, by any of:
-
-* ``register_task(MyTask())`` in Python (before calling fastweights' functions);
-* ``FASTWEIGHTS_TASKS=my_pkg.my_task:MyTask`` (comma-separated ``module:attribute``) for the command line;
-* an entry point of the group ``fastweights.tasks`` in the package that holds the task.
-
-See ``docs/extending.md`` for a worked example.
+one registration, ``register_task(MyTask)``, in a module that the command line imports as a plugin
+(``FASTWEIGHTS_PLUGINS=my_pkg.my_task``, or an entry point of the group ``fastweights.plugins``; see
+:mod:`fastweights.plugins`). ``docs/extending.md`` has a worked example.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from ..fields import ConfigError
+from ..plugins import load_plugins
 from .base import Flag, Loaded, Task
 from .code_exec import CodeExecTask
 from .listops import ListOpsTask
@@ -32,7 +27,6 @@ __all__ = ["Flag", "Loaded", "Task", "config_from_dict", "get_task", "register_t
            "resumed_config", "run_task", "task_names"]
 
 _TASKS: dict[str, Task] = {}
-_plugins_loaded = False
 
 
 def register_task(task: Task | type[Task], *, replace: bool = False) -> Task:
@@ -45,7 +39,9 @@ def register_task(task: Task | type[Task], *, replace: bool = False) -> Task:
     name = getattr(task, "name", None)
     if not isinstance(name, str) or not name or name.startswith("-") or any(c.isspace() for c in name):
         raise ValueError(f"task: expected a name without spaces, got {name!r}")
-    if name in _TASKS and not replace and type(_TASKS[name]) is not type(task):
+    same = name in _TASKS and (type(_TASKS[name]).__module__, type(_TASKS[name]).__qualname__) == (
+        type(task).__module__, type(task).__qualname__)  # the same class, e.g. its module imported again
+    if name in _TASKS and not replace and not same:
         raise ValueError(f"task: {name!r} is already registered ({type(_TASKS[name]).__qualname__}); pass "
                          f"replace=True to replace it")
     _TASKS[name] = task
@@ -56,40 +52,15 @@ for _builtin in (CodeExecTask, ListOpsTask, LMTask, RLTask):
     register_task(_builtin)
 
 
-def _load_object(spec: str, where: str) -> Any:
-    module, _, attr = spec.strip().partition(":")
-    if not module or not attr:
-        raise ConfigError(f"{where}: expected module:attribute, got {spec!r}")
-    try:
-        obj: Any = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"{where}: cannot import {spec!r} ({e})") from None
-    return obj
-
-
-def _load_plugins() -> None:
-    """The tasks of the ``fastweights.tasks`` entry points and of ``$FASTWEIGHTS_TASKS``, once."""
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    for entry in metadata.entry_points(group="fastweights.tasks"):
-        register_task(entry.load())
-    for spec in filter(str.strip, os.environ.get("FASTWEIGHTS_TASKS", "").split(",")):
-        register_task(_load_object(spec, "FASTWEIGHTS_TASKS"))
-
-
 def task_names() -> list[str]:
     """The names of every registered task, the built-in ones first."""
-    _load_plugins()
+    load_plugins()
     return list(_TASKS)
 
 
 def get_task(name: str, argument: str = "task") -> Task:
     """The registered task called ``name``; an unknown name raises one ``ConfigError`` line naming ``argument``."""
-    _load_plugins()
+    load_plugins()
     if name not in _TASKS:
         raise ConfigError(f"{argument}: expected one of {list(_TASKS)}, got {name!r}")
     return _TASKS[name]

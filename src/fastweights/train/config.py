@@ -178,11 +178,10 @@ class LMTrainConfig:
     amp: bool = option(False, "mixed precision (bf16 autocast)")
 
     def validate(self) -> None:
-        from ..layers import available_layers, layer_options
+        from ..layers import check_layer, layer_options
 
         check_choice("task", self.task, ("lm",), "'lm'")
-        if self.model not in available_layers():
-            raise ConfigError(f"model: unknown model {self.model!r}; expected one of {available_layers()}")
+        check_layer(self.model)
         allowed = layer_options(self.model)
         unknown = sorted(set(self.layer_options) - set(allowed))
         if unknown:
