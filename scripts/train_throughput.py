@@ -74,7 +74,8 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
 
-    from fastweights.runs.config import preset_path, resolve_config
+    from fastweights.runs.config import preset_path
+    from fastweights.tasks import resolve_config
     from fastweights.train.algorithmic import load_task_data
 
     overrides = [f"model={a.model}", *a.overrides]

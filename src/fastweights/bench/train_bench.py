@@ -122,7 +122,7 @@ class TrainCase:
 
 def _config(shape: TrainShape, model: str):
     """The preset's training configuration of ``shape.task`` for ``model``, its overrides applied, dropout 0."""
-    from ..runs.config import resolve_config
+    from ..tasks import resolve_config
 
     return resolve_config(shape.task, shape.preset, [*shape.overrides, "dropout=0"], model=model)
 
