@@ -454,7 +454,7 @@ def test_every_task_defaults_to_the_cpu_preset_and_announces_size_and_duration(c
     assert rc == 0, err
     assert out.startswith("preset: cpu (the default; --preset paper for the paper's setting)\n")
     cfg = read_json(run_dir / "config.json")
-    for key in ("lr", "schedule", "warmup_steps", "threads", "beta2"):
+    for key in ("lr", "lr_schedule", "warmup_steps", "threads", "beta2"):
         assert cfg[key] == preset[key], key
     assert re.search(r"code-exec lstm: [\d,]+ parameters, 39 training examples, 5 steps/epoch x 2 epochs = 10 steps",
                      out), out

@@ -167,7 +167,7 @@ def test_seed_band_plot_is_written_for_the_grid(tmp_path):
 
 
 RL_TINY = ["env_options={\"length\": 6, \"delay\": 1}", "num_envs=4", "unroll_length=5", "total_steps=100",
-           "log_every=2", "checkpoint_every=2", "torso_dim=8", "d_model=8", "num_heads=2", "d_ff=16",
+           "log_interval=2", "checkpoint_interval=2", "torso_dim=8", "d_model=8", "num_heads=2", "d_ff=16",
            "lstm_hidden=8", "eval_episodes=4", "eval_runs=2", "eval_envs=2", "threads=1"]
 
 

@@ -61,7 +61,7 @@ def test_rl_core_parameter_counts(name, opts, expected):
 
 def tiny(name: str, **kw) -> ModelConfig:
     base = {"vocab_size": 7, "num_classes": 5, "d_model": 8, "num_layers": 2, "num_heads": 2, "d_ff": 16,
-            "dropout": 0.1, "emb_size": 6, "hidden_size": 10}
+            "dropout": 0.1, "emb_size": 6, "lstm_hidden": 10}
     return ModelConfig(name, **{**base, **kw})
 
 
@@ -87,8 +87,8 @@ def assert_states_close(a, b):
 
 
 CONFIGS = [tiny(name) for name in available_layers()] + [
-    tiny("delta_net", positional_encoding=True),
-    tiny("transformer", positional_encoding=False),
+    tiny("delta_net", positional_encoding="sinusoidal"),
+    tiny("transformer", positional_encoding="none"),
     tiny("delta_lstm", layer_options={"version": 2}),
 ]
 IDS = [f"{c.model}-pe={c.use_positional_encoding}-{c.layer_options}" for c in CONFIGS]

@@ -155,7 +155,7 @@ def test_conv_torso_and_agent():
         ConvTorso((4, 2, 10))
 
 
-TINY = ["num_envs=4", "unroll_length=5", "total_steps=120", "log_every=2", "checkpoint_every=2", "torso_dim=16",
+TINY = ["num_envs=4", "unroll_length=5", "total_steps=120", "log_interval=2", "checkpoint_interval=2", "torso_dim=16",
         "d_model=8", "num_heads=2", "d_ff=16", "lstm_hidden=8", "eval_episodes=2", "eval_runs=1", "eval_envs=2"]
 
 

@@ -29,8 +29,8 @@ from fastweights.runs.interrupt import Interrupted
 from fastweights.tasks import resolve_config
 
 TINY = ["env=repeat_previous", "env_options={\"length\": 6, \"delay\": 1}", "num_envs=4", "unroll_length=5",
-        "total_steps=120", "log_every=2", "checkpoint_every=2", "torso_dim=8", "d_model=8", "num_heads=2", "d_ff=16",
-        "lstm_hidden=8", "eval_episodes=4", "eval_runs=2", "eval_envs=2", "threads=1"]
+        "total_steps=120", "log_interval=2", "checkpoint_interval=2", "torso_dim=8", "d_model=8", "num_heads=2",
+        "d_ff=16", "lstm_hidden=8", "eval_episodes=4", "eval_runs=2", "eval_envs=2", "threads=1"]
 
 
 def rl_config(env: str | None = None, model: str | None = None, preset: str | None = None,
@@ -201,7 +201,7 @@ def test_unknown_env_fails_on_build(tmp_path):
 def test_learning_memory_task(tmp_path):
     """RepeatFirst (4 symbols, 10 steps): the best memoryless policy earns 0.325, a policy with memory 1.0.
     ~200 updates of 32 x 20 steps; about 20 s on one idle core."""
-    budget = ["total_steps=128000", "eval_episodes=100", "eval_runs=2", "log_every=50"]
+    budget = ["total_steps=128000", "eval_episodes=100", "eval_runs=2", "log_interval=50"]
     fast = train(rl_config("repeat_first", "delta_net", "cpu", budget), tmp_path / "delta_net")
     memoryless = train(rl_config("repeat_first", "feedforward", "cpu", budget), tmp_path / "ff")
     assert fast["eval"]["mean"] > 0.9, fast
@@ -213,7 +213,7 @@ def test_learning_memory_task(tmp_path):
 def test_atari_smoke_and_resume(tmp_path):
     """Two updates on Breakout with the paper's torso; the Atari env cannot be snapshot, so resume restarts it."""
     over = ["env=BreakoutNoFrameskip-v4", "num_envs=2", "unroll_length=4",
-            "total_steps=16", "log_every=1", "checkpoint_every=1", "d_model=16", "num_heads=2", "d_ff=32",
+            "total_steps=16", "log_interval=1", "checkpoint_interval=1", "d_model=16", "num_heads=2", "d_ff=32",
             "eval_episodes=1", "eval_runs=1", "threads=1"]
     part = train(rl_config(None, "delta_net", "paper", over), tmp_path / "r", quiet=True)  # 2 updates, evaluation
     assert part["updates"] == 2 and part["parameters"] > 1_000_000

@@ -278,7 +278,7 @@ def test_resume_gives_the_uninterrupted_run(tiny_cfg, tmp_path, monkeypatch, tas
     """Interrupted after epoch 1, or by SIGTERM inside step 8 of 15 (epoch 2 of 3, batch 3 of 5: its forward pass
     done, its update not), then resumed: metrics, test results, parameters and optimiser state equal an
     uninterrupted run's bit for bit (dropout on, a cosine schedule: the RNG and the step count must be right)."""
-    cfg = tiny_cfg(task=task, model=model, epochs=3, dropout=0.1, schedule="cosine", warmup_steps=3,
+    cfg = tiny_cfg(task=task, model=model, epochs=3, dropout=0.1, lr_schedule="cosine", warmup_steps=3,
                    **({"valid_size": 6, "test_size": 6} if task == "listops" else {}))
     full = train(cfg, tmp_path / "full", quiet=True)
     part_dir = tmp_path / "part"
@@ -362,7 +362,7 @@ def test_validation_every_eval_interval_updates(tiny_cfg, tmp_path):
 def test_resume_with_mid_epoch_validations_gives_the_uninterrupted_run(tiny_cfg, tmp_path, monkeypatch, where):
     """With eval_interval=2, interrupted inside step 8 (after the validation of step 6) or inside the validation
     of step 6 (then redone on resume): the resumed run equals the uninterrupted one bit for bit."""
-    cfg = tiny_cfg(epochs=3, dropout=0.1, schedule="cosine", warmup_steps=3, eval_interval=2)
+    cfg = tiny_cfg(epochs=3, dropout=0.1, lr_schedule="cosine", warmup_steps=3, eval_interval=2)
     full = train(cfg, tmp_path / "full", quiet=True)
     run_dir = tmp_path / "run"
     if where == "in an update":
@@ -511,12 +511,12 @@ def test_presets_choose_their_best_checkpoint_rule():
 
 
 def test_cosine_decays_from_the_end_of_the_warm_up_and_the_warm_up_scales_with_a_short_run(tiny_cfg):
-    cfg = tiny_cfg(lr=1.0, schedule="cosine", warmup_steps=4, epochs=10)  # 5 updates per epoch: 50 in all
+    cfg = tiny_cfg(lr=1.0, lr_schedule="cosine", warmup_steps=4, epochs=10)  # 5 updates per epoch: 50 in all
     lrs = [algorithmic.lr_at(s, cfg, 5) for s in range(50)]
     assert lrs[:5] == [0.25, 0.5, 0.75, 1.0, 1.0]  # the warm-up, then the cosine from its peak
     assert lrs[4 + 23] == pytest.approx(0.5)  # half-way through the 46 decay updates
     assert lrs[49] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 46)))
-    short = tiny_cfg(lr=1.0, schedule="cosine", warmup_steps=200, epochs=2)  # 10 updates: warm up over 1
+    short = tiny_cfg(lr=1.0, lr_schedule="cosine", warmup_steps=200, epochs=2)  # 10 updates: warm up over 1
     assert algorithmic.warmup_updates(short, 10) == 1
     third = pytest.approx(0.5 * (1 + math.cos(math.pi / 9)))
     assert [algorithmic.lr_at(s, short, 5) for s in range(3)] == [1.0, 1.0, third]
@@ -525,6 +525,6 @@ def test_cosine_decays_from_the_end_of_the_warm_up_and_the_warm_up_scales_with_a
 
 
 def test_a_shortened_warm_up_is_told_in_one_line(tiny_cfg, tmp_path, capsys):
-    train(tiny_cfg(schedule="cosine", warmup_steps=200, epochs=2), tmp_path / "run")
+    train(tiny_cfg(lr_schedule="cosine", warmup_steps=200, epochs=2), tmp_path / "run")
     out = capsys.readouterr().out
     assert "warmup_steps: 200 updates would be more than a tenth of this run's 10; warming up over 1\n" in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -29,9 +30,8 @@ from fastweights.train.config import TrainConfig, model_config
     ("head_dim", "8", 8),
     ("head_dim", "none", None),
     ("head_dim", "None", None),
-    ("hidden_size", "null", None),
-    ("positional_encoding", "true", True),
-    ("positional_encoding", "none", None),
+    ("lstm_hidden", "null", None),
+    ("positional_encoding", "sinusoidal", "sinusoidal"),
     ("threads", "2", 2),
     ("data", "some/dir", "some/dir"),
     ("data", "none", None),
@@ -54,7 +54,6 @@ def test_parse_value(name, text, expected):
     ("dropout", "maybe", "dropout: expected a number"),
     ("amp", "maybe", "amp: expected true or false"),
     ("amp", "none", "amp: expected true or false"),
-    ("positional_encoding", "maybe", "expected true or false or none"),
     ("head_dim", "x", "head_dim: expected an integer or none"),
     ("layer_options", "{version: 1}", "layer_options: expected a JSON object"),
     ("layer_options", "[1, 2]", "layer_options: expected a JSON object"),
@@ -65,6 +64,16 @@ def test_parse_value_rejects_wrong_types(name, text, fragment):
         parse_value(name, text, TrainConfig)
     assert fragment in str(exc.value)
     assert repr(text) in str(exc.value)  # the offending text is quoted
+
+
+def test_parse_value_of_an_optional_bool():
+    @dataclasses.dataclass
+    class Flags:
+        flag: bool | None = None
+
+    assert [parse_value("flag", t, Flags) for t in ("true", "no", "none")] == [True, False, None]
+    with pytest.raises(ConfigError, match="flag: expected true or false or none, got 'maybe'"):
+        parse_value("flag", "maybe", Flags)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from fastweights.train import algorithmic
 #: The tiny code-execution run of these tests: 3 epochs of 5 steps, a checkpoint after every step.
 TINY_ARGS = ["train_size=40", "valid_size=10", "test_size=10", "code_length=5", "d_model=16", "num_layers=1",
              "num_heads=2", "d_ff=32", "batch_size=8", "eval_batch_size=16", "epochs=3", "dropout=0.1",
-             "emb_size=8", "log_every_s=1000", "threads=1", "schedule=cosine", "warmup_steps=3",
+             "emb_size=8", "log_every_s=1000", "threads=1", "lr_schedule=cosine", "warmup_steps=3",
              "checkpoint_every_s=1e-9"]
 
 needs_proc = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="the driver finds files via /proc")
@@ -302,7 +302,7 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, caps
     """lr=inf: the run stops at the first non-finite parameter or loss with one line naming the step (delta_rnn's
     NaN beta included), exit status 1; no NaN model replaces last.pt and no results.json is written."""
     run_dir = tmp_path / "run"
-    rc, _, err = cli(capsys, *train_args(run_dir, "lr=inf", "warmup_steps=0", "schedule=constant")[:-2],
+    rc, _, err = cli(capsys, *train_args(run_dir, "lr=inf", "warmup_steps=0", "lr_schedule=constant")[:-2],
                      "--model", model, "--run-dir", run_dir)
     assert rc == 1 and err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith("fastweights: error: training diverged: ") and " at step 1;" in err, err
@@ -379,7 +379,7 @@ def test_bad_input_one_line_errors(tmp_path, full_run, capsys):
          "data: expected a directory, got a file"),
         (train_args(tmp_path / "meta", "device=meta"), "device: expected cpu, cuda or cuda:N, got 'meta'"),
         (["eval", run_dir, "--device", "meta"], "--device: expected cpu, cuda or cuda:N, got 'meta'"),
-        (train_args(tmp_path / "task", "task=listops"), "task=listops: the task is the command's (code-exec)"),
+        (train_args(tmp_path / "task", "task=listops"), "task=listops: not for code-exec; the task is the command's"),
         (["train", "rl", "task=lm", "--run-dir", tmp_path / "rl"], "task=lm: not for rl"),
     ]
     for argv, fragment in cases:

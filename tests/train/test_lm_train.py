@@ -105,7 +105,8 @@ def test_paper_preset_is_spec_e1():
     assert (cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.head_dim, cfg.d_ff) == (16, 128, 8, 16, 2048)
     assert (cfg.dropout, cfg.dropatt, cfg.lr) == (0.1, 0.0, 2.5e-4)
     assert (cfg.beta1, cfg.beta2, cfg.adam_eps) == (0.9, 0.999, 1e-8)
-    assert (cfg.warmup_steps, cfg.max_steps, cfg.clip, cfg.batch_size, cfg.tgt_len) == (2000, 500000, 0.25, 96, 256)
+    assert (cfg.warmup_steps, cfg.max_steps, cfg.grad_norm_clip, cfg.batch_size, cfg.tgt_len) == (2000, 500000, 0.25,
+                                                                                                   96, 256)
     assert cfg.cutoffs == [20000, 40000, 200000] and cfg.seed == 1111
     fields = cfg.model_fields()
     assert (fields["block"], fields["positional_encoding"], fields["position_order"]) == ("paper", "sinusoidal",

@@ -22,7 +22,7 @@ from fastweights.train.config import LMTrainConfig
 from fastweights.train.lm import evaluate_lm_run, generate_from_run, load_lm_run, train_lm
 
 RL_TINY = ["env=repeat_previous", "env_options={\"length\": 6, \"delay\": 1}", "num_envs=4", "unroll_length=5",
-           "total_steps=40", "log_every=2", "checkpoint_every=2", "torso_dim=8", "d_model=8", "num_heads=2",
+           "total_steps=40", "log_interval=2", "checkpoint_interval=2", "torso_dim=8", "d_model=8", "num_heads=2",
            "d_ff=16", "eval_episodes=2", "eval_runs=1", "eval_envs=2", "threads=1"]
 
 

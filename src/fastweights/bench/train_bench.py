@@ -164,11 +164,12 @@ def code_exec_case(model_name: str, shape_name: str, shape: TrainShape, seed: in
     model.train()
     g = torch.Generator().manual_seed(seed)
     src, tgt = torch.randint(0, vocab, (B, T), generator=g), torch.randint(0, classes, (B, T), generator=g)
-    step = _step_fn(model, make_optimizer(cfg, model), cfg.clip,
+    step = _step_fn(model, make_optimizer(cfg, model), cfg.grad_norm_clip,
                     lambda: loss_fn("code-exec", model(src)[0].float(), tgt))
     config = {"preset": shape.preset, "vocab_size": vocab, "num_classes": classes, "d_model": cfg.d_model,
               "num_layers": cfg.num_layers, "num_heads": cfg.num_heads, "head_dim": cfg.head_dim,
-              "dropout": cfg.dropout, "clip": cfg.clip, "lr": cfg.lr, "overrides": list(shape.overrides)}
+              "dropout": cfg.dropout, "grad_norm_clip": cfg.grad_norm_clip, "lr": cfg.lr,
+              "overrides": list(shape.overrides)}
     return TrainCase(model_name, shape_name, step, B, T, count_parameters(model), config)
 
 
@@ -209,12 +210,12 @@ def lm_case(model_name: str, shape_name: str, shape: TrainShape, seed: int = 0) 
     model = build_lm(lm_config)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
-    step = _step_fn(model, opt, cfg.clip, lambda: model(x, None, targets=y)[0].float().mean())
+    step = _step_fn(model, opt, cfg.grad_norm_clip, lambda: model(x, None, targets=y)[0].float().mean())
     config = {"preset": shape.preset, "vocab_size": vocab, "d_model": cfg.d_model, "num_layers": cfg.num_layers,
               "num_heads": cfg.num_heads, "head_dim": cfg.head_dim, "d_ff": cfg.d_ff, "dropout": cfg.dropout,
               "softmax": "adaptive" if lm_config.adaptive else "full", "cutoffs": list(lm_config.effective_cutoffs),
-              "block": lm_config.block, "clip": cfg.clip, "lr": cfg.lr, "carry_state": cfg.carry_state,
-              "overrides": list(shape.overrides)}
+              "block": lm_config.block, "grad_norm_clip": cfg.grad_norm_clip, "lr": cfg.lr,
+              "carry_state": cfg.carry_state, "overrides": list(shape.overrides)}
     return TrainCase(model_name, shape_name, step, B, T, count_parameters(model), config)
 
 

@@ -14,7 +14,7 @@ from .lstm import LSTM, LSTMState, run_lstm
 from .rdn import RecurrentDeltaNet
 from .registry import (
     LAYERS,
-    TASKS,
+    MODEL_KINDS,
     available_layers,
     build_layer,
     check_layer,
@@ -24,7 +24,7 @@ from .registry import (
 )
 
 __all__ = [
-    "FEATURE_MAP_NAMES", "LAYERS", "LSTM", "TASKS", "DeltaDeltaNet", "DeltaLSTM", "DeltaMLP", "DeltaNet",
+    "FEATURE_MAP_NAMES", "LAYERS", "LSTM", "MODEL_KINDS", "DeltaDeltaNet", "DeltaLSTM", "DeltaMLP", "DeltaNet",
     "DeltaRNN", "FastWeightLayer", "FeatureMap", "FeedForward", "KVCache", "LSTMState", "LinearTransformer",
     "RecurrentDeltaNet", "SequenceLayer", "SoftmaxAttention", "available_layers", "build_layer", "check_input",
     "check_layer", "detach_state", "layer_options", "register_layer", "run_lstm", "task_options",

@@ -147,7 +147,7 @@ class SequenceLayer(nn.Module):
     Subclasses implement ``_forward(x, state, reset)`` on validated inputs and ``initial_state``.
 
     ``TASK_OPTIONS`` is the layer's one table of task presets (paper.md A.10): for a task of
-    :data:`fastweights.layers.registry.TASKS` the keyword options its models pass unless the user's options say
+    :data:`fastweights.layers.registry.MODEL_KINDS` the keyword options its models pass unless the user's options say
     otherwise; an entry ``"<task> v<n>"`` adds what differs for ``version=n`` of a versioned layer. Read it with
     :func:`fastweights.layers.task_options`.
     """

@@ -38,9 +38,9 @@ LAYERS: dict[str, type[SequenceLayer]] = {
 }
 
 
-#: The tasks a layer's ``TASK_OPTIONS`` can hold presets for: the algorithmic sequence models
+#: The kinds of model a layer's ``TASK_OPTIONS`` can hold presets for: the algorithmic sequence models
 #: (:class:`fastweights.models.SequenceModel`), the language model and the RL agent's core.
-TASKS = ("algorithmic", "lm", "rl")
+MODEL_KINDS = ("algorithmic", "lm", "rl")
 
 
 def available_layers() -> list[str]:
@@ -81,8 +81,8 @@ def task_options(name: str, task: str, options: Mapping[str, Any] | None = None)
     (its ``TASK_OPTIONS[task]``, then ``TASK_OPTIONS[f"{task} v{version}"]`` for a layer with a ``version``
     option) overridden by ``options`` (the user's)."""
     cls = _lookup(name)
-    if task not in TASKS:
-        raise ValueError(f"task: expected one of {list(TASKS)}, got {task!r}")
+    if task not in MODEL_KINDS:
+        raise ValueError(f"task: expected one of {list(MODEL_KINDS)}, got {task!r}")
     options = dict(options or {})
     preset = dict(cls.TASK_OPTIONS.get(task, {}))
     params = inspect.signature(cls.__init__).parameters
@@ -99,8 +99,9 @@ def _lookup(name: object, argument: str = "name") -> type[SequenceLayer]:
             raise ValueError(f"{argument}: {name!r} is not a subclass of fastweights.layers.SequenceLayer")
         return cls
     if not isinstance(name, str) or name not in available_layers():
-        raise ValueError(f"{argument}: unknown layer {name!r}; expected one of {available_layers()} or a "
-                         f"module:Class path of your own layer")
+        what = "layer" if argument == "name" else argument  # model: unknown model 'x'
+        raise ValueError(f"{argument}: unknown {what} {name!r}; expected one of {available_layers()} or the "
+                         f"module:Class path of a layer of your own")
     return LAYERS[name]
 
 

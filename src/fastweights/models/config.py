@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastweights.fields import (
-    check_bool,
     check_choice,
     check_dict,
     check_positive_int,
@@ -17,6 +16,8 @@ from fastweights.fields import (
 from fastweights.layers.registry import check_layer
 
 HEADS = ("per_position", "last")
+#: The values of ``positional_encoding`` (``auto``: sinusoidal for the transformer only).
+POSITIONAL_ENCODINGS = ("auto", "sinusoidal", "none")
 
 
 @dataclass
@@ -50,11 +51,10 @@ class ModelOptions:
     shows them): :class:`ModelConfig` and the training configuration of the algorithmic tasks share them."""
 
     d_ff: int | None = option(None, "width of the feed-forward sublayer; none = 4 * d_model")
-    positional_encoding: bool | None = option(None, "sinusoidal positions on the embeddings; none = transformer "
-                                                    "only")
+    positional_encoding: str = option("auto", "sinusoidal, none or auto (sinusoidal for the transformer only)")
     head: str = option("per_position", "logits at every position (per_position) or at the last real token (last)")
     emb_size: int = option(128, "lstm model: embedding size")
-    hidden_size: int | None = option(None, "lstm model: hidden size; none = d_model")
+    lstm_hidden: int | None = option(None, "lstm model: hidden size; none = d_model")
 
 
 @dataclass
@@ -66,30 +66,31 @@ class ModelConfig(ModelOptions, _ModelInputs):
             ``"lstm"``, ...). ``"transformer"`` builds the algorithmic PyTorch-Transformer layout of paper.md A.9
             (post-LN blocks, attention projections with bias, attention dropout = ``dropout``, final LayerNorm,
             always positional encoding by default); ``"lstm"`` builds the algorithmic LSTM model (Embedding
-            ``emb_size`` -> dropout -> ``nn.LSTM(emb_size, hidden_size, num_layers)`` -> dropout -> Linear); every
+            ``emb_size`` -> dropout -> ``nn.LSTM(emb_size, lstm_hidden, num_layers)`` -> dropout -> Linear); every
             other name builds pre-LN residual blocks around that layer (paper.md B.2) with no final LayerNorm.
         vocab_size: input vocabulary. num_classes: output classes.
         d_model, num_layers, num_heads, head_dim: stack sizes (head_dim None = d_model // num_heads).
         d_ff: feed-forward width (None = ``4 * d_model``, the paper's).
         dropout: residual/FF dropout (and, for ``lstm``, on the embeddings and LSTM outputs).
-        positional_encoding: sinusoidal PE on the embeddings; None = True for ``transformer``, False otherwise.
+        positional_encoding: ``"sinusoidal"`` positions on the embeddings, ``"none"``, or ``"auto"``: sinusoidal for
+            ``transformer``, none otherwise.
         head: ``"per_position"`` (logits at every step) or ``"last"`` (logits at the last real token, ListOps).
         layer_options: keyword options of the layer (e.g. ``{"version": 1}``; see ``layer_options(name)``).
-        emb_size, hidden_size: ``lstm`` model only (hidden_size None = d_model).
+        emb_size, lstm_hidden: ``lstm`` model only (lstm_hidden None = d_model).
     """
 
     def __post_init__(self) -> None:
         check_layer(self.model)
         for name in ("vocab_size", "num_classes", "d_model", "num_layers", "num_heads", "emb_size"):
             check_positive_int(name, getattr(self, name))
-        for name in ("head_dim", "d_ff", "hidden_size"):
+        for name in ("head_dim", "d_ff", "lstm_hidden"):
             check_positive_int(name, getattr(self, name), optional=True)
         check_probability("dropout", self.dropout)
-        check_bool("positional_encoding", self.positional_encoding, optional=True)
+        check_choice("positional_encoding", self.positional_encoding, POSITIONAL_ENCODINGS)
         check_choice("head", self.head, HEADS)
         check_dict("layer_options", self.layer_options)
-        if self.model == "lstm" and self.positional_encoding:
-            raise ValueError("positional_encoding: the lstm model has no positional encoding; leave it None/False")
+        if self.model == "lstm" and self.positional_encoding == "sinusoidal":
+            raise ValueError("positional_encoding: the lstm model has no positional encoding; leave it auto or none")
 
     @property
     def ff_dim(self) -> int:
@@ -99,6 +100,6 @@ class ModelConfig(ModelOptions, _ModelInputs):
     @property
     def use_positional_encoding(self) -> bool:
         """Whether the embeddings get the sinusoidal positional encoding."""
-        if self.positional_encoding is None:
+        if self.positional_encoding == "auto":
             return self.model == "transformer"
-        return self.positional_encoding
+        return self.positional_encoding == "sinusoidal"

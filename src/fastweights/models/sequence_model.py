@@ -183,8 +183,8 @@ class SequenceModel(_TokenModel):
 
 
 class LSTMModel(_TokenModel):
-    """Algorithmic LSTM baseline (paper.md A.9): Embedding(emb_size) -> Drop -> ``nn.LSTM(emb_size, hidden_size,
-    num_layers)`` -> Drop -> Linear(hidden_size, num_classes). State: ``ModelState(position, (LSTMState,))``."""
+    """Algorithmic LSTM baseline (paper.md A.9): Embedding(emb_size) -> Drop -> ``nn.LSTM(emb_size, lstm_hidden,
+    num_layers)`` -> Drop -> Linear(lstm_hidden, num_classes). State: ``ModelState(position, (LSTMState,))``."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -194,7 +194,7 @@ class LSTMModel(_TokenModel):
         if unknown:
             raise TypeError(f"layer_options: the lstm model takes no layer options, got {unknown}")
         self.config = config
-        self.hidden_size = config.d_model if config.hidden_size is None else config.hidden_size
+        self.hidden_size = config.d_model if config.lstm_hidden is None else config.lstm_hidden
         self.embedding = nn.Embedding(config.vocab_size, config.emb_size)
         self.dropout = nn.Dropout(config.dropout)
         self.lstm = nn.LSTM(config.emb_size, self.hidden_size, config.num_layers, batch_first=True)

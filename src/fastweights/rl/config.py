@@ -28,7 +28,7 @@ from .envs import atari_game, is_atari
 
 TASK = "rl"
 #: evaluation protocols (see fastweights.rl.train.evaluate_agent)
-EVAL_MODES = ("consecutive", "parallel")
+RL_EVAL_MODES = ("consecutive", "parallel")
 #: the games whose official evaluation drops negative-return episodes (an emulator bug, gym issue 2233)
 NONEG_GAMES = ("battle_zone", "up_n_down")
 
@@ -68,7 +68,7 @@ class RLConfig:
     rms_eps: float = option(0.01, "RMSProp's epsilon")
     rms_momentum: float = option(0.0, "RMSProp's momentum")
     grad_norm_clip: float = option(40.0, "global gradient-norm clipping; 0 = off")
-    lr_decay: bool = option(True, "decay the learning rate linearly to 0 at total_steps")
+    lr_schedule: str = option("linear", "learning rate: linear (decays to 0 at total_steps, the paper) or constant")
     # evaluation (paper.md C.4): greedy, eval_runs x eval_episodes episodes
     eval_episodes: int = option(30, "episodes per evaluation run")
     eval_runs: int = option(5, "evaluation runs (mean and std over them)")
@@ -79,8 +79,8 @@ class RLConfig:
     eval_noneg: bool | None = option(None, "drop negative-return evaluation episodes, start a new game; none = only "
                                            "for BattleZone, UpNDown")
     # run: the fields of RunOptions (seed, device, threads, log_every_s, out_dir), and
-    log_every: int = option(50, "updates between metrics rows")
-    checkpoint_every: int = option(500, "updates between checkpoints (last.pt)")
+    log_interval: int = option(50, "updates between metrics rows")
+    checkpoint_interval: int = option(500, "updates between checkpoints (last.pt)")
     extra_checkpoints: list[int] = field(default_factory=list, metadata={
         "help": "agent steps at which to keep a step-<N>.pt checkpoint, e.g. 50000000"})
 
@@ -112,7 +112,7 @@ class RLConfig:
         if not isinstance(self.env, str) or not self.env:
             raise ConfigError(f"env: expected an environment name, got {self.env!r}")
         for name in ("num_envs", "unroll_length", "total_steps", "eval_episodes", "eval_runs", "eval_envs",
-                     "log_every", "checkpoint_every"):
+                     "log_interval", "checkpoint_interval"):
             check_positive_int(name, getattr(self, name))
         check_number("discount", self.discount, low=0, high=1, expected="a value in [0, 1]")
         for name in ("baseline_cost", "entropy_cost", "reward_clip", "grad_norm_clip", "rms_momentum"):
@@ -120,7 +120,8 @@ class RLConfig:
         for name in ("clip_rho", "clip_c", "clip_pg_rho", "lr", "rms_eps"):
             check_positive(name, getattr(self, name))
         check_number("rms_alpha", self.rms_alpha, low=0, high=1, high_open=True, expected="a value in [0, 1)")
-        check_choice("eval_mode", self.eval_mode, EVAL_MODES)
+        check_choice("eval_mode", self.eval_mode, RL_EVAL_MODES)
+        check_choice("lr_schedule", self.lr_schedule, ("linear", "constant"), "'linear' or 'constant'")
         if self.eval_noneg and not is_atari(self.env):
             raise ConfigError(f"eval_noneg: the filter restarts Atari games; env {self.env!r} is not an Atari game")
         for step in self.extra_checkpoints:

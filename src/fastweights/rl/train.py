@@ -10,8 +10,8 @@ takes one RMSProp step on the V-trace loss. The acting policy equals the learner
 importance weights are 1 up to float rounding; V-trace still corrects any lag.
 
 Run directory (see :mod:`fastweights.runs.directory`): ``config.json``, ``meta.json``, ``metrics.csv`` (one row per
-``log_every`` updates: ``step`` = agent steps, ``episode_return`` = mean return of the episodes that ended since the
-last row, losses, ``steps_per_s``), ``last.pt`` (every ``checkpoint_every`` updates and at the end), optional
+``log_interval`` updates: ``step`` = agent steps, ``episode_return`` = mean return of the episodes that ended since the
+last row, losses, ``steps_per_s``), ``last.pt`` (every ``checkpoint_interval`` updates and at the end), optional
 ``step-<N>.pt`` extra checkpoints, ``results.json`` (final evaluation), ``curves.png`` (if matplotlib is installed).
 
 Resume continues exactly (same parameters, same metrics) for environments that can snapshot their state (the
@@ -44,7 +44,7 @@ from ..runs.progress import DurationEstimate, Progress, format_count, format_dur
 from ..runs.run import Run
 from ..weights import load_state
 from .agent import Agent, AgentConfig
-from .config import EVAL_MODES, RLConfig, rl_config_from_dict, rl_config_to_dict
+from .config import RL_EVAL_MODES, RLConfig, rl_config_from_dict, rl_config_to_dict
 from .envs import BatchedEnv, is_atari, make_env
 from .vtrace import impala_loss, linear_decay, rmsprop
 
@@ -317,7 +317,7 @@ def _train_loop(cfg: RLConfig, run: Run, env: BatchedEnv, agent: Agent, device: 
                 ) -> dict[str, Any]:
     agent.to(device)
     opt = rmsprop(agent.parameters(), cfg.lr, alpha=cfg.rms_alpha, eps=cfg.rms_eps, momentum=cfg.rms_momentum)
-    sched = linear_decay(opt, cfg.total_steps, cfg.steps_per_update) if cfg.lr_decay else None
+    sched = linear_decay(opt, cfg.total_steps, cfg.steps_per_update) if cfg.lr_schedule == "linear" else None
     actor = Actor(env, agent, device, cfg.seed)
     run_dir = run.dir
     log = run.metrics()
@@ -388,7 +388,7 @@ def _train_loop(cfg: RLConfig, run: Run, env: BatchedEnv, agent: Agent, device: 
                 elapsed += seconds
                 window.add(infos, {**losses, "grad_norm": grad_norm, "lr": lr}, seconds)
                 step = update * cfg.steps_per_update
-                if update % cfg.log_every == 0 or update == total:
+                if update % cfg.log_interval == 0 or update == total:
                     row: dict[str, Any] = {"step": step, "update": update}
                     row["episode_return"] = float(np.mean(window.returns)) if window.returns else ""
                     row["episode_length"] = float(np.mean(window.lengths)) if window.lengths else ""
@@ -402,7 +402,7 @@ def _train_loop(cfg: RLConfig, run: Run, env: BatchedEnv, agent: Agent, device: 
                     last_row, window = row, _Window()
                 while extra and step >= extra[0]:
                     run.save(f"step-{extra.pop(0)}.pt", agent, payload(), f"update {update}")
-                if update % cfg.checkpoint_every == 0 or update == last:
+                if update % cfg.checkpoint_interval == 0 or update == last:
                     run.save("last.pt", agent, payload(), f"update {update}")
             if bar is not None:
                 shown = {"return": last_row.get("episode_return", ""), "steps_per_s": last_row.get("steps_per_s", "")}
@@ -467,8 +467,8 @@ def evaluate_agent(agent: Agent, cfg: RLConfig, *, episodes: int | None = None, 
     for name, v in (("episodes", episodes), ("runs", runs)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name}: expected a positive int, got {v!r}")
-    if mode not in EVAL_MODES:
-        raise ValueError(f"mode: expected one of {list(EVAL_MODES)}, got {mode!r}")
+    if mode not in RL_EVAL_MODES:
+        raise ValueError(f"mode: expected one of {list(RL_EVAL_MODES)}, got {mode!r}")
     if mode == "consecutive" and num_envs not in (None, 1):
         raise ValueError(f"num_envs: the consecutive mode plays one environment, got {num_envs}; use "
                          f"mode='parallel' for several")

@@ -30,7 +30,8 @@ DEFAULT_PRESET = "cpu"
 #: Configuration keys that cannot change a run's results: how often it reports and checkpoints, where new run
 #: directories go, its thread count. A grid (``fastweights compare``) reuses or resumes a run whose configuration
 #: differs from the requested one only in these.
-CADENCE_KEYS = frozenset({"log_every", "log_every_s", "checkpoint_every", "checkpoint_every_s", "threads", "out_dir"})
+CADENCE_KEYS = frozenset({"log_interval", "log_every_s", "checkpoint_interval", "checkpoint_every_s", "threads",
+                          "out_dir"})
 
 
 def run_identity(values: dict[str, Any]) -> dict[str, Any]:

@@ -302,10 +302,10 @@ def warmup_updates(cfg: TrainConfig, total_steps: int) -> int:
 
 def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     """Learning rate of update ``step`` (0-based): a linear warm-up over :func:`warmup_updates`, then constant
-    (``schedule=constant``, the paper's setting) or a cosine decay from the end of the warm-up to 0 at the last
-    update (``schedule=cosine``)."""
+    (``lr_schedule=constant``, the paper's setting) or a cosine decay from the end of the warm-up to 0 at the last
+    update (``lr_schedule=cosine``)."""
     total = cfg.epochs * steps_per_epoch
-    return warmup_cosine(step, cfg.lr, warmup_updates(cfg, total), total if cfg.schedule == "cosine" else None,
+    return warmup_cosine(step, cfg.lr, warmup_updates(cfg, total), total if cfg.lr_schedule == "cosine" else None,
                          decay_after_warmup=True)
 
 
@@ -516,8 +516,8 @@ def _train_loop(cfg: TrainConfig, run: Run, data: TaskData, model: torch.nn.Modu
                 loss = loss_fn(cfg.task, logits.float(), tgt)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                if cfg.clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+                if cfg.grad_norm_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_norm_clip)
                 loss_value = loss.item()
                 if not math.isfinite(loss_value):
                     raise run.diverged(f"train loss {loss_value}", f"step {step}")

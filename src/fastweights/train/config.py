@@ -30,10 +30,9 @@ from ..runs.config import RunOptions, check_run_options
 ALGORITHMIC_TASKS = ("code-exec", "listops")
 #: The rules that choose the best checkpoint of an algorithmic run (``TrainConfig.select_best``).
 SELECT_BEST = ("acc", "acc_loss")
-TASKS = (*ALGORITHMIC_TASKS, "lm")
 #: The evaluation modes of :func:`fastweights.train.lm.evaluate_lm`; ``LMTrainConfig.test_mode`` adds ``auto``.
-EVAL_MODES = ("sliding", "carry", "segments")
-TEST_MODES = (*EVAL_MODES, "auto")
+LM_EVAL_MODES = ("sliding", "carry", "segments")
+TEST_MODES = (*LM_EVAL_MODES, "auto")
 #: The validation modes of ``LMTrainConfig.valid_mode`` (a sliding window is too slow to validate with).
 VALID_MODES = ("segments", "carry", "auto")
 
@@ -47,7 +46,7 @@ class AdamOptions:
     beta1: float = option(0.9, "Adam's decay of the first moment")
     beta2: float = option(0.995, "Adam's decay of the second moment")
     adam_eps: float = option(1e-9, "Adam's epsilon")
-    clip: float = option(0.0, "global gradient-norm clipping; 0 = off")
+    grad_norm_clip: float = option(0.0, "global gradient-norm clipping; 0 = off")
 
 
 def check_adam_options(cfg: Any) -> None:
@@ -56,7 +55,7 @@ def check_adam_options(cfg: Any) -> None:
     for name in ("beta1", "beta2"):
         check_number(name, getattr(cfg, name), low=0, high=1, high_open=True)
     check_positive("adam_eps", cfg.adam_eps)
-    check_non_negative("clip", cfg.clip, "a gradient norm >= 0 (0 = off)")
+    check_non_negative("grad_norm_clip", cfg.grad_norm_clip, "a gradient norm >= 0 (0 = off)")
 
 
 @dataclass
@@ -84,7 +83,7 @@ class TrainConfig:
     batch_size: int = option(64, "training examples per update")
     eval_batch_size: int = option(128, "examples per forward in evaluation")
     epochs: int = option(200, "passes over the training set")
-    schedule: str = option("constant", "learning rate after the warm-up: constant (the paper) or cosine (down to 0 "
+    lr_schedule: str = option("constant", "learning rate after the warm-up: constant (the paper) or cosine (down to 0 "
                                        "at the last update)")
     warmup_steps: int = option(0, "updates of linear learning-rate warm-up (at most a tenth of the run's updates)")
     select_best: str = option("acc", "best checkpoint: acc (first of the highest accuracy, the paper) or acc_loss "
@@ -118,7 +117,7 @@ class TrainConfig:
                      "epochs"):
             check_positive_int(name, getattr(self, name))
         check_adam_options(self)
-        check_choice("schedule", self.schedule, ("constant", "cosine"), "'constant' or 'cosine'")
+        check_choice("lr_schedule", self.lr_schedule, ("constant", "cosine"), "'constant' or 'cosine'")
         check_non_negative_int("warmup_steps", self.warmup_steps)
         check_non_negative_int("eval_interval", self.eval_interval)
         check_choice("select_best", self.select_best, SELECT_BEST)
@@ -135,7 +134,7 @@ def model_config(cfg: TrainConfig, vocab_size: int = 1, num_classes: int = 1) ->
 @dataclass
 @embed(LMOptions, after="tokenizer", skip=("positional_encoding", "cutoffs", "div_val", "tie_weight", "block"),
        head_dim=16, clamp_len=256)
-@embed(AdamOptions, after="block", lr=2.5e-4, beta2=0.999, adam_eps=1e-8, clip=0.25)
+@embed(AdamOptions, after="block", lr=2.5e-4, beta2=0.999, adam_eps=1e-8, grad_norm_clip=0.25)
 @embed(RunOptions, after="test_mode", seed=1111)
 class LMTrainConfig:
     """Everything a language-modelling run needs (``task = "lm"``). Defaults: the paper's WikiText-103 small

@@ -13,7 +13,7 @@ from ...data.lm import StreamBatcher
 from ...fields import check_positive_int
 from ...models.lm import LanguageModel, LMConfig
 from ...runs.progress import Progress
-from ..config import EVAL_MODES, LMTrainConfig
+from ..config import LM_EVAL_MODES, LMTrainConfig
 from .dist import DistInfo, _all_sum
 from .model import _ppl
 
@@ -130,8 +130,8 @@ def evaluate_lm(model: LanguageModel, ids: Tensor, mode: str = "segments", *, co
     if not isinstance(model, LanguageModel):
         raise TypeError(f"model: expected a LanguageModel, got {type(model).__name__}")
     ids = _check_ids(ids)
-    if mode not in EVAL_MODES:
-        raise ValueError(f"mode: expected one of {list(EVAL_MODES)}, got {mode!r}")
+    if mode not in LM_EVAL_MODES:
+        raise ValueError(f"mode: expected one of {list(LM_EVAL_MODES)}, got {mode!r}")
     context = check_positive_int("context", context)
     batch_size = max(1, 4096 // context) if batch_size is None else check_positive_int("batch_size", batch_size)
     device = torch.device(device) if device is not None else model.embedding.weight.device

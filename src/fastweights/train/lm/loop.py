@@ -214,8 +214,8 @@ def _train(cfg: LMTrainConfig, run: Run, corpus: LMCorpus, batcher: StreamBatche
             loss = nll.float().mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.clip > 0:
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.clip)
+            if cfg.grad_norm_clip > 0:
+                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_norm_clip)
             loss_value = loss.item()
             if not dist.enabled and not math.isfinite(loss_value):  # torchrun: the all-reduced check at validation
                 raise run.diverged(f"train loss {loss_value}", f"step {step}")

@@ -21,7 +21,7 @@ from ...runs.directory import (
     vocab_difference,
 )
 from ...weights import load_state
-from ..config import EVAL_MODES, LMTrainConfig
+from ..config import LM_EVAL_MODES, LMTrainConfig
 from .data import load_lm_data
 from .evaluate import evaluate_lm
 from .generate import VOCAB_FILE, Generation, LMVocab
@@ -106,8 +106,8 @@ def evaluate_lm_run(run_dir: Path, split: str = "test", mode: str | None = None,
     """
     if split not in ("train", "valid", "test"):
         raise ValueError(f"split: expected one of ['train', 'valid', 'test'], got {split!r}")
-    if mode is not None and mode not in EVAL_MODES:
-        raise ValueError(f"mode: expected one of {list(EVAL_MODES)}, got {mode!r}")
+    if mode is not None and mode not in LM_EVAL_MODES:
+        raise ValueError(f"mode: expected one of {list(LM_EVAL_MODES)}, got {mode!r}")
     if context is not None:
         check_positive_int("context", context)
     if batch_size is not None:
