@@ -16,7 +16,7 @@ from fastweights.layers import available_layers
 from fastweights.models import ModelConfig, build_model
 from fastweights.runs.directory import MetricsLog, load_checkpoint, read_json
 from fastweights.runs.interrupt import Interrupted
-from fastweights.train import algorithmic
+from fastweights.train import algorithmic, algorithmic_data
 from fastweights.train.algorithmic import (
     Split,
     batch_logits,
@@ -47,7 +47,7 @@ def test_generated_data_goes_to_the_cache_once(tiny_cfg, fw_cache):
     cfg = tiny_cfg(data_seed=7)
     data = load_task_data(cfg)
     assert data.source.startswith(str(fw_cache))
-    marker = algorithmic._generated_dir(cfg) / ".complete"
+    marker = algorithmic_data._generated_dir(cfg) / ".complete"
     assert marker.exists()
     stamp = marker.stat().st_mtime_ns
     files = sorted(p.name for p in marker.parent.iterdir())
