@@ -303,10 +303,13 @@ def test_invalid_chunk_size(case, chunk_size):
 
 @pytest.mark.parametrize("impl", [None, "reference"])
 @pytest.mark.parametrize("case", case_params(RECURRENT_CASES))
-def test_chunk_size_of_a_recurrent_op_is_refused_with_the_new_name(case, impl):
-    """The recurrent ops' checkpoint interval was once called chunk_size; that use is refused, naming the new key."""
+def test_an_option_a_recurrent_op_does_not_take_is_refused(case, impl):
+    """chunk_size (the parallel chunk width of the sum and delta rules) or a mistyped option: refused, naming the
+    option the recurrent ops take, checkpoint_every."""
     _, xs, _, st = _inputs(case)
-    raises(TypeError, lambda: call(case, xs, st, impl=impl, chunk_size=8), "chunk_size:", "checkpoint_every=")
+    raises(TypeError, lambda: call(case, xs, st, impl=impl, chunk_size=8), "chunk_size:", "its options: "
+           "checkpoint_every")
+    raises(TypeError, lambda: call(case, xs, st, impl=impl, checkpoint_evry=8), "checkpoint_evry:")
 
 
 def test_delta_mlp_list_arguments():

@@ -131,12 +131,13 @@ def check_chunk_size(chunk_size: object, name: str = "chunk_size") -> int:
     return chunk_size
 
 
-def refuse_chunk_size(op: str, kwargs: dict) -> None:
-    """The recurrent ops once called their checkpoint interval ``chunk_size``; that name now means only the
-    parallel chunk width of the sum/delta rule, so its old use is refused with the new name."""
-    if "chunk_size" in kwargs:
-        raise TypeError(f"chunk_size: {op} has no parallel chunk width; its steps between stored states are "
-                        f"set with checkpoint_every= (got chunk_size={kwargs['chunk_size']!r})")
+def check_options(op: str, kwargs: dict, allowed: tuple[str, ...]) -> None:
+    """Refuse a keyword option ``op`` does not take, naming the ones it does (every implementation would otherwise
+    fail in its own way, or a reference loop ignore it)."""
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise TypeError(f"{unknown[0]}: {op} takes no option {unknown[0]!r} (got {unknown[0]}="
+                        f"{kwargs[unknown[0]]!r}); its options: {', '.join(allowed)}")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from .checks import (
     check_float_tensor,
+    check_options,
     check_qkv,
     check_reset,
     check_same_device,
@@ -28,7 +29,6 @@ from .checks import (
     check_state_tuple,
     check_unit_interval,
     compute_dtype,
-    refuse_chunk_size,
 )
 from .registry import dispatch
 from .spec import FEATURE, SIGMOID, SOFTMAX, VALUE, ArgSpec, layout_shape
@@ -104,9 +104,11 @@ def prepare_recurrent(q, k, v, beta, rk, rv, rbeta, version, initial_state, rese
 
 
 def dispatch_recurrent(op: str, impl: str | None, *args, **kwargs):
-    """:func:`~fastweights.ops.common.registry.dispatch` for an op with a checkpoint interval (``checkpoint_every``):
-    its old name ``chunk_size`` is refused, naming the new one."""
-    refuse_chunk_size(op, kwargs)
+    """:func:`~fastweights.ops.common.registry.dispatch` for an op with a checkpoint interval: ``checkpoint_every`` is
+    the one option beyond the op's arguments (``chunk_size``, the parallel chunk width of the sum and delta rules, is
+    refused with the options it does take)."""
+    check_options(op, {k: v for k, v in kwargs.items() if k not in ("initial_state", "reset", "output_final_state",
+                                                                     "version")}, ("checkpoint_every",))
     return dispatch(op, impl, *args, **kwargs)
 
 
