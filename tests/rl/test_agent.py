@@ -156,7 +156,7 @@ def test_initial_state_shapes():
 
 @pytest.mark.parametrize(("kwargs", "error", "fragment"), [
     ({"core": "transformer"}, ValueError, "KV cache"),
-    ({"core": "nope"}, ValueError, "core: expected one of"),
+    ({"core": "nope"}, ValueError, "core: unknown core 'nope'; expected one of"),
     ({"core": "delta_net", "torso": "impala"}, ValueError, "impala needs"),
     ({"core": "delta_net", "torso": "cnn"}, ValueError, "torso"),
     ({"core": "delta_net", "layer_options": {"bogus": 1}}, ValueError, "bogus"),

@@ -23,7 +23,8 @@ from fastweights.rl import (
     train,
 )
 from fastweights.rl.config import rl_config_from_dict, rl_config_to_dict
-from fastweights.rl.train import build, load_agent
+from fastweights.rl.spec import build
+from fastweights.rl.train import load_agent
 from fastweights.runs.directory import read_json
 from fastweights.runs.interrupt import Interrupted
 from fastweights.tasks import resolve_config
@@ -276,8 +277,8 @@ def test_paper_learner_has_no_gradient_through_the_state_across_steps(core):
 
 def recorded_env(monkeypatch, log):
     """make_env as seen by the evaluation, recording each environment made and every step's info."""
-    rl_train = importlib.import_module("fastweights.rl.train")
-    real = rl_train.make_env
+    rl_evaluate = importlib.import_module("fastweights.rl.evaluate")
+    real = rl_evaluate.make_env
 
     def make(name, num_envs, options=None):
         env = real(name, num_envs, options)
@@ -296,7 +297,7 @@ def recorded_env(monkeypatch, log):
         env.step, env.reset = recording_step, counting_reset
         return env
 
-    monkeypatch.setattr(rl_train, "make_env", make)
+    monkeypatch.setattr(rl_evaluate, "make_env", make)
 
 
 def atari_agent(*overrides):
@@ -340,8 +341,8 @@ def test_noneg_filter_drops_negative_episodes_and_restarts_the_game(monkeypatch)
     def run(noneg):
         log = []
         recorded_env(monkeypatch, log)
-        rl_train = importlib.import_module("fastweights.rl.train")
-        real_make = rl_train.make_env
+        rl_evaluate = importlib.import_module("fastweights.rl.evaluate")
+        real_make = rl_evaluate.make_env
 
         def make(*args):
             env = real_make(*args)
@@ -356,7 +357,7 @@ def test_noneg_filter_drops_negative_episodes_and_restarts_the_game(monkeypatch)
             game._life_step = bugged
             return env
 
-        monkeypatch.setattr(rl_train, "make_env", make)
+        monkeypatch.setattr(rl_evaluate, "make_env", make)
         return evaluate_agent(agent, cfg, episodes=2, runs=1, noneg=noneg), log[0]
 
     out, log = run(noneg=True)

@@ -6,6 +6,7 @@ Optional: ``gymnasium`` + ``ale-py`` for Atari (``pip install 'fastweights[rl]'`
 :mod:`fastweights.rl.rllib`. Everything else needs only torch and NumPy.
 """
 
+from .actor import Actor, Rollout, learner_loss
 from .agent import (
     RL_LAYER_DEFAULTS,
     ActOutput,
@@ -31,7 +32,8 @@ from .envs import (
     StepResult,
     make_env,
 )
-from .train import Actor, Rollout, evaluate_agent, evaluate_run, learner_loss, load_agent, train
+from .evaluate import evaluate_agent
+from .train import evaluate_run, load_agent, train
 from .vtrace import VTraceReturns, impala_loss, linear_decay, rmsprop, vtrace_from_log_rhos, vtrace_from_logits
 
 __all__ = [

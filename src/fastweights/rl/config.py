@@ -27,7 +27,7 @@ from .agent import AgentOptions
 from .envs import atari_game, is_atari
 
 TASK = "rl"
-#: evaluation protocols (see fastweights.rl.train.evaluate_agent)
+#: evaluation protocols (see fastweights.rl.evaluate.evaluate_agent)
 RL_EVAL_MODES = ("consecutive", "parallel")
 #: the games whose official evaluation drops negative-return episodes (an emulator bug, gym issue 2233)
 NONEG_GAMES = ("battle_zone", "up_n_down")

@@ -1,6 +1,6 @@
 """Synchronous IMPALA-style training (V-trace actor-critic) of an :class:`~fastweights.rl.agent.Agent`, its run
-directory, resume, and the paper's evaluation protocol. Read top to bottom: rollouts -> learner -> loop ->
-evaluation -> entry points.
+directory and resume, and the trained agent of a run read back. The pieces of an update are :mod:`.actor`'s, the
+environment spec :mod:`.spec`'s, the evaluation protocol :mod:`.evaluate`'s.
 
 One update: the ``num_envs`` streams act for ``unroll_length`` steps with the current parameters (no gradient),
 keeping the core state at the start of the unroll; the learner re-runs the agent over the unroll (plus the next
@@ -21,9 +21,7 @@ NumPy memory tasks); Atari environments are restarted from a fresh seed on resum
 from __future__ import annotations
 
 import math
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,6 @@ import numpy as np
 import torch
 
 from ..fields import ConfigError
-from ..layers.base import detach_state
 from ..models import count_parameters
 from ..runs.directory import (
     checkpoint_path,
@@ -43,184 +40,17 @@ from ..runs.directory import (
 from ..runs.progress import DurationEstimate, Progress, format_count, format_duration, format_number
 from ..runs.run import Run
 from ..weights import load_state
-from .agent import Agent, AgentConfig
-from .config import RL_EVAL_MODES, RLConfig, rl_config_from_dict, rl_config_to_dict
-from .envs import BatchedEnv, is_atari, make_env
-from .vtrace import impala_loss, linear_decay, rmsprop
-
-# ----------------------------------------------------------------------------------------------------------------
-# Rollouts
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Rollout:
-    """One unroll of ``B`` streams, batch first. Index ``t`` of the ``[B, T+1]`` inputs is what the agent saw at
-    step t (``done[:, t]`` = obs t starts an episode; ``prev_reward/prev_action[:, t]`` = the reward/action that
-    led to obs t); ``actions/behaviour_logits/rewards [B, T]`` are the step-t action, its logits and its reward.
-    ``initial_state`` is the core state before step 0 (detached)."""
-
-    obs: torch.Tensor
-    done: torch.Tensor
-    prev_reward: torch.Tensor
-    prev_action: torch.Tensor
-    actions: torch.Tensor
-    behaviour_logits: torch.Tensor
-    rewards: torch.Tensor
-    initial_state: Any
-
-
-class Actor:
-    """Steps a :class:`BatchedEnv` with an agent, keeping the inputs of the next step and the core state."""
-
-    def __init__(self, env: BatchedEnv, agent: Agent, device: torch.device, seed: int) -> None:
-        self.env, self.agent, self.device = env, agent, device
-        self.generator = torch.Generator(device=device).manual_seed(seed)
-        obs = env.reset(seed=seed)
-        n = env.num_envs
-        self.obs = torch.as_tensor(obs, device=device)
-        self.done = torch.ones(n, dtype=torch.bool, device=device)
-        self.prev_reward = torch.zeros(n, device=device)
-        self.prev_action = torch.zeros(n, dtype=torch.long, device=device)
-        self.state = agent.initial_state(n, device)
-
-    @torch.no_grad()
-    def step(self, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-        """Act once in every copy; returns (action, logits, env info)."""
-        out = self.agent.act(self.obs, self.done, self.prev_reward, self.prev_action, self.state, greedy=greedy,
-                             generator=self.generator)
-        res = self.env.step(out.action.cpu().numpy())
-        self.state = out.state
-        self.obs = torch.as_tensor(res.obs, device=self.device)
-        self.done = torch.as_tensor(res.done, device=self.device)
-        self.prev_reward = torch.as_tensor(res.reward, device=self.device)
-        self.prev_action = out.action
-        return out.action, out.logits, res.info
-
-    def rollout(self, length: int) -> tuple[Rollout, list[dict[str, Any]]]:
-        """``length`` steps of every copy; returns the rollout and the env infos of the steps."""
-        initial_state = detach_state(self.state)
-        obs, done, prev_r, prev_a = [self.obs], [self.done], [self.prev_reward], [self.prev_action]
-        actions, logits, rewards, infos = [], [], [], []
-        for _ in range(length):
-            a, lg, info = self.step()
-            actions.append(a)
-            logits.append(lg)
-            rewards.append(self.prev_reward)
-            infos.append(info)
-            obs.append(self.obs)
-            done.append(self.done)
-            prev_r.append(self.prev_reward)
-            prev_a.append(self.prev_action)
-
-        def stack(xs: list[torch.Tensor]) -> torch.Tensor:
-            return torch.stack(xs, dim=1)
-
-        return Rollout(stack(obs), stack(done), stack(prev_r), stack(prev_a), stack(actions), stack(logits),
-                       stack(rewards), initial_state), infos
-
-    def get_state(self) -> dict[str, Any] | None:
-        env_state = self.env.get_state()
-        if env_state is None:
-            return None
-        return {"env": env_state, "obs": self.obs, "done": self.done, "prev_reward": self.prev_reward,
-                "prev_action": self.prev_action, "state": self.state, "generator": self.generator.get_state()}
-
-    def set_state(self, s: dict[str, Any]) -> None:
-        self.env.set_state(s["env"])
-        self.obs, self.done, self.prev_reward = s["obs"], s["done"], s["prev_reward"]
-        self.prev_action, self.state = s["prev_action"], s["state"]
-        self.generator.set_state(s["generator"])
-
+from .actor import Actor, learner_loss
+from .agent import Agent
+from .config import RLConfig, rl_config_from_dict, rl_config_to_dict
+from .envs import BatchedEnv
+from .evaluate import evaluate_agent
+from .spec import ENV_FILE, EnvSpec, agent_config, build
+from .vtrace import linear_decay, rmsprop
 
 # ----------------------------------------------------------------------------------------------------------------
 # Learner
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def learner_loss(agent: Agent, ro: Rollout, cfg: RLConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """The IMPALA loss of a rollout, recomputed from its stored initial state (truncated BPTT over the unroll)."""
-    out = agent(ro.obs, ro.done, ro.prev_reward, ro.prev_action, ro.initial_state,
-                cut_state_grad=cfg.cut_state_grad_every_step)
-    T = ro.actions.shape[1]
-    rewards = ro.rewards.float()
-    if cfg.reward_clip > 0:
-        rewards = rewards.clamp(-cfg.reward_clip, cfg.reward_clip)
-    discounts = cfg.discount * (~ro.done[:, 1:]).float()  # 0 where the episode ended with action t
-    loss = impala_loss(out.logits[:, :T], out.baseline[:, :T], out.baseline[:, T], ro.behaviour_logits, ro.actions,
-                       rewards, discounts, baseline_cost=cfg.baseline_cost, entropy_cost=cfg.entropy_cost,
-                       clip_rho_threshold=cfg.clip_rho, clip_c_threshold=cfg.clip_c,
-                       clip_pg_rho_threshold=cfg.clip_pg_rho)
-    return loss.total, {"loss": loss.total.item(), "pg_loss": loss.pg.item(), "baseline_loss": loss.baseline.item(),
-                        "entropy_loss": loss.entropy.item()}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Building blocks of a run
-# ----------------------------------------------------------------------------------------------------------------
-
-
-#: The file of a run (and of an export) that holds its environment spec (:class:`EnvSpec`).
-ENV_FILE = "env.json"
-ENV_FORMAT = "fastweights-env"
-#: The observation dtypes of the environments (float32 features, uint8 frames).
-OBS_DTYPES = ("float32", "uint8")
-
-
-@dataclass
-class EnvSpec:
-    """What an agent needs to know of its environment (``env.json`` of an RL run): the environment's name and
-    options (:func:`~fastweights.rl.envs.make_env`), the observation shape and dtype, and the number of actions."""
-
-    env: str
-    env_options: dict[str, Any]
-    obs_shape: tuple[int, ...]
-    obs_dtype: str  # a name of OBS_DTYPES
-    num_actions: int
-
-    @classmethod
-    def of(cls, cfg: RLConfig, env: BatchedEnv) -> EnvSpec:
-        return cls(cfg.env, dict(cfg.env_options), tuple(env.obs_shape), np.dtype(env.obs_dtype).name,
-                   env.num_actions)
-
-    def make_env(self, num_envs: int = 1) -> BatchedEnv:
-        """``num_envs`` copies of the environment (Atari needs the ``rl`` extra)."""
-        return make_env(self.env, num_envs, self.env_options)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": ENV_FORMAT, "version": 1, "env": self.env, "env_options": self.env_options,
-                "obs_shape": list(self.obs_shape), "obs_dtype": self.obs_dtype, "num_actions": self.num_actions}
-
-    @classmethod
-    def from_dict(cls, data: Any, source: str = "environment spec") -> EnvSpec:
-        if not isinstance(data, dict) or data.get("format") != ENV_FORMAT:
-            raise ValueError(f"{source}: not a fastweights environment spec (expected a JSON object with "
-                             f"format={ENV_FORMAT!r})")
-        if data.get("version") != 1:
-            raise ValueError(f"{source}: unsupported environment spec version {data.get('version')!r} (expected 1)")
-        shape, n = data.get("obs_shape"), data.get("num_actions")
-        if not isinstance(data.get("env"), str) or not isinstance(data.get("env_options"), dict):
-            raise ValueError(f"{source}: expected env (a string) and env_options (an object)")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
-                                                  for d in shape):
-            raise ValueError(f"{source}: obs_shape: expected a list of positive integers, got {shape!r}")
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"{source}: num_actions: expected a positive integer, got {n!r}")
-        if data.get("obs_dtype") not in OBS_DTYPES:
-            raise ValueError(f"{source}: obs_dtype: expected one of {list(OBS_DTYPES)}, got {data.get('obs_dtype')!r}")
-        return cls(data["env"], data["env_options"], tuple(shape), data["obs_dtype"], n)
-
-
-def agent_config(cfg: RLConfig, env: BatchedEnv | EnvSpec) -> AgentConfig:
-    """The :class:`AgentConfig` of a run: ``cfg``'s agent for the observation and action spaces of ``env``."""
-    return AgentConfig(obs_shape=tuple(env.obs_shape), num_actions=env.num_actions, **cfg.agent_fields())
-
-
-def build(cfg: RLConfig, num_envs: int | None = None) -> tuple[BatchedEnv, Agent]:
-    """The environment (``num_envs`` copies, default ``cfg.num_envs``) and a freshly initialised agent (seeded)."""
-    env = make_env(cfg.env, cfg.num_envs if num_envs is None else num_envs, cfg.env_options)
-    torch.manual_seed(cfg.seed)
-    return env, Agent(agent_config(cfg, env))
 
 
 class _Window:
@@ -430,98 +260,6 @@ def _train_loop(cfg: RLConfig, run: Run, env: BatchedEnv, agent: Agent, device: 
     finally:
         log.close()
     return results
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Evaluation (paper.md C.4)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def evaluate_agent(agent: Agent, cfg: RLConfig, *, episodes: int | None = None, runs: int | None = None,
-                   greedy: bool | None = None, num_envs: int | None = None, seed: int | None = None,
-                   mode: str | None = None, noneg: bool | None = None, progress: bool = False) -> dict[str, Any]:
-    """Evaluate ``runs`` runs of ``episodes`` episodes each (greedy actions by default); returns the mean and std of
-    the run means, each run's mean, and ``dropped`` (episodes the noneg filter left out). Arguments left None take
-    the config's ``eval_*`` values. ``progress``: a progress line on stderr.
-
-    ``mode`` (``cfg.eval_mode``):
-
-    * ``"consecutive"``, the official test (paper.md C.4): one environment plays ``runs * episodes`` episodes back
-      to back, through lost lives, game overs and run boundaries, the core state carried from step to step (reset
-      at every episode start, as in training); run ``r`` is the mean of episodes ``r * episodes`` to
-      ``(r + 1) * episodes - 1``. On Atari an episode is one life (episodic life stays on at test time).
-    * ``"parallel"``: each run makes ``num_envs`` (``cfg.eval_envs``) fresh copies, each with a share of the run's
-      episodes decided in advance (so short episodes are not favoured), each share played back to back.
-
-    ``noneg`` (``cfg.noneg()``; Atari only): an episode with a negative return is not counted, and its copy starts
-    a new game with a zeroed core state (the official evaluation of BattleZone and UpNDown, whose emulation
-    sometimes yields a hugely negative score); episodes are played until every share is complete.
-    """
-    episodes = cfg.eval_episodes if episodes is None else episodes
-    runs = cfg.eval_runs if runs is None else runs
-    greedy = cfg.eval_greedy if greedy is None else greedy
-    seed = cfg.seed + 1_000_003 if seed is None else seed
-    mode = cfg.eval_mode if mode is None else mode
-    noneg = cfg.noneg() if noneg is None else noneg
-    for name, v in (("episodes", episodes), ("runs", runs)):
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name}: expected a positive int, got {v!r}")
-    if mode not in RL_EVAL_MODES:
-        raise ValueError(f"mode: expected one of {list(RL_EVAL_MODES)}, got {mode!r}")
-    if mode == "consecutive" and num_envs not in (None, 1):
-        raise ValueError(f"num_envs: the consecutive mode plays one environment, got {num_envs}; use "
-                         f"mode='parallel' for several")
-    if noneg and not is_atari(cfg.env):
-        raise ValueError(f"noneg: the filter restarts Atari games; env {cfg.env!r} is not an Atari game")
-    device = next(agent.parameters()).device
-    was_training = agent.training
-    agent.eval()
-    bar = Progress(runs * episodes, prefix="eval", stream=sys.stderr, unit="episode") if progress else None
-    dropped = 0
-    if mode == "consecutive":
-        (returns,), dropped = _play_episodes(agent, cfg, [runs * episodes], seed, greedy, noneg, device, bar, 0)
-        run_means = [float(np.mean(returns[r * episodes:(r + 1) * episodes])) for r in range(runs)]
-    else:
-        n = min(cfg.eval_envs if num_envs is None else num_envs, episodes)
-        quota = [episodes // n + (i < episodes % n) for i in range(n)]
-        run_means = []
-        for r in range(runs):
-            shares, d = _play_episodes(agent, cfg, quota, seed + r, greedy, noneg, device, bar, r * episodes)
-            run_means.append(float(np.mean([x for share in shares for x in share])))
-            dropped += d
-    if bar is not None:
-        bar.close()
-    agent.train(was_training)
-    return {"mean": float(np.mean(run_means)), "std": float(np.std(run_means)), "run_means": run_means,
-            "episodes": episodes, "runs": runs, "greedy": greedy, "mode": mode, "noneg": noneg, "dropped": dropped}
-
-
-def _play_episodes(agent: Agent, cfg: RLConfig, quota: list[int], seed: int, greedy: bool, noneg: bool,
-                   device: torch.device, bar: Progress | None, done_before: int) -> tuple[list[list[float]], int]:
-    """Copy ``i`` of a fresh ``len(quota)``-copy environment plays until it has ``quota[i]`` counted episodes,
-    back to back; returns each copy's episode returns and the number of episodes the noneg filter dropped."""
-    env = make_env(cfg.env, len(quota), cfg.env_options)
-    try:
-        actor = Actor(env, agent, device, seed)
-        got: list[list[float]] = [[] for _ in quota]
-        dropped = 0
-        while any(len(g) < q for g, q in zip(got, quota)):
-            _, _, info = actor.step(greedy=greedy)
-            restart = []
-            for i, ret in zip(info["episode_envs"], info["episode_returns"]):
-                if noneg and ret < 0:
-                    restart.append(i)
-                    dropped += 1
-                elif len(got[i]) < quota[i]:
-                    got[i].append(float(ret))
-            if restart:  # those rows already start a new episode (done): their core state is zeroed at it
-                actor.obs[restart] = torch.as_tensor(env.new_game(np.array(restart)), device=device)
-            if bar is not None:
-                bar.update(done_before + sum(map(len, got)))
-    finally:
-        env.close()
-    return got, dropped
 
 
 def rl_run_config(run_dir: Path, device: str | None = None) -> RLConfig:

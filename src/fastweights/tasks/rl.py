@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .base import Flag, Loaded, Task, needed_file
 
 if TYPE_CHECKING:
-    from ..rl.train import EnvSpec
+    from ..rl.spec import EnvSpec
 
 ENV_HELP = ("repeat_first | repeat_previous | count_recall | minatar:<game> | <Game>NoFrameskip-v4 | gym:<id> "
             "(default: the preset's)")
@@ -24,7 +24,7 @@ class LoadedAgent(Loaded):
     env: EnvSpec
 
     def save_files(self, out_dir: Path) -> None:
-        from ..rl.train import ENV_FILE
+        from ..rl.spec import ENV_FILE
         from ..runs.directory import write_json
 
         write_json(out_dir / ENV_FILE, self.env.to_dict())
@@ -68,7 +68,7 @@ class RLTask(Task):
 
     def describe(self, cfg: Any) -> list[str]:
         from ..models import count_parameters
-        from ..rl.train import build
+        from ..rl.spec import build
         from ..runs.progress import format_count
 
         env, agent = build(cfg, num_envs=1)
@@ -105,7 +105,7 @@ class RLTask(Task):
 
     def from_export(self, path: Path, cfg: Any) -> Loaded:
         from ..rl.agent import Agent
-        from ..rl.train import ENV_FILE, EnvSpec, agent_config
+        from ..rl.spec import ENV_FILE, EnvSpec, agent_config
         from ..runs.directory import read_json_file
         from ..weights import load_module
 
