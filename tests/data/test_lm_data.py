@@ -15,6 +15,7 @@ import torch
 
 from fastweights.data import lm
 from fastweights.data._io import DataFormatError
+from fastweights.data.lm import corpora
 
 torch.set_num_threads(1)
 
@@ -200,7 +201,7 @@ def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
     assert not list((directory / ".fastweights-cache").glob("*.tmp"))
 
     with monkeypatch.context() as m:
-        m.setattr(lm, "_encode_splits", _fail)  # a second load must come from the cache
+        m.setattr(corpora, "_encode_splits", _fail)  # a second load must come from the cache
         second = lm.read_wikitext(directory)
         again = lm.load_corpus(str(directory))
     assert second.vocab == first.vocab
@@ -235,7 +236,7 @@ def test_cache_falls_back_to_user_cache_when_data_dir_is_not_writable(tmp_path, 
     user_files = list((tmp_path / "user-cache" / "lm").glob("wikitext-*.pt"))
     assert len(user_files) == 1
     with monkeypatch.context() as m:
-        m.setattr(lm, "_encode_splits", _fail)
+        m.setattr(corpora, "_encode_splits", _fail)
         second = lm.read_wikitext(directory)
     assert torch.equal(second.train, first.train)
 
@@ -319,8 +320,9 @@ def test_embedded_corpus_sizes(embedded):
 
 
 def test_embedded_splits_are_disjoint_plays():
-    root = lm._embedded_dir()
-    texts = {s: gzip.decompress(root.joinpath(f"{s}.txt.gz").read_bytes()).decode("utf-8") for s in lm._EMBEDDED_FILES}
+    root = corpora._embedded_dir()
+    texts = {s: gzip.decompress(root.joinpath(f"{s}.txt.gz").read_bytes()).decode("utf-8")
+             for s in corpora._EMBEDDED_FILES}
     assert texts["valid"].startswith("Macbeth\nACT I\n")
     assert texts["test"].startswith("Twelfth Night\nACT I\n")
     train_lines = set(texts["train"].split("\n"))
