@@ -110,7 +110,7 @@ def test_shapes_read_the_presets():
     # a vocabulary of the same cutoffs instead of the corpus (loading it takes seconds)
     case = train_bench.build_case("delta_net", "lm", dataclasses.replace(TRAIN_SHAPES["lm"], vocab_size=12000))
     assert (case.batch, case.seq_len) == (lm["batch_size"], lm["tgt_len"])
-    for key in ("d_model", "num_layers", "num_heads", "head_dim", "d_ff", "clip", "lr"):
+    for key in ("d_model", "num_layers", "num_heads", "head_dim", "d_ff", "grad_norm_clip", "lr"):
         assert case.config[key] == lm[key], key
     assert case.config["dropout"] == 0.0 and case.config["softmax"] == "adaptive"
     assert case.config["cutoffs"] == lm["cutoffs"]
