@@ -9,17 +9,8 @@ import importlib.util
 import numpy as np
 import pytest
 
-from fastweights.rl.envs import (
-    CountRecall,
-    RepeatFirst,
-    RepeatPrevious,
-    _area_taps,
-    _area_weights,
-    _game_name,
-    _grey,
-    make_env,
-    warp_frame,
-)
+from fastweights.rl.envs import CountRecall, RepeatFirst, RepeatPrevious, make_env, warp_frame
+from fastweights.rl.envs.atari import _area_taps, _area_weights, _game_name, _grey
 
 HAS_ALE = importlib.util.find_spec("ale_py") is not None and importlib.util.find_spec("gymnasium") is not None
 needs_ale = pytest.mark.skipif(not HAS_ALE, reason="Atari tests need gymnasium and ale-py (pip install "

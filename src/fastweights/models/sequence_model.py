@@ -232,7 +232,7 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 def state_types() -> list[type]:
     """The types besides tensors in the recurrent states of every model: :class:`ModelState`, the layers'
     ``STATE_TYPES`` and the ops' state tuples (``OpSpec.state_type``). Checkpoints of carried states hold these
-    (:func:`fastweights.runs.directory.load_checkpoint` reads only the types it is given)."""
+    (:func:`fastweights.runs.checkpoints.load_checkpoint` reads only the types it is given)."""
     from ..layers.registry import LAYERS
     from ..ops import SPECS
 

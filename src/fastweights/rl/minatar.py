@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .envs import BatchedEnv, EpisodeStats, StepResult, _positive
+from .envs.base import BatchedEnv, EpisodeStats, StepResult, _positive
 
 GAMES = ("asterix", "breakout", "freeway", "seaquest", "space_invaders")
 

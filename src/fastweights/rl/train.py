@@ -78,7 +78,7 @@ class _Window:
 def checkpoint_types() -> list[Any]:
     """The types besides tensors and plain containers that RL checkpoints hold: the agents' recurrent states, the
     metrics window, the episode statistics and the NumPy arrays and random generators of the snapshots of the memory
-    tasks (for :func:`~fastweights.runs.directory.load_checkpoint`)."""
+    tasks (for :func:`~fastweights.runs.checkpoints.load_checkpoint`)."""
     from numpy.random import _pcg64, _pickle, bit_generator
 
     from ..models import state_types

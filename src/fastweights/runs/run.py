@@ -40,7 +40,7 @@ class Run:
     ``resume``: continue from ``last.pt`` (a directory without one starts from the beginning); ``again``: the command
     that resumes the run, named when it stops; ``owner=False``: a process that shares the directory without owning it
     (a torchrun rank other than 0: no lock, no files written); ``checkpoint_types``: the types besides tensors and
-    plain containers the run's checkpoints hold (see :func:`~fastweights.runs.directory.load_checkpoint`).
+    plain containers the run's checkpoints hold (see :func:`~fastweights.runs.checkpoints.load_checkpoint`).
 
     Entering the run checks and locks the directory, writes ``config.json`` for a run that starts from the beginning,
     sets ``cfg.threads`` torch threads and catches Ctrl-C/SIGTERM until the block ends."""

@@ -135,7 +135,7 @@ class Task:
 
     def checkpoint_types(self) -> list[Any]:
         """Types besides tensors and plain containers that the task's checkpoints hold (for
-        :func:`~fastweights.runs.directory.load_checkpoint`): by default the recurrent states of the models."""
+        :func:`~fastweights.runs.checkpoints.load_checkpoint`): by default the recurrent states of the models."""
         from ..models import state_types
 
         return state_types()
