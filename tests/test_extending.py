@@ -114,6 +114,13 @@ def test_a_layer_name_from_a_file_is_refused_unless_its_module_was_named(user_co
         layer_registry.check_layer("no_such_module_anywhere:Layer")
 
 
+def test_a_plugin_that_cannot_be_imported_is_one_error_line(user_code, capsys):
+    user_code.setenv("FASTWEIGHTS_PLUGINS", "no_such_plugin_module")
+    rc, _, err = cli(capsys, "train", "--help")
+    assert rc == 2 and err == ("fastweights: error: FASTWEIGHTS_PLUGINS: cannot import 'no_such_plugin_module' (No "
+                               "module named 'no_such_plugin_module')\n")
+
+
 def test_register_layer_and_register_task_refuse_what_they_cannot_use(user_code):
     with pytest.raises(TypeError, match=r"subclass of fastweights\.layers\.SequenceLayer"):
         layer_registry.register_layer("mine", int)

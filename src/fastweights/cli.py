@@ -431,6 +431,13 @@ def main(argv: list[str] | None = None) -> int:
         from .selftest import main as selftest_main
 
         return selftest_main(argv[1:])
+    from .plugins import load_plugins
+
+    try:  # the user's plugins add tasks and layers to the parsers
+        load_plugins()
+    except ValueError as e:
+        print(f"fastweights: error: {e}", file=sys.stderr)
+        return 2
     help_task = None
     if argv[:1] in (["train"], ["data"], ["compare"]) and {"-h", "--help"} & set(argv):
         from .tasks import task_names

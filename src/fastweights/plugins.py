@@ -38,8 +38,9 @@ def load_plugins() -> None:
     for module in plugin_modules():
         try:
             importlib.import_module(module)
-        except ImportError as e:
-            raise ImportError(f"{PLUGINS_ENV}: cannot import {module!r} ({e})") from e
+        except ModuleNotFoundError as e:  # a misspelt name or a package not on the path; errors inside it propagate
+            _loaded = False
+            raise ValueError(f"{PLUGINS_ENV}: cannot import {module!r} ({e})") from None
 
 
 def trust_module(module: str) -> None:
