@@ -101,6 +101,12 @@ def test_compare_refuses_bad_seeds_and_jobs(tmp_path):
         compare("code-exec", ["lstm"], "cpu", TINY, tmp_path, jobs=0)
 
 
+def test_a_grid_without_models_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="models: expected at least one model name, got none"):
+        compare("code-exec", [], "cpu", TINY, tmp_path / "grid")
+    assert not (tmp_path / "grid").exists()
+
+
 def test_format_table_shows_mean_std_seeds_and_convergence():
     rows = [{"model": "m", "parameters": 10, "seeds": [1, 2], "test_acc": [0.5, 0.7], "test_acc_mean": 0.6,
              "test_acc_std": 0.1414, "valid_acc_mean": 0.65, "test_print_acc_mean": 0.75, "train_time_s_mean": 90.0,

@@ -159,6 +159,8 @@ def compare(task: str, models: list[str], preset: str | None, overrides: list[st
     the published run records copied to a directory)."""
     if jobs < 1:
         raise ValueError(f"jobs: expected a positive integer, got {jobs}")
+    if not models:
+        raise ValueError("models: expected at least one model name, got none")
     if seeds is not None and len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds: expected distinct seeds, got {seeds}")
     out_dir = Path(out_dir)

@@ -67,7 +67,9 @@ def test_tiny_run_then_eval(capsys, tmp_path):
     for argv, message in ((["--mode", "carry"], "--mode: only for lm runs"),
                           (["--split", "valid"], "--split: "),
                           (["--checkpoint", "best"], "--checkpoint: "),
-                          (["--checkpoint", "step-7"], "--checkpoint: ")):
+                          (["--checkpoint", "step-7"], "--checkpoint: "),
+                          (["--episodes", "0"], "episodes: expected a positive int"),  # not read as "not given"
+                          (["--runs", "0"], "runs: expected a positive int")):
         rc, _, err = cli(capsys, "eval", run, *argv)
         assert rc == 2 and err.startswith(f"fastweights: error: {message}") and err.count("\n") == 1, err
     rc, _, err = cli(capsys, "eval", run, "--checkpoint", "best")

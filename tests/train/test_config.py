@@ -147,6 +147,14 @@ def test_precedence_defaults_preset_overrides_flags():
     assert resolve_config("code-exec", None, ["task=code-exec"]).task == "code-exec"
 
 
+@pytest.mark.parametrize("text", ["[1]", "3", "\"cpu\"", "null", "{"])
+def test_a_preset_that_is_no_json_object_is_refused(tmp_path, text):
+    path = tmp_path / "p.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"^preset .*p\.json: not (a JSON object|valid JSON)"):
+        resolve_config("code-exec", str(path), [])
+
+
 def test_preset_from_json_path(tmp_path):
     path = tmp_path / "mine.json"
     path.write_text(json.dumps({"_comment": "ignored", "d_model": 48, "lr": 1, "layer_options": {"version": 1},
@@ -211,6 +219,7 @@ def test_bad_preset_file_names_the_file(tmp_path, values, fragment):
     (["device=tpu"], "device: expected cpu, cuda"),
     (["layer_options={\"bogus\": 1}"], "layer_options: model 'delta_rnn' takes no option(s) ['bogus']"),
     (["model=lstm", "layer_options={\"version\": 1}"], "layer_options: model 'lstm' takes no option"),
+    (["checkpoint_every_s=-1"], "checkpoint_every_s: expected seconds >= 0"),
 ])
 def test_validate_rejects(overrides, fragment):
     with pytest.raises(ConfigError) as exc:

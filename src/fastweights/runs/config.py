@@ -223,7 +223,12 @@ def preset_names(task: str) -> list[str]:
 
 def load_preset(cfg: Any, task: str, preset: str) -> Any:
     path = preset_path(task, preset)
-    values = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"preset {path}: not valid JSON ({e})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"preset {path}: not a JSON object (got {type(values).__name__})")
     names = field_names(type(cfg))
     for key, value in values.items():
         if key.startswith("_"):  # "_comment" keys document the preset

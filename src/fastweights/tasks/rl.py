@@ -93,7 +93,8 @@ class RLTask(Task):
                  ) -> dict[str, Any]:
         from ..rl.train import evaluate_run
 
-        return evaluate_run(run_dir, episodes=options.get("episodes") or 30, runs=options.get("runs") or 5,
+        episodes, runs = options.get("episodes"), options.get("runs")  # 0 is refused, not read as "not given"
+        return evaluate_run(run_dir, episodes=30 if episodes is None else episodes, runs=5 if runs is None else runs,
                             greedy=not options.get("sample"), checkpoint=checkpoint, device=device, progress=True)
 
     def load(self, run_dir: Path, checkpoint: str, device: str) -> Loaded:

@@ -121,6 +121,7 @@ class TrainConfig:
         check_non_negative_int("warmup_steps", self.warmup_steps)
         check_non_negative_int("eval_interval", self.eval_interval)
         check_choice("select_best", self.select_best, SELECT_BEST)
+        check_non_negative("checkpoint_every_s", self.checkpoint_every_s, "seconds >= 0 (0 = at epoch ends only)")
         check_run_options(self)
 
 
